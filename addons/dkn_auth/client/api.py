@@ -1,0 +1,186 @@
+"""Typed calls to the sidecar API (docs/sidecar-api.md), statuses as exceptions."""
+
+import json
+import urllib.parse
+from dataclasses import dataclass
+
+from .transport import Transport, TransportError
+
+# docs/sidecar-api.md allows up to 100,000 identifiers per call, and the
+# default body limit is 1 MiB: a 42-character identifier costs 45 bytes in a
+# JSON list, so 20,000 per call stays well below the limit.
+IDENTIFIER_BATCH = 20000
+
+
+class SidecarError(Exception):
+    """The sidecar answered with an error status."""
+
+    def __init__(self, status, code, message, body=None):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body or {}
+
+
+class BadRequest(SidecarError):
+    """4xx other than the ones below: our request was wrong, nothing changed."""
+
+
+class NotFound(SidecarError):
+    pass
+
+
+class Gone(SidecarError):
+    """Write to a deleted (tombstoned) sid: refused, nothing changed."""
+
+
+class PreconditionFailed(SidecarError):
+    @property
+    def current_version(self):
+        return self.body.get("current_version")
+
+
+class Unavailable(SidecarError):
+    """Sidecar unreachable, timing out, or its backend is down (503/5xx)."""
+
+
+_BY_STATUS = {404: NotFound, 410: Gone, 412: PreconditionFailed}
+
+
+@dataclass
+class SessionRecord:
+    sid: str
+    version: int
+    data: dict
+    ttl: int
+
+
+def _dumps(obj):
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _quote(sid):
+    # sids and identifiers are [A-Za-z0-9_-]; quoting anyway keeps a bad value
+    # from ever changing the path (the sidecar answers 400 for it).
+    return urllib.parse.quote(sid, safe="")
+
+
+class Client:
+    def __init__(self, settings, transport=None):
+        self.settings = settings
+        self.transport = transport or Transport(settings)
+
+    def close(self):
+        self.transport.close()
+
+    def _call(self, method, path, body=None, headers=None, ok=(200,)):
+        payload = None if body is None else _dumps(body)
+        try:
+            status, _headers, raw = self.transport.request(method, path, payload, headers)
+        except TransportError as exc:
+            raise Unavailable(0, "unreachable", str(exc)) from exc
+        if status in ok:
+            if not raw:
+                return {}
+            try:
+                return json.loads(raw)
+            except ValueError as exc:
+                raise Unavailable(
+                    status, "bad_response", f"sidecar answered invalid JSON on {method} {path}"
+                ) from exc
+        try:
+            err = json.loads(raw) if raw else {}
+            if not isinstance(err, dict):
+                err = {}
+        except ValueError:
+            err = {}
+        code = err.get("error", "") or f"http_{status}"
+        message = err.get("message", "") or raw[:200].decode("utf-8", "replace")
+        if status >= 500:
+            raise Unavailable(status, code, message, err)
+        raise _BY_STATUS.get(status, BadRequest)(status, code, message, err)
+
+    # -- sessions ---------------------------------------------------------
+
+    def get(self, sid):
+        """The stored session, or ``None`` when missing, expired or deleted."""
+        try:
+            body = self._call("GET", f"/v1/sessions/{_quote(sid)}")
+        except NotFound:
+            return None
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise Unavailable(200, "bad_response", "sidecar answered a session without a data object")
+        return SessionRecord(
+            sid=sid, version=int(body.get("version", 0)), data=data, ttl=int(body.get("ttl", 0))
+        )
+
+    def put(self, sid, data, ttl=None, create_only=False, if_match=None):
+        body = {"data": data}
+        if ttl is not None:
+            body["ttl"] = ttl
+        headers = {}
+        if create_only:
+            headers["If-None-Match"] = "*"
+        elif if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        return int(self._call("PUT", f"/v1/sessions/{_quote(sid)}", body, headers, ok=(200, 201))["version"])
+
+    def patch(self, sid, set_=None, remove=None, ttl=None, if_match=None):
+        body = {}
+        if set_:
+            body["set"] = set_
+        if remove:
+            body["remove"] = list(remove)
+        if ttl is not None:
+            body["ttl"] = ttl
+        headers = {"If-Match": f'"{if_match}"'} if if_match is not None else None
+        return int(self._call("PATCH", f"/v1/sessions/{_quote(sid)}", body, headers)["version"])
+
+    def delete(self, sid):
+        self._call("DELETE", f"/v1/sessions/{_quote(sid)}", ok=(200, 204))
+
+    def rotate(self, sid, new_sid, set_=None, remove=None, data=None, ttl=None, keep_old=None):
+        body = {"new_sid": new_sid}
+        if data is not None:
+            body["data"] = data
+        else:
+            if set_:
+                body["set"] = set_
+            if remove:
+                body["remove"] = list(remove)
+        if ttl is not None:
+            body["ttl"] = ttl
+        if keep_old is not None:
+            body["keep_old"] = keep_old
+        return int(self._call("POST", f"/v1/sessions/{_quote(sid)}/rotate", body, ok=(200, 201))["version"])
+
+    # -- Odoo 18+ device identifiers --------------------------------------
+
+    def delete_identifiers(self, identifiers):
+        identifiers = list(identifiers)
+        deleted = 0
+        for i in range(0, len(identifiers), IDENTIFIER_BATCH):
+            chunk = identifiers[i : i + IDENTIFIER_BATCH]
+            deleted += int(
+                self._call("POST", "/v1/identifiers/delete", {"identifiers": chunk}).get("deleted", 0)
+            )
+        return deleted
+
+    def missing_identifiers(self, identifiers):
+        identifiers = list(dict.fromkeys(identifiers))
+        missing = set()
+        for i in range(0, len(identifiers), IDENTIFIER_BATCH):
+            chunk = identifiers[i : i + IDENTIFIER_BATCH]
+            missing.update(self._call("POST", "/v1/identifiers/missing", {"identifiers": chunk})["missing"])
+        return missing
+
+    # -- operations -------------------------------------------------------
+
+    def ready(self):
+        try:
+            self._call("GET", "/readyz")
+        except SidecarError:
+            return False
+        return True

@@ -1,0 +1,137 @@
+"""Settings of the addon.
+
+Each setting is an environment variable ``DKN_AUTH_*`` or, for installations
+without Kubernetes, an ``odoo.conf`` ``[options]`` key of the same name in lower
+case. The environment wins over the file, the file over the default.
+"""
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+
+DEFAULT_URL = "http://127.0.0.1:7070"
+
+# Keys the sidecar reads (the seed's contract). The addon does not use them,
+# but a seed user's odoo.conf carries them, so they are accepted silently.
+SIDECAR_KEYS = frozenset(
+    {
+        "DKN_AUTH_DRIVER",
+        "DKN_AUTH_PREFIX",
+        "DKN_AUTH_REDIS_URI",
+        "DKN_AUTH_REDIS_MAX_CONN",
+        "DKN_AUTH_DB_URI",
+        "DKN_AUTH_LISTEN",
+        "DKN_AUTH_TOMBSTONE_TTL",
+        "DKN_AUTH_MAX_BODY_BYTES",
+        "DKN_AUTH_BACKEND_TIMEOUT_MS",
+        "DKN_AUTH_LOG",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the addon cannot use; ``setting`` names it."""
+
+    def __init__(self, setting, message):
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str = DEFAULT_URL
+    socket: str = ""
+    expiry: int = 604800
+    anonymous_expiry: int = 10800
+    timeout: float = 2.0
+    refresh_interval: int = 3600
+
+    @property
+    def host(self):
+        return urllib.parse.urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self):
+        return urllib.parse.urlsplit(self.url).port or 80
+
+    def describe(self):
+        if self.socket:
+            return f"unix:{self.socket}"
+        return self.url
+
+
+def _lookup(name, options):
+    value = os.environ.get(name)
+    if value is not None and value.strip() != "":
+        return value.strip()
+    if options is not None:
+        value = options.get(name.lower())
+        # odoo.conf values are strings; unset options are often None/False.
+        if value not in (None, False, ""):
+            return str(value).strip()
+    return None
+
+
+def _int(name, raw, default, minimum, maximum):
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a whole number of seconds, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def load_settings(options=None):
+    """Read the settings from the environment and ``options`` (odoo.conf).
+
+    ``options`` is any mapping with ``.get`` (``odoo.tools.config``). Raises
+    :class:`ConfigError` naming the first bad setting.
+    """
+    url = _lookup("DKN_AUTH_URL", options) or DEFAULT_URL
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError("DKN_AUTH_URL", f"expected http://host:port, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("DKN_AUTH_URL", f"must not carry a path or query, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("DKN_AUTH_URL", f"bad port in {url!r}") from None
+    socket_path = _lookup("DKN_AUTH_SOCKET", options) or ""
+    if socket_path and not os.path.isabs(socket_path):
+        raise ConfigError("DKN_AUTH_SOCKET", f"must be an absolute path, got {socket_path!r}")
+    expiry = _int("DKN_AUTH_EXPIRY", _lookup("DKN_AUTH_EXPIRY", options), 604800, 60, 31536000)
+    anonymous = _int(
+        "DKN_AUTH_ANONYMOUS_EXPIRY",
+        _lookup("DKN_AUTH_ANONYMOUS_EXPIRY", options),
+        10800,
+        60,
+        31536000,
+    )
+    raw_timeout = _lookup("DKN_AUTH_TIMEOUT", options)
+    timeout = 2.0
+    if raw_timeout is not None:
+        try:
+            timeout = float(raw_timeout)
+        except ValueError:
+            raise ConfigError("DKN_AUTH_TIMEOUT", f"expected seconds, got {raw_timeout!r}") from None
+        if not 0.01 <= timeout <= 60:
+            raise ConfigError("DKN_AUTH_TIMEOUT", f"must be between 0.01 and 60 seconds, got {timeout}")
+    refresh = _int(
+        "DKN_AUTH_REFRESH_INTERVAL",
+        _lookup("DKN_AUTH_REFRESH_INTERVAL", options),
+        3600,
+        0,
+        31536000,
+    )
+    return Settings(
+        url=url.rstrip("/"),
+        socket=socket_path,
+        expiry=expiry,
+        anonymous_expiry=anonymous,
+        timeout=timeout,
+        refresh_interval=refresh,
+    )

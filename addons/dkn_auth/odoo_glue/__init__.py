@@ -1,0 +1,119 @@
+"""Install the sidecar session store into the running Odoo.
+
+Called when the addon is imported as a server-wide module (and again, as a
+no-op, by the manifest's ``post_load``): before any request, so the
+filesystem store is never used.
+"""
+
+import functools
+import logging
+import re
+
+_logger = logging.getLogger("odoo.addons.dkn_auth")
+
+_installed = {}
+
+
+def odoo_major(release):
+    """14..19 from ``odoo.release.version_info`` (also 'saas~17' forms)."""
+    first = release.version_info[0]
+    if isinstance(first, int):
+        return first
+    match = re.search(r"(\d+)", str(first))
+    if not match:
+        raise RuntimeError(f"cannot read the Odoo version from {release.version_info!r}")
+    return int(match.group(1))
+
+
+def _options():
+    try:
+        from odoo.tools import config
+    except ImportError:
+        return None
+    return config
+
+
+def _replace_lazy(cls, name, factory):
+    """Replace a lazily computed attribute with one of the same kind."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            existing = vars(klass)[name]
+            break
+    else:
+        existing = None
+    cached_property = getattr(functools, "cached_property", None)  # Python 3.8+
+    if cached_property is not None and isinstance(existing, cached_property):
+        prop = cached_property(factory)
+    elif existing is not None and not isinstance(existing, property):
+        prop = type(existing)(factory)  # odoo.tools.func.lazy_property
+    else:
+        from odoo.tools.func import lazy_property
+
+        prop = lazy_property(factory)
+    setattr(cls, name, prop)
+    set_name = getattr(prop, "__set_name__", None)
+    if set_name is not None:
+        # A cached_property assigned after class creation has no name yet.
+        set_name(cls, name)
+
+
+def install():
+    """Idempotent. Returns the store class installed."""
+    if "store_class" in _installed:
+        return _installed["store_class"]
+    import odoo
+    from odoo import http, release
+
+    from ..client import Client, ConfigError, load_settings
+    from ..client.config import Settings
+    from . import wsgi
+    from .store import make_session_class, make_store_class
+
+    major = odoo_major(release)
+    if major < 14:
+        raise RuntimeError(f"dkn_auth supports Odoo 14 to 19, not {major}")
+
+    config_error = None
+    try:
+        settings = load_settings(_options())
+    except ConfigError as exc:
+        config_error = exc
+        settings = Settings()
+        # Fail closed: every request answers 503 until the setting is fixed,
+        # rather than quietly keeping sessions on the local disk.
+        _logger.critical("dkn_auth: bad setting %s, sessions are unavailable: %s", exc.setting, exc)
+
+    base_session = getattr(http, "Session", None) or http.OpenERPSession
+    session_class = make_session_class(base_session)
+    store_class = make_store_class(http, major)
+    client = None if config_error else Client(settings)
+
+    def session_store(self):
+        return store_class(client, settings, session_class, config_error)
+
+    root_cls = type(http.root)
+    if "session_store" in vars(http.root):
+        _logger.warning(
+            "dkn_auth: the session store was used before dkn_auth was loaded; "
+            "load it with server_wide_modules (or --load) so no session is kept on disk"
+        )
+    _replace_lazy(root_cls, "session_store", session_store)
+    vars(http.root).pop("session_store", None)
+    if hasattr(http, "session_gc"):
+        # Odoo 14/15 randomly sweeps the session directory on requests.
+        http.session_gc = lambda session_store: None
+    if not getattr(root_cls.__call__, "_dkn_auth", False):
+        root_cls.__call__ = wsgi.wrap(root_cls.__call__)
+
+    _installed["store_class"] = store_class
+    _installed["session_class"] = session_class
+    _installed["settings"] = settings
+    if not config_error:
+        _logger.info("dkn_auth: Odoo %s sessions are kept by the sidecar at %s", major, settings.describe())
+    odoo.addons.dkn_auth_installed = True  # visible marker for health checks and tests
+    return store_class
+
+
+def uninstall_for_tests():
+    """Forget the installation (tests build a fresh fake Odoo each time)."""
+    _installed.clear()

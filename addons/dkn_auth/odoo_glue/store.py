@@ -1,0 +1,374 @@
+"""The session store, adapted to each Odoo version's interface.
+
+``make_store_class(http, major)`` builds a store class for the running Odoo
+from facts found on ``odoo.http`` (its Session class, its key format), so one
+code path serves Odoo 14 to 19. See docs/odoo-addon.md for the behaviour.
+"""
+
+import logging
+import re
+import time
+
+from ..client import Gone, NotFound, PreconditionFailed, SidecarError, Unavailable
+from ..client.codec import decode, encode
+from ..client.diff import Snapshot, changes
+from . import wsgi
+
+_logger = logging.getLogger("odoo.addons.dkn_auth")
+
+STORED_SESSION_BYTES = 42  # Odoo 18+: sid[:42] is the device identifier
+_identifier_re = re.compile(r"^[A-Za-z0-9_-]{42}$")
+_SNAP = "_dkn_snapshot"
+
+
+def _unavailable_exception():
+    from werkzeug.exceptions import ServiceUnavailable
+
+    class SessionStoreUnavailable(ServiceUnavailable):
+        description = "session store unavailable"
+
+    return SessionStoreUnavailable
+
+
+SessionStoreUnavailable = _unavailable_exception()
+
+
+def make_session_class(base):
+    """Subclass of Odoo's Session able to carry the load snapshot.
+
+    Odoo 16+ Sessions use ``__slots__`` and route unknown attributes into the
+    session data, so the snapshot gets its own slot and bypasses that routing.
+    """
+    if "__slots__" in vars(base):
+        # Core's __setattr__ tests ``key in self.__slots__``, which on a
+        # subclass only lists the subclass's own slots: route every slot of
+        # the hierarchy ourselves or the flags would leak into the data.
+        slots = {_SNAP}
+        for klass in base.__mro__:
+            declared = vars(klass).get("__slots__", ())
+            slots.update((declared,) if isinstance(declared, str) else declared)
+
+        class DknSession(base):
+            __slots__ = (_SNAP,)
+
+            def __setattr__(self, key, value):
+                if key in slots:
+                    object.__setattr__(self, key, value)
+                else:
+                    base.__setattr__(self, key, value)
+
+    else:
+
+        class DknSession(base):
+            pass
+
+    DknSession.__name__ = base.__name__
+    DknSession.__qualname__ = base.__qualname__
+    return DknSession
+
+
+def get_snapshot(session):
+    try:
+        snap = object.__getattribute__(session, _SNAP)
+    except AttributeError:
+        return None
+    return snap if isinstance(snap, Snapshot) else None
+
+
+def set_snapshot(session, snap):
+    try:
+        object.__setattr__(session, _SNAP, snap)
+    except AttributeError:
+        # A Session not built by this store (plain core class): it is saved
+        # whole as a new session, which is what core would do.
+        pass
+
+
+class DknSessionStoreBase:
+    """Version-independent part. ``make_store_class`` adds the per-version bits."""
+
+    major = 16
+    tagged = True  # sets/dates/datetimes need tags (Odoo < 18)
+    soft_rotation = False  # Odoo 19
+    deletion_timer = 120
+
+    def __init__(self, client, settings, session_class, config_error=None):
+        self.client = client
+        self.settings = settings
+        self.session_class = session_class
+        self.config_error = config_error
+        # Odoo's sessions.max_inactivity_seconds, per database, as last read.
+        self._max_inactivity = {}
+
+    # -- helpers ------------------------------------------------------------
+
+    def _fail(self, exc):
+        wsgi.mark_unavailable(exc)
+        _logger.error("session store unavailable: %s", exc)
+        raise SessionStoreUnavailable() from None
+
+    def _api(self):
+        if self.client is None:
+            self._fail(f"dkn_auth is misconfigured ({self.config_error})")
+        return self.client
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return getattr(self._api(), method)(*args, **kwargs)
+        except Unavailable as exc:
+            self._fail(exc.message if exc.status == 0 else f"sidecar answered {exc.status} {exc.code}")
+
+    def _user_ttl(self, db=None, env=None):
+        if env is not None:
+            try:
+                if not getattr(env.cr, "_closed", False):
+                    raw = env["ir.config_parameter"].sudo().get_param("sessions.max_inactivity_seconds")
+                    value = int(raw) if raw else None
+                    self._max_inactivity[env.cr.dbname] = value if value and value > 0 else None
+                    db = env.cr.dbname
+            except Exception:  # noqa: BLE001 - a bad parameter must not break the save
+                _logger.warning("invalid sessions.max_inactivity_seconds, using DKN_AUTH_EXPIRY")
+        return self._max_inactivity.get(db) or self.settings.expiry
+
+    def _request_env(self):
+        try:
+            from odoo.http import request
+        except ImportError:
+            return None
+        try:
+            return request.env if request else None
+        except Exception:  # noqa: BLE001 - no request bound to this thread
+            return None
+
+    def _ttl_for(self, session, env=None):
+        if session.get("uid"):
+            return self._user_ttl(session.get("db"), env if env is not None else self._request_env())
+        return self.settings.anonymous_expiry
+
+    def _encode(self, session):
+        return encode(dict(session), tagged=self.tagged)
+
+    # -- the store interface ------------------------------------------------
+
+    def new(self):
+        return self.session_class({}, self.generate_key(), True)
+
+    def get(self, sid):
+        if not self.is_valid_key(sid):
+            return self.new()
+        try:
+            record = self._call("get", sid)
+        except SidecarError as exc:
+            _logger.warning("session %s... could not be read (%s), starting a new one", sid[:8], exc)
+            return self.new()
+        if record is None:
+            return self.new()
+        try:
+            data = decode(record.data) if self.tagged else record.data
+            session = self.session_class(data, sid, False)
+        except Exception as exc:  # noqa: BLE001 - unreadable stored data: core's stores reset too
+            _logger.warning("session %s... is unreadable (%s), starting a new one", sid[:8], exc)
+            return self.new()
+        set_snapshot(session, Snapshot(sid, record.data, record.version, record.ttl))
+        self._maybe_refresh(session, record)
+        return session
+
+    def _maybe_refresh(self, session, record):
+        """Slide the TTL at most once per refresh interval, not on every request."""
+        target = (
+            self._user_ttl(record.data.get("db"))
+            if record.data.get("uid")
+            else self.settings.anonymous_expiry
+        )
+        interval = min(self.settings.refresh_interval, target // 2)
+        if record.ttl >= target - interval:
+            return
+        try:
+            self._call("patch", record.sid, ttl=target)
+        except (NotFound, Gone):
+            pass  # deleted meanwhile: the request sees it as loaded, saves are refused
+
+    def save(self, session):
+        data = self._encode(session)
+        ttl = self._ttl_for(session)
+        snap = get_snapshot(session)
+        if snap is None or snap.sid != session.sid:
+            self._create(session, data, ttl)
+            return
+        if snap.gone:
+            return
+        set_, remove = changes(snap, data)
+        try:
+            version = self._call("patch", session.sid, set_=set_, remove=remove, ttl=ttl)
+        except (NotFound, Gone):
+            # Logged out, revoked or expired since it was loaded: never bring
+            # it back (the stale copy would still pass check_session).
+            _logger.info("session %s... was deleted meanwhile, its changes are dropped", session.sid[:8])
+            snap.gone = True
+            return
+        set_snapshot(session, Snapshot(session.sid, data, version, ttl))
+
+    def _create(self, session, data, ttl):
+        sid = session.sid
+        try:
+            version = self._call("put", sid, data, ttl=ttl, create_only=True)
+        except PreconditionFailed:
+            # Created meanwhile by a parallel request with the same cookie:
+            # merge into it, update-only.
+            try:
+                version = self._call("patch", sid, set_=data, ttl=ttl)
+            except (NotFound, Gone):
+                set_snapshot(session, Snapshot(sid, data, gone=True))
+                return
+        except Gone:
+            if session.get("uid"):
+                # Its session_token is bound to this deleted sid: stay out.
+                _logger.info("session %s... was deleted, not recreating it", sid[:8])
+                set_snapshot(session, Snapshot(sid, data, gone=True))
+                return
+            # An anonymous cookie naming a deleted sid: give it a fresh one
+            # (core sets the new cookie because the sid changed).
+            session.sid = sid = self.generate_key()
+            version = self._call("put", sid, data, ttl=ttl, create_only=True)
+        set_snapshot(session, Snapshot(sid, data, version, ttl))
+
+    def delete(self, session):
+        self._call("delete", session.sid)
+        snap = get_snapshot(session)
+        if snap is not None and snap.sid == session.sid:
+            snap.gone = True
+
+    def rotate(self, session, env=None, soft=False):
+        soft = bool(soft) and self.soft_rotation
+        old_sid = session.sid
+        snap = get_snapshot(session)
+        keep_old = None
+        if soft:
+            recent = self._call("get", old_sid)
+            if recent is not None and "next_sid" in recent.data:
+                # A concurrent request already rotated: follow it (core does).
+                session.sid = recent.data["next_sid"]
+                return
+            new_sid = old_sid[:STORED_SESSION_BYTES] + self.generate_key()[STORED_SESSION_BYTES:]
+            keep_old = {
+                "ttl": self.deletion_timer,
+                "set": {"next_sid": new_sid, "deletion_time": time.time() + self.deletion_timer},
+            }
+            session["gc_previous_sessions"] = True
+        else:
+            new_sid = self.generate_key()
+        session.sid = new_sid
+        if session.get("uid") and env is not None:
+            from odoo.service import security
+
+            session["session_token"] = security.compute_session_token(session, env)
+        if self.major >= 16:
+            session.should_rotate = False
+        if self.major >= 19:
+            session["create_time"] = time.time()
+        data = self._encode(session)
+        ttl = self._ttl_for(session, env)
+        stored = snap is not None and snap.sid == old_sid and not snap.gone
+        try:
+            if stored:
+                set_, remove = changes(snap, data)
+                version = self._call(
+                    "rotate", old_sid, new_sid, set_=set_, remove=remove, ttl=ttl, keep_old=keep_old
+                )
+            else:
+                version = self._call("rotate", old_sid, new_sid, data=data, ttl=ttl, keep_old=keep_old)
+        except (NotFound, Gone):
+            if soft:
+                # Deleted since it was loaded (revoked, logged out): stay deleted.
+                _logger.info("session %s... was deleted meanwhile, not rotating it", old_sid[:8])
+                set_snapshot(session, Snapshot(new_sid, data, gone=True))
+                return
+            # Hard rotation = login or logout in this very request: the new
+            # session is legitimate on its own, the old sid stays deleted.
+            version = self._call("put", new_sid, data, ttl=ttl, create_only=True)
+        set_snapshot(session, Snapshot(new_sid, data, version, ttl))
+
+    def vacuum(self, *args, **kwargs):
+        """Expiry is the backend's TTL: nothing to collect."""
+        return None
+
+    # Odoo 14/15 name of the same thing, kept for callers of the werkzeug API.
+    def list(self):
+        raise NotImplementedError("dkn_auth does not list sessions (they are keyed in the sidecar's backend)")
+
+
+class DeviceMethods:
+    """Odoo 18+: ``res.device`` revocation and clean-up."""
+
+    def delete_from_identifiers(self, identifiers):
+        identifiers = list(identifiers)
+        if self.major >= 19:
+            for identifier in identifiers:
+                if not isinstance(identifier, str) or not _identifier_re.match(identifier):
+                    raise ValueError(
+                        "Identifier format incorrect, did you pass in a string instead of a list?"
+                    )
+            valid = identifiers
+        else:
+            # 18 skips identifiers shorter than 42 characters: a 2-character
+            # one must never delete another database's sessions.
+            valid = [i for i in identifiers if isinstance(i, str) and _identifier_re.match(i)]
+        if valid:
+            self._call("delete_identifiers", valid)
+
+    def get_missing_session_identifiers(self, identifiers):
+        identifiers = set(identifiers)
+        valid = {i for i in identifiers if isinstance(i, str) and _identifier_re.match(i)}
+        missing = identifiers - valid  # a malformed identifier names no session
+        if valid:
+            missing |= self._call("missing_identifiers", valid)
+        return missing
+
+
+class SoftRotationMethods:
+    """Odoo 19."""
+
+    soft_rotation = True
+
+    def delete_old_sessions(self, session):
+        """Core deletes the pre-rotation sids once the grace period is over.
+
+        Here the old sid was written with a TTL of that grace period (rotate's
+        ``keep_old``), so the backend already drops it; what is left is the
+        marker on the current session.
+        """
+        if "gc_previous_sessions" in session:
+            if session.get("create_time", 0) + self.deletion_timer < time.time():
+                del session["gc_previous_sessions"]
+                self.save(session)
+
+
+def make_store_class(http, major):
+    """Build the store class for the running Odoo (``http`` = ``odoo.http``)."""
+    try:
+        from odoo.tools._vendor import sessions as vendored  # 14.0 (late) to 19
+    except ImportError:  # early 14.0 builds still used werkzeug's copy
+        from werkzeug.contrib import sessions as vendored
+
+    core_store = getattr(http, "FilesystemSessionStore", None) or vendored.FilesystemSessionStore
+    bases = []
+    if major >= 19:
+        bases.append(SoftRotationMethods)
+    if major >= 18:
+        bases.append(DeviceMethods)
+    bases += [DknSessionStoreBase, vendored.SessionStore]
+
+    def generate_key(self, salt=None):
+        return core_store.generate_key(self, salt)
+
+    def is_valid_key(self, key):
+        return isinstance(key, str) and bool(core_store.is_valid_key(self, key))
+
+    attrs = {
+        "major": major,
+        "tagged": major < 18,
+        "deletion_timer": int(getattr(http, "SESSION_DELETION_TIMER", 120)),
+        "generate_key": generate_key,
+        "is_valid_key": is_valid_key,
+    }
+    return type("DknSessionStore", tuple(bases), attrs)
