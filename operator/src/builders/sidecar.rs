@@ -1,0 +1,234 @@
+//! The sidecar container and the dkn_auth variables the webhook injects into opted-in Pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::connection::connection;
+use super::{hardened_security_context, Defaults, ValidStore};
+use crate::crd::{Driver, NativeSidecarMode, SIDECAR_CONTAINER};
+
+/// uid of the sidecar image's non-root user (distroless "nonroot").
+pub const SIDECAR_UID: i64 = 65532;
+/// Kubernetes minor version from which native sidecars are on by default (beta in 1.29).
+pub const NATIVE_SIDECAR_MIN_MINOR: u32 = 29;
+
+/// Everything the webhook adds to a Pod for one store.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Injection {
+    pub sidecar: Container,
+    /// Native sidecar (init container with restartPolicy Always) or regular container.
+    pub native: bool,
+    /// DKN_AUTH_URL, DKN_AUTH_EXPIRY, DKN_AUTH_ANONYMOUS_EXPIRY for the Odoo containers.
+    pub addon_env: Vec<EnvVar>,
+    /// Containers that get `addon_env`; empty means all regular containers.
+    pub target_containers: Vec<String>,
+    /// Hash of the injected settings (independent of `native`).
+    pub config_hash: String,
+}
+
+/// Decides native vs regular from the spec's mode and the API server's version.
+pub fn use_native(mode: NativeSidecarMode, server: Option<(u32, u32)>) -> bool {
+    match mode {
+        NativeSidecarMode::Always => true,
+        NativeSidecarMode::Never => false,
+        NativeSidecarMode::Auto => {
+            matches!(server, Some((major, minor)) if major > 1 || (major == 1 && minor >= NATIVE_SIDECAR_MIN_MINOR))
+        }
+    }
+}
+
+/// Parses the `major`/`minor` fields of `/version` ("1", "29+").
+pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
+    Some((digits(major)?, digits(minor)?))
+}
+
+fn var(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("128Mi".into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection {
+    let spec = &store.spec;
+    let side = &spec.sidecar;
+    let mut env = vec![
+        var("DKN_AUTH_DRIVER", spec.driver.as_str()),
+        var("DKN_AUTH_PREFIX", spec.prefix.clone()),
+        var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
+        var("DKN_AUTH_LISTEN", format!("127.0.0.1:{}", side.port)),
+        var("DKN_AUTH_HEALTH_LISTEN", format!("0.0.0.0:{}", side.health_port)),
+        var("DKN_AUTH_LOG_FORMAT", "json"),
+    ];
+    if spec.driver == Driver::Redis {
+        env.push(var("DKN_AUTH_REDIS_MAX_CONN", spec.redis_pool_size.to_string()));
+    }
+    env.extend(connection(store).env);
+
+    let mut sidecar = Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(side.image.clone().unwrap_or_else(|| defaults.sidecar_image.clone())),
+        image_pull_policy: side.image_pull_policy.clone(),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("dkn-health".into()),
+            container_port: side.health_port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", side.health_port, 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", side.health_port, 10, 3)),
+        resources: Some(side.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(hardened_security_context(Some(SIDECAR_UID))),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+
+    let addon_env = vec![
+        var("DKN_AUTH_URL", format!("http://127.0.0.1:{}", side.port)),
+        var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
+        var("DKN_AUTH_ANONYMOUS_EXPIRY", spec.anonymous_expiry_seconds.to_string()),
+    ];
+    let target_containers = spec.injection.containers.clone();
+    let config_hash = hash(&(&sidecar, &addon_env, &target_containers));
+
+    if native {
+        // Started before the app containers, kept running, and its startup probe holds
+        // the next containers until the sidecar serves.
+        sidecar.restart_policy = Some("Always".into());
+        sidecar.startup_probe = Some(http_probe("/healthz", side.health_port, 1, 60));
+    }
+    Injection { sidecar, native, addon_env, target_containers, config_hash }
+}
+
+fn hash(value: &impl Serialize) -> String {
+    // Serialising plain k8s-openapi structs to JSON cannot fail.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures;
+
+    fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
+        c.env.clone().unwrap_or_default().into_iter().map(|e| (e.name.clone(), e)).collect()
+    }
+
+    #[test]
+    fn native_decision() {
+        use NativeSidecarMode::*;
+        assert!(use_native(Auto, Some((1, 29))));
+        assert!(use_native(Auto, Some((1, 33))));
+        assert!(!use_native(Auto, Some((1, 28))));
+        assert!(!use_native(Auto, Some((1, 20))));
+        assert!(!use_native(Auto, None));
+        assert!(use_native(Always, Some((1, 20))));
+        assert!(!use_native(Never, Some((1, 33))));
+        assert_eq!(parse_version("1", "29+"), Some((1, 29)));
+        assert_eq!(parse_version("1", "20"), Some((1, 20)));
+        assert_eq!(parse_version("", "20"), None);
+    }
+
+    #[test]
+    fn sidecar_env_contract() {
+        let inj = build(&fixtures::managed_redis(), &Defaults::default(), false);
+        let env = env_of(&inj.sidecar);
+        assert_eq!(env["DKN_AUTH_DRIVER"].value.as_deref(), Some("redis"));
+        assert_eq!(env["DKN_AUTH_PREFIX"].value.as_deref(), Some("session:"));
+        assert_eq!(env["DKN_AUTH_EXPIRY"].value.as_deref(), Some("604800"));
+        assert_eq!(env["DKN_AUTH_LISTEN"].value.as_deref(), Some("127.0.0.1:7070"));
+        assert_eq!(env["DKN_AUTH_LOG_FORMAT"].value.as_deref(), Some("json"));
+        assert_eq!(env["DKN_AUTH_REDIS_MAX_CONN"].value.as_deref(), Some("64"));
+        assert!(env["DKN_AUTH_REDIS_PASSWORD"].value_from.is_some());
+        assert_eq!(env["DKN_AUTH_REDIS_PASSWORD"].value, None);
+        assert_eq!(inj.sidecar.image.as_deref(), Some(Defaults::default().sidecar_image.as_str()));
+        assert_eq!(inj.sidecar.restart_policy, None);
+        assert_eq!(inj.sidecar.startup_probe, None);
+    }
+
+    #[test]
+    fn no_secret_value_is_ever_literal() {
+        for store in [
+            fixtures::managed_redis(),
+            fixtures::managed_postgres(),
+            fixtures::store(serde_json::json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "r"}}}})),
+        ] {
+            let inj = build(&store, &Defaults::default(), true);
+            for e in inj.sidecar.env.as_ref().expect("env") {
+                if e.name.ends_with("_PASSWORD") || (e.name.ends_with("_URI") && !matches!(store.spec.backend, crate::crd::Backend::Managed(_))) {
+                    assert!(e.value.is_none() && e.value_from.is_some(), "{} must use secretKeyRef", e.name);
+                }
+                if let Some(v) = &e.value {
+                    // user:password@ in a literal URI would put the secret in the Pod spec.
+                    let userinfo = v.split("://").nth(1).and_then(|rest| rest.split_once('@')).map(|(u, _)| u);
+                    assert!(!userinfo.is_some_and(|u| u.contains(':')), "credentials in {}: {v}", e.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hardened_and_probed() {
+        let inj = build(&fixtures::managed_postgres(), &Defaults::default(), true);
+        let c = &inj.sidecar;
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.run_as_user, Some(SIDECAR_UID));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+        let path = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(path(&c.startup_probe).as_deref(), Some("/healthz"));
+        assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+        assert!(env_of(c).get("DKN_AUTH_REDIS_MAX_CONN").is_none());
+    }
+
+    #[test]
+    fn addon_env_and_hash() {
+        let store = fixtures::store(serde_json::json!({
+            "driver": "redis", "expirySeconds": 3600, "anonymousExpirySeconds": 600,
+            "backend": {"managed": {}}, "sidecar": {"port": 7171}
+        }));
+        let inj = build(&store, &Defaults::default(), false);
+        let names: Vec<_> = inj.addon_env.iter().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or(""))).collect();
+        assert_eq!(names, [("DKN_AUTH_URL", "http://127.0.0.1:7171"), ("DKN_AUTH_EXPIRY", "3600"), ("DKN_AUTH_ANONYMOUS_EXPIRY", "600")]);
+        assert_eq!(inj.config_hash.len(), 16);
+        // Same settings, same hash, whatever the sidecar mode; other settings, other hash.
+        assert_eq!(build(&store, &Defaults::default(), true).config_hash, inj.config_hash);
+        assert_ne!(build(&fixtures::managed_redis(), &Defaults::default(), false).config_hash, inj.config_hash);
+    }
+}

@@ -1,0 +1,432 @@
+//! The `OdooSessionStore` custom resource (`odoo-ha.io/v1alpha1`).
+//!
+//! Every field carries a doc comment: they become the `description`s that
+//! `kubectl explain odoosessionstores.spec` prints.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the CRD.
+pub const GROUP: &str = "odoo-ha.io";
+/// Label a Pod carries to opt in; its value names an `OdooSessionStore` in the Pod's namespace.
+pub const STORE_LABEL: &str = "odoo-ha.io/session-store";
+/// Annotation the webhook writes on a Pod it injected (idempotency marker).
+pub const INJECTED_ANNOTATION: &str = "odoo-ha.io/injected";
+/// Annotation on Deployment/StatefulSet pod templates: changing it rolls the workload.
+pub const CONFIG_HASH_ANNOTATION: &str = "odoo-ha.io/config-hash";
+/// Name of the injected sidecar container.
+pub const SIDECAR_CONTAINER: &str = "odoo-session-sidecar";
+/// Field manager used for every server-side apply.
+pub const MANAGER: &str = "odoo-session-operator";
+/// Finalizer that removes PersistentVolumeClaims when the store is deleted.
+pub const FINALIZER: &str = "odoo-ha.io/cleanup";
+
+/// An `OdooSessionStore` describes one shared pool of Odoo sessions: which backend keeps
+/// them (Redis or PostgreSQL, managed by the operator, external, or a CloudNativePG cluster)
+/// and how the session sidecar is injected into Pods labelled
+/// `odoo-ha.io/session-store: <name>`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "odoo-ha.io",
+    version = "v1alpha1",
+    kind = "OdooSessionStore",
+    plural = "odoosessionstores",
+    shortname = "oss",
+    namespaced,
+    status = "OdooSessionStoreStatus",
+    doc = "OdooSessionStore: a shared session pool for multi-pod Odoo. Pods labelled odoo-ha.io/session-store=<name> get the session sidecar and the dkn_auth variables injected.",
+    printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver", description = "Session backend driver"),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend", description = "Kind of backend in use"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the store is ready"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OdooSessionStoreSpec {
+    /// Session backend driver: `redis` or `db` (PostgreSQL). Becomes the sidecar's DKN_AUTH_DRIVER.
+    pub driver: Driver,
+
+    /// Key (Redis) or table (PostgreSQL) namespace for the sessions. Becomes DKN_AUTH_PREFIX.
+    #[serde(default = "default_prefix")]
+    #[schemars(length(min = 1, max = 64))]
+    pub prefix: String,
+
+    /// Seconds of inactivity before a logged-in session expires. Becomes DKN_AUTH_EXPIRY.
+    #[serde(default = "default_expiry")]
+    #[schemars(range(min = 60))]
+    pub expiry_seconds: i64,
+
+    /// Seconds of inactivity before an anonymous (not logged-in) session expires.
+    /// Becomes DKN_AUTH_ANONYMOUS_EXPIRY in the Odoo containers.
+    #[serde(default = "default_anonymous_expiry")]
+    #[schemars(range(min = 60))]
+    pub anonymous_expiry_seconds: i64,
+
+    /// Where the sessions are kept. Set exactly one of `managed`, `external` or `cloudNativePG`.
+    pub backend: Backend,
+
+    /// Size of the sidecar's Redis connection pool. Becomes DKN_AUTH_REDIS_MAX_CONN.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub redis_pool_size: i32,
+
+    /// The session sidecar injected into opted-in Pods.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+
+    /// Which containers of an opted-in Pod receive the dkn_auth variables.
+    #[serde(default)]
+    pub injection: InjectionSpec,
+}
+
+/// Session backend driver.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Redis (or a Redis-compatible server).
+    Redis,
+    /// PostgreSQL.
+    Db,
+}
+
+impl Driver {
+    /// The value of DKN_AUTH_DRIVER.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Redis => "redis",
+            Driver::Db => "db",
+        }
+    }
+}
+
+/// Where the sessions are kept: exactly one of the fields.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Backend {
+    /// A single Redis or PostgreSQL instance run by the operator (StatefulSet with a
+    /// PersistentVolumeClaim, Service, Secret with a generated password, NetworkPolicy).
+    Managed(ManagedBackend),
+    /// A backend you run yourself, reached with a URI kept in a Secret of this namespace.
+    External(ExternalBackend),
+    /// A CloudNativePG `Cluster` created by the operator (needs the CloudNativePG operator
+    /// installed; driver must be `db`). Its `<name>-app` Secret gives the URI.
+    #[serde(rename = "cloudNativePG")]
+    CloudNativePg(CloudNativePgBackend),
+}
+
+impl Backend {
+    /// Short name shown in the `Backend` printer column.
+    pub fn kind_name(&self, driver: Driver) -> &'static str {
+        match (self, driver) {
+            (Backend::Managed(_), Driver::Redis) => "managed-redis",
+            (Backend::Managed(_), Driver::Db) => "managed-postgres",
+            (Backend::External(_), _) => "external",
+            (Backend::CloudNativePg(_), _) => "cloudnativepg",
+        }
+    }
+}
+
+/// What happens to the backend's PersistentVolumeClaims when the store is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum PvcRetention {
+    /// Delete the claims (and so the session data) with the store.
+    #[default]
+    Delete,
+    /// Keep the claims; a store created again with the same name reuses them.
+    Retain,
+}
+
+/// A backend instance managed by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedBackend {
+    /// Container image of the backend. Default: the official `redis` or `postgres` image
+    /// chosen by the operator (flags --default-redis-image / --default-postgres-image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Size of the data volume.
+    #[serde(default = "default_storage_size")]
+    pub storage_size: Quantity,
+    /// StorageClass of the data volume. Default: the cluster's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Compute resources of the backend container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// `Delete` (default) removes the data volume with the store; `Retain` keeps it.
+    #[serde(default)]
+    pub pvc_retention: PvcRetention,
+}
+
+/// An external backend given by a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalBackend {
+    /// Secret (in the store's namespace) and key holding the full backend URI, password
+    /// included: `redis://:password@host:6379/0`, `rediss://...` or `postgresql://...`.
+    pub uri_secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the store's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[serde(default = "default_uri_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A CloudNativePG cluster created and owned by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudNativePgBackend {
+    /// Number of PostgreSQL instances of the Cluster.
+    #[serde(default = "default_instances")]
+    #[schemars(range(min = 1, max = 9))]
+    pub instances: i32,
+    /// Size of each instance's volume.
+    #[serde(default = "default_storage_size")]
+    pub storage_size: Quantity,
+    /// StorageClass of the volumes. Default: the cluster's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// PostgreSQL image of the Cluster. Default: CloudNativePG's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+}
+
+/// How to run the sidecar as a native sidecar (an init container with restartPolicy Always).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum NativeSidecarMode {
+    /// Native sidecar when the API server is Kubernetes 1.29 or newer, regular container otherwise.
+    #[default]
+    Auto,
+    /// Always a native sidecar (nodes must be 1.29 or newer).
+    Always,
+    /// Always a regular container, placed first so it starts before Odoo.
+    Never,
+}
+
+/// The injected session sidecar.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image. Default: the operator's --default-sidecar-image (env DEFAULT_SIDECAR_IMAGE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// Compute resources of the sidecar. Default: requests 10m CPU / 32Mi, limit 128Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Loopback port of the session API (DKN_AUTH_LISTEN=127.0.0.1:<port>); the addon's
+    /// DKN_AUTH_URL points at it.
+    #[serde(default = "default_sidecar_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// Port of the health listener (DKN_AUTH_HEALTH_LISTEN=0.0.0.0:<port>) that serves only
+    /// /healthz, /readyz and /metrics, so the kubelet can probe the sidecar while the
+    /// session API stays on loopback.
+    #[serde(default = "default_health_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub health_port: i32,
+    /// `auto` (default), `always` or `never`: run the sidecar as a native sidecar.
+    #[serde(default)]
+    pub native_sidecar: NativeSidecarMode,
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        SidecarSpec {
+            image: None,
+            image_pull_policy: None,
+            resources: None,
+            port: default_sidecar_port(),
+            health_port: default_health_port(),
+            native_sidecar: NativeSidecarMode::Auto,
+        }
+    }
+}
+
+/// Which containers receive the dkn_auth variables.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionSpec {
+    /// Names of the containers (the Odoo containers) that receive DKN_AUTH_URL,
+    /// DKN_AUTH_EXPIRY and DKN_AUTH_ANONYMOUS_EXPIRY. Empty: every container of the Pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+}
+
+/// Observed state of an `OdooSessionStore`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OdooSessionStoreStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `BackendReady` and `InjectionReady`, each with reason, message and observedGeneration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Kind of backend in use: managed-redis, managed-postgres, external or cloudnativepg.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// host:port the sidecars connect to (no credentials), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Secret holding the backend credentials the sidecars read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Hash of the settings injected into Pods; opted-in Deployments and StatefulSets are
+    /// rolled when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Number of running opted-in Pods found without the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_without_sidecar: Option<i32>,
+}
+
+pub fn default_prefix() -> String {
+    "session:".to_string()
+}
+pub fn default_expiry() -> i64 {
+    604_800
+}
+pub fn default_anonymous_expiry() -> i64 {
+    10_800
+}
+pub fn default_pool_size() -> i32 {
+    64
+}
+pub fn default_storage_size() -> Quantity {
+    Quantity("1Gi".to_string())
+}
+pub fn default_uri_key() -> String {
+    "uri".to_string()
+}
+pub fn default_instances() -> i32 {
+    1
+}
+pub fn default_sidecar_port() -> i32 {
+    7070
+}
+pub fn default_health_port() -> i32 {
+    7071
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec: OdooSessionStoreSpec =
+            serde_json::from_value(serde_json::json!({"driver": "redis", "backend": {"managed": {}}}))
+                .expect("minimal spec parses");
+        assert_eq!(spec.prefix, "session:");
+        assert_eq!(spec.expiry_seconds, 604_800);
+        assert_eq!(spec.anonymous_expiry_seconds, 10_800);
+        assert_eq!(spec.redis_pool_size, 64);
+        assert_eq!(spec.sidecar.port, 7070);
+        assert_eq!(spec.sidecar.native_sidecar, NativeSidecarMode::Auto);
+        match spec.backend {
+            Backend::Managed(m) => {
+                assert_eq!(m.storage_size.0, "1Gi");
+                assert_eq!(m.pvc_retention, PvcRetention::Delete);
+            }
+            other => panic!("expected managed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_backends_are_rejected() {
+        let err = serde_json::from_value::<OdooSessionStoreSpec>(serde_json::json!({
+            "driver": "redis",
+            "backend": {"managed": {}, "external": {"uriSecretRef": {"name": "x"}}}
+        }));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn unknown_driver_is_rejected() {
+        let err = serde_json::from_value::<OdooSessionStoreSpec>(
+            serde_json::json!({"driver": "memcached", "backend": {"managed": {}}}),
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn crd_shape() {
+        let crd = OdooSessionStore::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("odoosessionstores.odoo-ha.io"));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["oss".to_string()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .expect("printer columns")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Driver", "Backend", "Ready", "Age"]);
+    }
+
+    /// `kubectl explain` prints descriptions: every property of the schema must have one.
+    #[test]
+    fn every_field_has_a_description() {
+        let crd = OdooSessionStore::crd();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("schema"),
+        )
+        .expect("schema serialises");
+        let mut missing = Vec::new();
+        walk(&schema["properties"]["spec"], "spec", &mut missing);
+        walk(&schema["properties"]["status"], "status", &mut missing);
+        assert!(missing.is_empty(), "fields without description: {missing:?}");
+    }
+
+    fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+            for (name, child) in props {
+                let child_path = format!("{path}.{name}");
+                if child.get("description").and_then(|d| d.as_str()).unwrap_or("").is_empty() {
+                    missing.push(child_path.clone());
+                }
+                // k8s-openapi types (resources, conditions) are described upstream.
+                if name == "resources" || name == "conditions" {
+                    continue;
+                }
+                walk(child, &child_path, missing);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, path, missing);
+        }
+    }
+}
+
+/// The CRD as YAML, with a header saying where it comes from.
+pub fn crd_yaml() -> Result<String, String> {
+    use kube::CustomResourceExt;
+    let body = serde_saphyr::to_string(&OdooSessionStore::crd()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# Generated by `cargo run -p odoo-session-operator --bin crdgen` from operator/src/crd.rs.\n# Do not edit by hand.\n---\n{body}"
+    ))
+}

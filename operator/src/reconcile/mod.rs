@@ -1,0 +1,3 @@
+//! Reconcile: dereference -> validate -> build -> apply -> status.
+
+pub mod validate;
