@@ -1,0 +1,103 @@
+# shellcheck shell=bash
+# Shared settings and helpers for the local Kubernetes harness (sourced, not run).
+#
+# Every listener is pinned to loopback or to the harness's own bridge, on ports chosen
+# to stay clear of a real cluster on the same machine (6443, 2379, 10250, ...).
+
+K8S_VERSION=1.20.2
+K8S_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+STATE=${ODOO_HA_K8S_STATE:-/tmp/odoo-ha-k8s}
+CACHE_ROOT=${ODOO_HA_K8S_CACHE:-/var/cache/odoo-ha-session}
+K8S_BIN=$CACHE_ROOT/kubernetes-$K8S_VERSION/bin
+IMAGE_CACHE=$CACHE_ROOT/images
+
+ETCD_PORT=23790
+ETCD_PEER_PORT=23800
+API_PORT=16443
+KCM_PORT=16257
+SCHED_PORT=16259
+KUBELET_PORT=16250
+KUBELET_HEALTHZ_PORT=16248
+PROXY_HEALTHZ_PORT=16256
+PROXY_METRICS_PORT=16249
+
+# The node's only network: a bridge that exists for the harness alone. The node IP,
+# the cluster DNS and the pods' route to the API server all live on its gateway address.
+BRIDGE=odooha0
+POD_CIDR=10.203.0.0/24
+NODE_IP=10.203.0.1
+SERVICE_CIDR=10.204.0.0/16
+API_SERVICE_IP=10.204.0.1
+CLUSTER_DOMAIN=cluster.local
+NODE_NAME=odoo-ha-node
+PAUSE_IMAGE=localhost/pause:3.2
+
+CONTAINERD_SOCK=$STATE/containerd/containerd.sock
+KUBECONFIG_ADMIN=$STATE/kubeconfig
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-k8s}" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+require_root() {
+    [[ $(id -u) -eq 0 ]] || die "run as root: the harness manages mounts, iptables and a bridge"
+}
+
+# Installs the Debian packages the harness needs, only when one is missing.
+ensure_packages() {
+    local missing=() pkg
+    local -A probe=(
+        [etcd-server]=/usr/bin/etcd
+        [containerd]=/usr/bin/containerd
+        [runc]=/usr/sbin/runc
+        [containernetworking-plugins]=/usr/lib/cni/bridge
+        [iptables]=/usr/sbin/iptables
+        [conntrack]=/usr/sbin/conntrack
+        [dnsmasq-base]=/usr/sbin/dnsmasq
+        [buildah]=/usr/bin/buildah
+        [socat]=/usr/bin/socat
+        [busybox]=/bin/busybox
+        [jq]=/usr/bin/jq
+        [openssl]=/usr/bin/openssl
+        [curl]=/usr/bin/curl
+        [iproute2]=/usr/sbin/ip
+        [gcc]=/usr/bin/gcc
+        [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
+        [util-linux]=/usr/bin/findmnt
+    )
+    for pkg in "${!probe[@]}"; do
+        [[ -e ${probe[$pkg]} ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+kubectl_admin() {
+    kubectl --kubeconfig "$KUBECONFIG_ADMIN" "$@"
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
+wait_for() {
+    local timeout=$1 what=$2 deadline
+    shift 2
+    deadline=$((SECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            log "timed out after ${timeout}s waiting for $what"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+containerd_up() {
+    [[ -S $CONTAINERD_SOCK ]] && ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
+}
