@@ -1,0 +1,145 @@
+//! The HTTP API v1 (see docs/sidecar-api.md): routing, shared state, timing.
+
+mod body;
+mod error;
+mod leases;
+mod ops;
+mod sessions;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use body::LARGE_BODY_LIMIT;
+pub use error::ApiError;
+
+use crate::metrics::{KindLabels, Metrics, RouteLabels};
+use crate::store::{Store, StoreError, StoreResult};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub default_ttl: Duration,
+    pub max_body_bytes: usize,
+    pub backend_timeout: Duration,
+}
+
+impl AppState {
+    /// Runs one backend operation within the time limit, counting its failures.
+    pub async fn call<T>(&self, op: impl Future<Output = StoreResult<T>>) -> Result<T, ApiError> {
+        self.call_within(self.backend_timeout, op).await
+    }
+
+    /// As `call`, with a time limit of the caller's (a lease acquire that may wait).
+    pub async fn call_within<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, ApiError> {
+        let result = match tokio::time::timeout(limit, op).await {
+            Ok(r) => r.map_err(ApiError::Store),
+            Err(_) => Err(ApiError::Timeout(
+                u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            )),
+        };
+        if let Err(e) = &result {
+            let kind = match e {
+                ApiError::Timeout(_) => Some("timeout"),
+                ApiError::Store(StoreError::Unavailable(_)) => Some("unavailable"),
+                ApiError::Store(StoreError::Backend(_)) => Some("unexpected"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.metrics
+                    .backend_errors
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+                tracing::warn!(error = %e, "backend operation failed");
+            }
+            let conflict = match e {
+                ApiError::Store(StoreError::Precondition { .. }) => Some("precondition"),
+                ApiError::Store(StoreError::Gone) => Some("gone"),
+                ApiError::Store(StoreError::LeaseHeld { .. }) => Some("lease_held"),
+                _ => None,
+            };
+            if let Some(kind) = conflict {
+                self.metrics
+                    .conflicts
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+            }
+        }
+        result
+    }
+
+    pub fn wrote(&self, kind: &'static str) {
+        self.metrics
+            .writes
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+}
+
+async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+async fn wrong_method() -> Response {
+    ApiError::Method.into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/sessions/{sid}",
+            get(sessions::get)
+                .put(sessions::put)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
+        )
+        .route("/v1/sessions/{sid}/rotate", post(sessions::rotate))
+        .route("/v1/identifiers/delete", post(sessions::delete_identifiers))
+        .route(
+            "/v1/identifiers/missing",
+            post(sessions::missing_identifiers),
+        )
+        .route("/v1/leases/{name}/acquire", post(leases::acquire))
+        .route("/v1/leases/{name}/refresh", post(leases::refresh))
+        .route("/v1/leases/{name}/release", post(leases::release))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route);
+    v1.layer(middleware::from_fn_with_state(state.clone(), timing))
+        .with_state(state)
+}

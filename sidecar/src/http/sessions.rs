@@ -1,0 +1,277 @@
+//! Session routes: read, write, partial update, delete, rotate, Odoo 18 identifiers.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::body::{JsonBody, LargeJsonBody};
+use super::{ApiError, AppState};
+use crate::config::MAX_TTL_SECS;
+use crate::model::{
+    fields_from_object, write_object, Condition, Identifier, InputError, KeepOld, Patch,
+    RotateSource, Rotation, Sid,
+};
+
+/// Most identifiers in one request: Odoo's device clean-up sends batches of 100,000.
+pub const MAX_IDENTIFIERS: usize = 100_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    data: Map<String, Value>,
+    ttl: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    #[serde(default)]
+    set: Map<String, Value>,
+    #[serde(default)]
+    remove: Vec<String>,
+    ttl: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepOldBody {
+    ttl: u64,
+    #[serde(default)]
+    set: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    new_sid: String,
+    #[serde(default)]
+    set: Map<String, Value>,
+    #[serde(default)]
+    remove: Vec<String>,
+    data: Option<Map<String, Value>>,
+    ttl: Option<u64>,
+    keep_old: Option<KeepOldBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifiersBody {
+    identifiers: Vec<String>,
+}
+
+fn ttl_or_default(ttl: Option<u64>, state: &AppState) -> Result<Duration, ApiError> {
+    match ttl {
+        None => Ok(state.default_ttl),
+        Some(s) if (1..=MAX_TTL_SECS).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(_) => {
+            Err(InputError::Body(format!("ttl: expected 1 to {MAX_TTL_SECS} seconds")).into())
+        }
+    }
+}
+
+fn parse_version(h: &HeaderValue) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::Input(InputError::Body(
+            "If-Match: expected one version as \"<integer>\"".into(),
+        ))
+    };
+    let s = h.to_str().map_err(|_| bad())?.trim();
+    let s = s
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s);
+    s.parse().map_err(|_| bad())
+}
+
+fn condition(headers: &HeaderMap) -> Result<Condition, ApiError> {
+    match (headers.get(IF_NONE_MATCH), headers.get(IF_MATCH)) {
+        (Some(_), Some(_)) => {
+            Err(InputError::Body("If-Match and If-None-Match cannot be combined".into()).into())
+        }
+        (Some(v), None) if v.as_bytes() == b"*" => Ok(Condition::CreateOnly),
+        (Some(_), None) => {
+            Err(InputError::Body("If-None-Match: only * is supported".into()).into())
+        }
+        (None, Some(v)) => parse_version(v).map(Condition::IfMatch),
+        (None, None) => Ok(Condition::Unconditional),
+    }
+}
+
+fn etag(version: u64) -> HeaderValue {
+    // Digits and quotes are always a valid header value.
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn versioned(status: StatusCode, version: u64) -> Response {
+    (
+        status,
+        [(ETAG, etag(version))],
+        Json(json!({"version": version})),
+    )
+        .into_response()
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    let sid = Sid::parse(&sid)?;
+    let Some(session) = state.call(state.store.get(&sid)).await? else {
+        return Err(crate::store::StoreError::NotFound.into());
+    };
+    // Built by hand: the stored values are JSON text already.
+    let mut body =
+        String::with_capacity(128 + session.fields.values().map(String::len).sum::<usize>());
+    body.push_str("{\"sid\":\"");
+    body.push_str(sid.as_str());
+    body.push_str("\",\"version\":");
+    body.push_str(&session.version.to_string());
+    body.push_str(",\"ttl\":");
+    body.push_str(&session.ttl.as_secs().to_string());
+    body.push_str(",\"data\":");
+    write_object(&session.fields, &mut body);
+    body.push('}');
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (ETAG, etag(session.version)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PutBody>,
+) -> Result<Response, ApiError> {
+    let sid = Sid::parse(&sid)?;
+    let cond = condition(&headers)?;
+    let ttl = ttl_or_default(body.ttl, &state)?;
+    let fields = fields_from_object(body.data)?;
+    let w = state.call(state.store.put(&sid, fields, ttl, cond)).await?;
+    state.wrote("put");
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(versioned(status, w.version))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PatchBody>,
+) -> Result<Response, ApiError> {
+    let sid = Sid::parse(&sid)?;
+    let if_match = match condition(&headers)? {
+        Condition::Unconditional => None,
+        Condition::IfMatch(v) => Some(v),
+        Condition::CreateOnly => {
+            return Err(InputError::Body(
+                "PATCH is update-only: If-None-Match is not accepted".into(),
+            )
+            .into())
+        }
+    };
+    let ttl = ttl_or_default(body.ttl, &state)?;
+    let patch = Patch::new(fields_from_object(body.set)?, body.remove)?;
+    let version = state
+        .call(state.store.patch(&sid, patch, ttl, if_match))
+        .await?;
+    state.wrote("patch");
+    Ok(versioned(StatusCode::OK, version))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let sid = Sid::parse(&sid)?;
+    state.call(state.store.delete(&sid)).await?;
+    state.wrote("delete");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+    JsonBody(body): JsonBody<RotateBody>,
+) -> Result<Response, ApiError> {
+    let old = Sid::parse(&sid)?;
+    let new_sid = Sid::parse(&body.new_sid)?;
+    let ttl = ttl_or_default(body.ttl, &state)?;
+    let source = match body.data {
+        Some(data) => {
+            if !body.set.is_empty() || !body.remove.is_empty() {
+                return Err(
+                    InputError::Body("give either data or set/remove, not both".into()).into(),
+                );
+            }
+            RotateSource::Given(fields_from_object(data)?)
+        }
+        None => RotateSource::Stored(Patch::new(fields_from_object(body.set)?, body.remove)?),
+    };
+    let keep_old = match body.keep_old {
+        Some(k) if (1..=86_400).contains(&k.ttl) => Some(KeepOld {
+            ttl: Duration::from_secs(k.ttl),
+            set: fields_from_object(k.set)?,
+        }),
+        Some(_) => {
+            return Err(InputError::Body("keep_old.ttl: expected 1 to 86400 seconds".into()).into())
+        }
+        None => None,
+    };
+    let rotation = Rotation {
+        new_sid,
+        source,
+        ttl,
+        keep_old,
+    };
+    let w = state.call(state.store.rotate(&old, rotation)).await?;
+    state.wrote("rotate");
+    Ok(versioned(StatusCode::CREATED, w.version))
+}
+
+fn identifiers(raw: Vec<String>) -> Result<Vec<Identifier>, ApiError> {
+    if raw.len() > MAX_IDENTIFIERS {
+        return Err(InputError::Body(format!(
+            "identifiers: at most {MAX_IDENTIFIERS} per request, got {}",
+            raw.len()
+        ))
+        .into());
+    }
+    raw.iter()
+        .map(|s| Identifier::parse(s).map_err(ApiError::from))
+        .collect()
+}
+
+pub async fn delete_identifiers(
+    State(state): State<AppState>,
+    LargeJsonBody(body): LargeJsonBody<IdentifiersBody>,
+) -> Result<Response, ApiError> {
+    let ids = identifiers(body.identifiers)?;
+    let deleted = state.call(state.store.delete_identifiers(&ids)).await?;
+    state.wrote("delete_identifiers");
+    Ok(Json(json!({"deleted": deleted})).into_response())
+}
+
+pub async fn missing_identifiers(
+    State(state): State<AppState>,
+    LargeJsonBody(body): LargeJsonBody<IdentifiersBody>,
+) -> Result<Response, ApiError> {
+    let ids = identifiers(body.identifiers)?;
+    let missing = state.call(state.store.missing_identifiers(&ids)).await?;
+    let missing: Vec<&str> = missing.iter().map(Identifier::as_str).collect();
+    Ok(Json(json!({"missing": missing})).into_response())
+}

@@ -1,0 +1,111 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::{TcpListener, UnixListener};
+
+use odoo_session_sidecar::config::{Args, Listen, LogFormat, Settings};
+use odoo_session_sidecar::http::{router, AppState};
+use odoo_session_sidecar::metrics::Metrics;
+use odoo_session_sidecar::store;
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::from_args(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("odoo-session-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings);
+    // Redis and PostgreSQL TLS both use rustls; one provider for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("odoo-session-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("odoo-session-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let store = store::open(&settings)?;
+    let state = AppState {
+        store: Arc::new(store),
+        metrics: Arc::new(Metrics::default()),
+        default_ttl: settings.expiry,
+        max_body_bytes: settings.max_body_bytes,
+        backend_timeout: settings.backend_timeout,
+    };
+    let driver = state.store.driver_name();
+    let app = router(state);
+    match &settings.listen {
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("DKN_AUTH_LISTEN={addr}: cannot listen: {e}"))?;
+            tracing::info!(%addr, driver, "serving");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Listen::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path).map_err(|e| {
+                    format!("DKN_AUTH_SOCKET={}: cannot replace: {e}", path.display())
+                })?;
+            }
+            let listener = UnixListener::bind(path)
+                .map_err(|e| format!("DKN_AUTH_SOCKET={}: cannot listen: {e}", path.display()))?;
+            tracing::info!(socket = %path.display(), driver, "serving");
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(|e| e.to_string());
+            let _ = std::fs::remove_file(path);
+            served
+        }
+    }
+}

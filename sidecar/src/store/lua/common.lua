@@ -1,0 +1,30 @@
+-- Shared by every session script. Keys: a session hash ("v" = version, "d:<key>" = the JSON
+-- text of one data key), a tombstone string, and the identifier index (a sorted set of sids
+-- scored by expiry time in ms). All keys of one sid carry the same hash tag.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function index_add(ikey, sid, ttl, now)
+  redis.call('ZADD', ikey, now + ttl, sid)
+  redis.call('ZREMRANGEBYSCORE', ikey, '-inf', now)
+  if redis.call('PTTL', ikey) < ttl then
+    redis.call('PEXPIRE', ikey, ttl)
+  end
+end
+
+local function hset_pairs(key, args, first, count)
+  local i = first
+  local last = first + 2 * count - 1
+  while i <= last do
+    local stop = math.min(i + 199, last)
+    local batch = {}
+    for j = i, stop, 2 do
+      batch[#batch + 1] = 'd:' .. args[j]
+      batch[#batch + 1] = args[j + 1]
+    end
+    redis.call('HSET', key, unpack(batch))
+    i = stop + 1
+  end
+end

@@ -1,0 +1,376 @@
+//! The embedded driver: one process, nothing shared, for trying the product and for tests.
+//! Expired entries are invisible at once and swept in the background.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{StoreError, StoreResult, StoreSettings};
+use crate::model::{
+    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
+    Session, Sid, Written,
+};
+
+enum Slot {
+    Live { version: u64, fields: Fields },
+    Tombstone,
+}
+
+struct Entry {
+    slot: Slot,
+    expires: Instant,
+}
+
+struct Lease {
+    owner: String,
+    token: u64,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, Entry>,
+    by_identifier: HashMap<String, HashSet<String>>,
+    leases: HashMap<String, Lease>,
+    fences: HashMap<String, u64>,
+}
+
+enum State {
+    Missing,
+    Live(u64),
+    Tombstone,
+}
+
+impl Inner {
+    fn state(&self, sid: &str, now: Instant) -> State {
+        match self.sessions.get(sid) {
+            Some(e) if e.expires > now => match e.slot {
+                Slot::Live { version, .. } => State::Live(version),
+                Slot::Tombstone => State::Tombstone,
+            },
+            _ => State::Missing,
+        }
+    }
+
+    fn live_mut(
+        &mut self,
+        sid: &str,
+        now: Instant,
+    ) -> Option<(&mut u64, &mut Fields, &mut Instant)> {
+        match self.sessions.get_mut(sid) {
+            Some(Entry {
+                slot: Slot::Live { version, fields },
+                expires,
+            }) if *expires > now => Some((version, fields, expires)),
+            _ => None,
+        }
+    }
+
+    fn insert_live(&mut self, sid: &Sid, version: u64, fields: Fields, expires: Instant) {
+        if let Some(ident) = sid.identifier() {
+            self.by_identifier
+                .entry(ident.to_owned())
+                .or_default()
+                .insert(sid.as_str().to_owned());
+        }
+        self.sessions.insert(
+            sid.as_str().to_owned(),
+            Entry {
+                slot: Slot::Live { version, fields },
+                expires,
+            },
+        );
+    }
+
+    fn tombstone(&mut self, sid: &str, until: Instant, now: Instant) -> bool {
+        let was_live = matches!(self.state(sid, now), State::Live(_));
+        self.sessions.insert(
+            sid.to_owned(),
+            Entry {
+                slot: Slot::Tombstone,
+                expires: until,
+            },
+        );
+        if let Ok(parsed) = Sid::parse(sid) {
+            if let Some(ident) = parsed.identifier() {
+                if let Some(set) = self.by_identifier.get_mut(ident) {
+                    set.remove(sid);
+                    if set.is_empty() {
+                        self.by_identifier.remove(ident);
+                    }
+                }
+            }
+        }
+        was_live
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.sessions.retain(|_, e| e.expires > now);
+        let sessions = &self.sessions;
+        self.by_identifier.retain(|_, sids| {
+            sids.retain(|s| sessions.contains_key(s));
+            !sids.is_empty()
+        });
+        self.leases.retain(|_, l| l.expires > now);
+    }
+}
+
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    settings: StoreSettings,
+}
+
+impl MemoryStore {
+    /// Creates the store and its sweeper, which ends when the store is dropped.
+    pub fn new(settings: StoreSettings) -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(inner) => inner.lock().sweep(Instant::now()),
+                    None => break,
+                }
+            }
+        });
+        MemoryStore { inner, settings }
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        Ok(match inner.sessions.get(sid.as_str()) {
+            Some(Entry {
+                slot: Slot::Live { version, fields },
+                expires,
+            }) if *expires > now => Some(Session {
+                version: *version,
+                fields: fields.clone(),
+                ttl: *expires - now,
+            }),
+            _ => None,
+        })
+    }
+
+    pub async fn put(
+        &self,
+        sid: &Sid,
+        fields: Fields,
+        ttl: Duration,
+        cond: Condition,
+    ) -> StoreResult<Written> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        let current = match inner.state(sid.as_str(), now) {
+            State::Tombstone => return Err(StoreError::Gone),
+            State::Live(v) => Some(v),
+            State::Missing => None,
+        };
+        match (cond, current) {
+            (Condition::CreateOnly, Some(v)) => {
+                return Err(StoreError::Precondition { current: Some(v) })
+            }
+            (Condition::IfMatch(want), cur) if cur != Some(want) => {
+                return Err(StoreError::Precondition { current: cur })
+            }
+            _ => {}
+        }
+        let version = current.map_or(1, |v| v + 1);
+        inner.insert_live(sid, version, fields, now + ttl);
+        Ok(Written {
+            version,
+            created: current.is_none(),
+        })
+    }
+
+    pub async fn patch(
+        &self,
+        sid: &Sid,
+        patch: Patch,
+        ttl: Duration,
+        if_match: Option<u64>,
+    ) -> StoreResult<u64> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        match inner.state(sid.as_str(), now) {
+            State::Tombstone => return Err(StoreError::Gone),
+            State::Missing => return Err(StoreError::NotFound),
+            State::Live(v) if if_match.is_some_and(|want| want != v) => {
+                return Err(StoreError::Precondition { current: Some(v) })
+            }
+            State::Live(_) => {}
+        }
+        let (version, fields, expires) = inner
+            .live_mut(sid.as_str(), now)
+            .ok_or(StoreError::NotFound)?;
+        if patch.apply(fields) {
+            *version += 1;
+        }
+        *expires = now + ttl;
+        Ok(*version)
+    }
+
+    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+        let now = Instant::now();
+        let until = now + self.settings.tombstone_ttl;
+        Ok(self.inner.lock().tombstone(sid.as_str(), until, now))
+    }
+
+    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        let old_state = inner.state(old.as_str(), now);
+        if matches!(old_state, State::Tombstone) {
+            return Err(StoreError::Gone);
+        }
+        match inner.state(rotation.new_sid.as_str(), now) {
+            State::Missing => {}
+            State::Live(v) => return Err(StoreError::Precondition { current: Some(v) }),
+            State::Tombstone => return Err(StoreError::Precondition { current: None }),
+        }
+        let fields = match &rotation.source {
+            RotateSource::Given(fields) => fields.clone(),
+            RotateSource::Stored(patch) => {
+                let (_, stored, _) = inner
+                    .live_mut(old.as_str(), now)
+                    .ok_or(StoreError::NotFound)?;
+                let mut fields = stored.clone();
+                patch.apply(&mut fields);
+                fields
+            }
+        };
+        inner.insert_live(&rotation.new_sid, 1, fields, now + rotation.ttl);
+        match (&rotation.keep_old, inner.live_mut(old.as_str(), now)) {
+            (Some(keep), Some((version, fields, expires))) => {
+                let keep_patch = Patch {
+                    set: keep.set.clone(),
+                    remove: Vec::new(),
+                };
+                if keep_patch.apply(fields) {
+                    *version += 1;
+                }
+                *expires = now + keep.ttl;
+            }
+            (Some(_), None) => {}
+            (None, _) => {
+                inner.tombstone(old.as_str(), now + self.settings.tombstone_ttl, now);
+            }
+        }
+        Ok(Written {
+            version: 1,
+            created: true,
+        })
+    }
+
+    pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        let now = Instant::now();
+        let until = now + self.settings.tombstone_ttl;
+        let mut inner = self.inner.lock();
+        let mut deleted = 0;
+        for id in ids {
+            let sids: Vec<String> = inner
+                .by_identifier
+                .get(id.as_str())
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            for sid in sids {
+                if inner.tombstone(&sid, until, now) {
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                !inner.by_identifier.get(id.as_str()).is_some_and(|sids| {
+                    sids.iter()
+                        .any(|s| matches!(inner.state(s, now), State::Live(_)))
+                })
+            })
+            .cloned()
+            .collect())
+    }
+
+    pub async fn try_acquire(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        if let Some(l) = inner.leases.get(name.as_str()) {
+            if l.expires > now && l.owner != owner.as_str() {
+                return Err(StoreError::LeaseHeld {
+                    owner: l.owner.clone(),
+                });
+            }
+        }
+        let fence = inner.fences.entry(name.as_str().to_owned()).or_insert(0);
+        *fence += 1;
+        let token = *fence;
+        inner.leases.insert(
+            name.as_str().to_owned(),
+            Lease {
+                owner: owner.as_str().to_owned(),
+                token,
+                expires: now + ttl,
+            },
+        );
+        Ok(LeaseGrant { token, ttl })
+    }
+
+    pub async fn refresh_lease(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        match inner.leases.get_mut(name.as_str()) {
+            Some(l) if l.expires > now && l.owner == owner.as_str() => {
+                l.expires = now + ttl;
+                Ok(LeaseGrant {
+                    token: l.token,
+                    ttl,
+                })
+            }
+            Some(l) if l.expires > now => Err(StoreError::LeaseHeld {
+                owner: l.owner.clone(),
+            }),
+            _ => Err(StoreError::LeaseNotHeld),
+        }
+    }
+
+    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock();
+        match inner.leases.get(name.as_str()) {
+            Some(l) if l.expires > now && l.owner == owner.as_str() => {
+                inner.leases.remove(name.as_str());
+                Ok(())
+            }
+            Some(l) if l.expires > now => Err(StoreError::LeaseHeld {
+                owner: l.owner.clone(),
+            }),
+            _ => Err(StoreError::LeaseNotHeld),
+        }
+    }
+}

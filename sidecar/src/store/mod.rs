@@ -1,0 +1,219 @@
+//! The session store interface and its three drivers.
+//!
+//! Every driver implements the same operations with the same outcomes; `tests/behaviour.rs`
+//! runs one suite against all of them.
+
+pub mod memory;
+pub mod postgres;
+pub mod redis;
+
+use std::time::Duration;
+
+use crate::model::{
+    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, Rotation, Session, Sid,
+    Written,
+};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("session not found")]
+    NotFound,
+    #[error("session was deleted; writes to it are refused")]
+    Gone,
+    #[error("version condition failed")]
+    Precondition { current: Option<u64> },
+    #[error("lease is held by another owner")]
+    LeaseHeld { owner: String },
+    #[error("lease is not held")]
+    LeaseNotHeld,
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("backend answered unexpectedly: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Settings every driver shares.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub prefix: String,
+    pub tombstone_ttl: Duration,
+}
+
+/// One of the drivers. An enum rather than a trait object: the request path stays
+/// monomorphic and no boxing of futures is needed.
+pub enum Store {
+    Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+    Postgres(postgres::PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Memory($s) => $e,
+            Store::Redis($s) => $e,
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    pub fn driver_name(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+            Store::Postgres(_) => "db",
+        }
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
+        dispatch!(self, s => s.get(sid).await)
+    }
+
+    pub async fn put(
+        &self,
+        sid: &Sid,
+        fields: Fields,
+        ttl: Duration,
+        cond: Condition,
+    ) -> StoreResult<Written> {
+        dispatch!(self, s => s.put(sid, fields, ttl, cond).await)
+    }
+
+    pub async fn patch(
+        &self,
+        sid: &Sid,
+        patch: Patch,
+        ttl: Duration,
+        if_match: Option<u64>,
+    ) -> StoreResult<u64> {
+        dispatch!(self, s => s.patch(sid, patch, ttl, if_match).await)
+    }
+
+    /// Deletes and tombstones; true when a live session was removed.
+    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+        dispatch!(self, s => s.delete(sid).await)
+    }
+
+    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+        if &rotation.new_sid == old {
+            return Err(StoreError::Precondition { current: None });
+        }
+        dispatch!(self, s => s.rotate(old, rotation).await)
+    }
+
+    /// Deletes every live session of these identifiers; returns how many.
+    pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        dispatch!(self, s => s.delete_identifiers(ids).await)
+    }
+
+    /// The identifiers without any live session, in request order.
+    pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
+        dispatch!(self, s => s.missing_identifiers(ids).await)
+    }
+
+    pub async fn try_acquire(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        dispatch!(self, s => s.try_acquire(name, owner, ttl).await)
+    }
+
+    /// Acquires, retrying while another owner holds the lease, for up to `wait`.
+    pub async fn acquire(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+        wait: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.try_acquire(name, owner, ttl).await {
+                Err(StoreError::LeaseHeld { owner: holder })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    if left.is_zero() {
+                        return Err(StoreError::LeaseHeld { owner: holder });
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn refresh_lease(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        dispatch!(self, s => s.refresh_lease(name, owner, ttl).await)
+    }
+
+    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
+        dispatch!(self, s => s.release_lease(name, owner).await)
+    }
+
+    /// Connections of the backend pool in use, for `/metrics`.
+    pub fn pool_in_use(&self) -> u64 {
+        match self {
+            Store::Memory(_) => 0,
+            Store::Redis(s) => s.pool_in_use(),
+            Store::Postgres(s) => s.pool_in_use(),
+        }
+    }
+}
+
+/// Milliseconds, saturating, for backends that count in them.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Opens the configured driver. Never waits for the backend: a backend that is down at
+/// start makes `/readyz` fail until it answers, like an outage later on.
+pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
+    use crate::config::Driver;
+    let common = StoreSettings {
+        prefix: settings.prefix.clone(),
+        tombstone_ttl: settings.tombstone_ttl,
+    };
+    match settings.driver {
+        Driver::Memory => Ok(Store::Memory(memory::MemoryStore::new(common))),
+        Driver::Redis => {
+            let target =
+                redis::Target::from_uri(&settings.redis_uri, settings.redis_password.as_deref())
+                    .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
+            let pool =
+                redis::RedisPool::new(target, settings.redis_max_conn, settings.backend_timeout);
+            Ok(Store::Redis(redis::RedisStore::new(pool, common)))
+        }
+        Driver::Db => {
+            let pg = postgres::PgSettings {
+                uri: settings.db_uri.clone().unwrap_or_default(),
+                password: settings.db_password.clone(),
+                max_conn: settings.db_max_conn,
+                table: settings.db_table.clone(),
+                unlogged: settings.db_unlogged,
+                timeout: settings.backend_timeout,
+                ca_file: settings.db_ca_file.clone(),
+            };
+            let store = postgres::PgStore::new(&pg, common)?;
+            store.spawn_migration(pg.unlogged);
+            store.spawn_gc(settings.db_gc_interval);
+            Ok(Store::Postgres(store))
+        }
+    }
+}

@@ -1,0 +1,850 @@
+//! The PostgreSQL driver. One table holds sessions and tombstones (`data IS NULL`), with a
+//! version column, an expiry column and a partial index on the Odoo 18 identifier. Every
+//! single-session write is one statement; rotation is one transaction. Expired rows are
+//! invisible at once and deleted in batches by whichever sidecar holds an advisory lock.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+
+use super::{millis, StoreError, StoreResult, StoreSettings};
+use crate::model::{
+    fields_from_object, write_object, Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner,
+    Patch, RotateSource, Rotation, Session, Sid, Written,
+};
+
+const SCHEMA_VERSION: i32 = 1;
+const GC_BATCH: i64 = 1000;
+
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub uri: String,
+    pub password: Option<String>,
+    pub max_conn: usize,
+    pub table: String,
+    pub unlogged: bool,
+    pub timeout: Duration,
+    pub ca_file: Option<String>,
+}
+
+/// SQL text with the table names filled in once at start.
+struct Sql {
+    get: String,
+    put_create: String,
+    put_any: String,
+    put_match: String,
+    patch: String,
+    classify: String,
+    delete: String,
+    lock_pair: String,
+    rotate_insert_stored: String,
+    rotate_insert_given: String,
+    keep_old: String,
+    delete_identifiers: String,
+    missing: String,
+    lease_acquire: String,
+    lease_owner: String,
+    lease_refresh: String,
+    lease_release: String,
+    gc: String,
+}
+
+impl Sql {
+    fn new(t: &str) -> Self {
+        let l = format!("{t}_leases");
+        let ttl = |p: &str| format!("now() + ({p}::float8 * interval '1 millisecond')");
+        Sql {
+            get: format!(
+                "SELECT version, data, (extract(epoch from expires_at - now()) * 1000)::bigint \
+                 FROM {t} WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now()"
+            ),
+            put_create: format!(
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
+                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 WHERE s.expires_at <= now() RETURNING version",
+                e = ttl("$5")
+            ),
+            put_any: format!(
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
+                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, \
+                 version = CASE WHEN s.data IS NULL OR s.expires_at <= now() THEN 1 ELSE s.version + 1 END, \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 WHERE NOT (s.data IS NULL AND s.expires_at > now()) RETURNING version",
+                e = ttl("$5")
+            ),
+            put_match: format!(
+                "UPDATE {t} SET version = version + 1, data = ($3::text)::jsonb, expires_at = {e} \
+                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
+                 AND version = $5 RETURNING version",
+                e = ttl("$4")
+            ),
+            patch: format!(
+                "UPDATE {t} SET data = (data || ($3::text)::jsonb) - ($4::text[]), \
+                 version = version + CASE WHEN ((data || ($3::text)::jsonb) - ($4::text[])) \
+                 IS DISTINCT FROM data THEN 1 ELSE 0 END, expires_at = {e} \
+                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
+                 AND ($6::bigint IS NULL OR version = $6) RETURNING version",
+                e = ttl("$5")
+            ),
+            classify: format!(
+                "SELECT data IS NULL, version FROM {t} \
+                 WHERE ns = $1 AND sid = $2 AND expires_at > now()"
+            ),
+            delete: format!(
+                "WITH old AS (SELECT data IS NOT NULL AND expires_at > now() AS live FROM {t} \
+                 WHERE ns = $1 AND sid = $2 FOR UPDATE) \
+                 INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
+                 VALUES ($1, $2, NULL, 0, NULL, {e}) \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = NULL, data = NULL, \
+                 expires_at = EXCLUDED.expires_at \
+                 RETURNING coalesce((SELECT live FROM old), false)",
+                e = ttl("$3")
+            ),
+            lock_pair: format!(
+                "SELECT sid, data IS NULL, version FROM {t} \
+                 WHERE ns = $1 AND sid = ANY($2::text[]) AND expires_at > now() FOR UPDATE"
+            ),
+            rotate_insert_stored: format!(
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
+                 SELECT $1, $3, $4, 1, (o.data || ($5::text)::jsonb) - ($6::text[]), {e} \
+                 FROM {t} o WHERE o.ns = $1 AND o.sid = $2 \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 WHERE s.expires_at <= now() RETURNING version",
+                e = ttl("$7")
+            ),
+            rotate_insert_given: format!(
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
+                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 WHERE s.expires_at <= now() RETURNING version",
+                e = ttl("$5")
+            ),
+            keep_old: format!(
+                "UPDATE {t} SET data = data || ($3::text)::jsonb, \
+                 version = version + CASE WHEN (data || ($3::text)::jsonb) IS DISTINCT FROM data \
+                 THEN 1 ELSE 0 END, expires_at = {e} \
+                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL",
+                e = ttl("$4")
+            ),
+            delete_identifiers: format!(
+                "WITH target AS (SELECT sid, expires_at > now() AS live FROM {t} \
+                 WHERE ns = $1 AND ident = ANY($2::text[]) AND data IS NOT NULL FOR UPDATE), \
+                 gone AS (UPDATE {t} s SET data = NULL, ident = NULL, expires_at = {e} \
+                 FROM target WHERE s.ns = $1 AND s.sid = target.sid RETURNING 1) \
+                 SELECT count(*) FILTER (WHERE live) FROM target",
+                e = ttl("$3")
+            ),
+            missing: format!(
+                "SELECT u.i FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n) \
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} s WHERE s.ns = $1 AND s.ident = u.i \
+                 AND s.data IS NOT NULL AND s.expires_at > now()) ORDER BY u.n"
+            ),
+            lease_acquire: format!(
+                "INSERT INTO {l} AS l (ns, name, owner, token, expires_at) \
+                 VALUES ($1, $2, $3, 1, {e}) \
+                 ON CONFLICT (ns, name) DO UPDATE SET owner = EXCLUDED.owner, \
+                 token = l.token + 1, expires_at = EXCLUDED.expires_at \
+                 WHERE l.owner IS NULL OR l.expires_at <= now() OR l.owner = EXCLUDED.owner \
+                 RETURNING token",
+                e = ttl("$4")
+            ),
+            lease_owner: format!(
+                "SELECT owner FROM {l} WHERE ns = $1 AND name = $2 \
+                 AND owner IS NOT NULL AND expires_at > now()"
+            ),
+            lease_refresh: format!(
+                "UPDATE {l} SET expires_at = {e} WHERE ns = $1 AND name = $2 AND owner = $3 \
+                 AND expires_at > now() RETURNING token",
+                e = ttl("$4")
+            ),
+            lease_release: format!(
+                "UPDATE {l} SET owner = NULL, expires_at = now() WHERE ns = $1 AND name = $2 \
+                 AND owner = $3 AND expires_at > now()"
+            ),
+            gc: format!(
+                "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
+                 WHERE expires_at < now() LIMIT {GC_BATCH} FOR UPDATE SKIP LOCKED))"
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    sql: Arc<Sql>,
+    table: Arc<str>,
+    settings: StoreSettings,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+    }
+    match e.code() {
+        Some(c)
+            if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::UNDEFINED_TABLE =>
+        {
+            StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        }
+        _ => StoreError::Backend(format!("PostgreSQL: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL pool: {e}"))
+}
+
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("DKN_AUTH_DB_CA_FILE {path}: {e}"))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("DKN_AUTH_DB_CA_FILE {path}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("DKN_AUTH_DB_CA_FILE {path}: {e}"))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A quoted identifier for the configured table; the name was checked at start.
+pub fn valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl PgStore {
+    pub fn new(pg: &PgSettings, settings: StoreSettings) -> Result<Self, String> {
+        if !valid_table_name(&pg.table) {
+            return Err(format!(
+                "DKN_AUTH_DB_TABLE {:?}: expected 1 to 48 characters of [a-z0-9_], not starting with a digit",
+                pg.table
+            ));
+        }
+        let mut config = tokio_postgres::Config::from_str(&pg.uri)
+            .map_err(|e| format!("DKN_AUTH_DB_URI: not a PostgreSQL URI: {e}"))?;
+        if config.get_password().is_none() {
+            if let Some(pw) = &pg.password {
+                config.password(pw);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(pg.timeout);
+        }
+        config.application_name("odoo-session-sidecar");
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(pg.ca_file.as_deref())?);
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pg.max_conn.max(1))
+            .wait_timeout(Some(pg.timeout))
+            .create_timeout(Some(pg.timeout))
+            .recycle_timeout(Some(pg.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("PostgreSQL pool: {e}"))?;
+        Ok(PgStore {
+            pool,
+            sql: Arc::new(Sql::new(&pg.table)),
+            table: pg.table.as_str().into(),
+            settings,
+        })
+    }
+
+    /// Creates or migrates the schema; several sidecars starting at once take turns.
+    pub async fn migrate(&self, unlogged: bool) -> StoreResult<()> {
+        let t = &*self.table;
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            &[&format!("{t}:migrate")],
+        )
+        .await
+        .map_err(pg_err)?;
+        let kind = if unlogged { "UNLOGGED " } else { "" };
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {t}_meta (key text PRIMARY KEY, value text NOT NULL);
+             CREATE {kind}TABLE IF NOT EXISTS {t} (
+               ns text NOT NULL,
+               sid text NOT NULL,
+               ident text,
+               version bigint NOT NULL,
+               data jsonb,
+               expires_at timestamptz NOT NULL,
+               PRIMARY KEY (ns, sid));
+             CREATE INDEX IF NOT EXISTS {t}_ident ON {t} (ns, ident)
+               WHERE ident IS NOT NULL AND data IS NOT NULL;
+             CREATE INDEX IF NOT EXISTS {t}_expiry ON {t} (expires_at);
+             CREATE TABLE IF NOT EXISTS {t}_leases (
+               ns text NOT NULL,
+               name text NOT NULL,
+               owner text,
+               token bigint NOT NULL,
+               expires_at timestamptz NOT NULL,
+               PRIMARY KEY (ns, name));"
+        ))
+        .await
+        .map_err(pg_err)?;
+        let found: Option<String> = tx
+            .query_opt(
+                &format!("SELECT value FROM {t}_meta WHERE key = 'schema'"),
+                &[],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.get(0));
+        match found.as_deref().map(str::parse::<i32>) {
+            None => {
+                tx.execute(
+                    &format!("INSERT INTO {t}_meta (key, value) VALUES ('schema', $1)"),
+                    &[&SCHEMA_VERSION.to_string()],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            Some(Ok(v)) if v == SCHEMA_VERSION => {}
+            Some(Ok(v)) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Backend(format!(
+                    "table {t} has schema version {v}, newer than this sidecar's {SCHEMA_VERSION}: upgrade the sidecar"
+                )))
+            }
+            other => {
+                return Err(StoreError::Backend(format!(
+                    "table {t}_meta has an unreadable schema version {other:?}"
+                )))
+            }
+        }
+        // Follow the setting if it changed since the table was created.
+        let persistence: i8 = tx
+            .query_one(
+                "SELECT relpersistence::\"char\" FROM pg_class WHERE oid = $1::regclass",
+                &[&t],
+            )
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let is_unlogged = persistence == b'u' as i8;
+        if is_unlogged != unlogged {
+            let to = if unlogged { "UNLOGGED" } else { "LOGGED" };
+            tracing::warn!(table = t, to, "changing the session table's persistence");
+            tx.batch_execute(&format!("ALTER TABLE {t} SET {to}"))
+                .await
+                .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    /// Creates the schema in the background, retrying until PostgreSQL answers; until then
+    /// operations answer 503 (the table is missing) and `/readyz` fails.
+    pub fn spawn_migration(&self, unlogged: bool) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match store.migrate(unlogged).await {
+                    Ok(()) => {
+                        tracing::info!(table = %store.table, "session schema ready");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot prepare the session schema yet; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Deletes expired rows in batches while this sidecar holds the clean-up lock.
+    pub async fn collect_garbage(&self) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let mut client = self.pool.get().await.map_err(pool_err)?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let mine: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+                    &[&format!("{}:gc", self.table)],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if !mine {
+                return Ok(total);
+            }
+            let n = tx.execute(&self.sql.gc, &[]).await.map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            total += n;
+            if n < GC_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs `collect_garbage` every `every` until the store is dropped.
+    pub fn spawn_gc(&self, every: Duration) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.collect_garbage().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "expired sessions removed"),
+                    Err(e) => tracing::warn!(error = %e, "expired-session clean-up failed"),
+                }
+            }
+        });
+    }
+
+    pub fn pool_in_use(&self) -> u64 {
+        let s = self.pool.status();
+        (s.size.saturating_sub(s.available)) as u64
+    }
+
+    fn ns(&self) -> &str {
+        &self.settings.prefix
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Ready means reachable and the schema in place.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.simple_query(&format!("SELECT 1 FROM {}_meta LIMIT 1", self.table))
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(&self.sql.get).await.map_err(pg_err)?;
+        let Some(row) = c
+            .query_opt(&st, &[&self.ns(), &sid.as_str()])
+            .await
+            .map_err(pg_err)?
+        else {
+            return Ok(None);
+        };
+        let version: i64 = row.get(0);
+        let data: serde_json::Value = row.get(1);
+        let ttl_ms: i64 = row.get(2);
+        let serde_json::Value::Object(obj) = data else {
+            return Err(StoreError::Backend(
+                "stored session is not a JSON object".into(),
+            ));
+        };
+        let fields = fields_from_object(obj).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Some(Session {
+            version: version as u64,
+            fields,
+            ttl: Duration::from_millis(ttl_ms.max(0) as u64),
+        }))
+    }
+
+    /// Why a conditional write touched no row.
+    async fn classify(&self, c: &deadpool_postgres::Object, sid: &Sid) -> StoreError {
+        let st = match c.prepare_cached(&self.sql.classify).await {
+            Ok(st) => st,
+            Err(e) => return pg_err(e),
+        };
+        match c.query_opt(&st, &[&self.ns(), &sid.as_str()]).await {
+            Ok(None) => StoreError::NotFound,
+            Ok(Some(row)) if row.get::<_, bool>(0) => StoreError::Gone,
+            Ok(Some(row)) => StoreError::Precondition {
+                current: Some(row.get::<_, i64>(1) as u64),
+            },
+            Err(e) => pg_err(e),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        sid: &Sid,
+        fields: Fields,
+        ttl: Duration,
+        cond: Condition,
+    ) -> StoreResult<Written> {
+        let mut data = String::new();
+        write_object(&fields, &mut data);
+        let ttl_ms = millis(ttl) as f64;
+        let c = self.client().await?;
+        let ident = sid.identifier();
+        let row = match cond {
+            Condition::CreateOnly | Condition::Unconditional => {
+                let sql = if cond == Condition::CreateOnly {
+                    &self.sql.put_create
+                } else {
+                    &self.sql.put_any
+                };
+                let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+                c.query_opt(&st, &[&self.ns(), &sid.as_str(), &ident, &data, &ttl_ms])
+                    .await
+            }
+            Condition::IfMatch(v) => {
+                let st = c
+                    .prepare_cached(&self.sql.put_match)
+                    .await
+                    .map_err(pg_err)?;
+                c.query_opt(
+                    &st,
+                    &[&self.ns(), &sid.as_str(), &data, &ttl_ms, &(v as i64)],
+                )
+                .await
+            }
+        }
+        .map_err(pg_err)?;
+        match row {
+            Some(row) => {
+                let version = row.get::<_, i64>(0) as u64;
+                Ok(Written {
+                    version,
+                    created: version == 1 && !matches!(cond, Condition::IfMatch(_)),
+                })
+            }
+            None => Err(match self.classify(&c, sid).await {
+                StoreError::NotFound => StoreError::Precondition { current: None },
+                other => other,
+            }),
+        }
+    }
+
+    pub async fn patch(
+        &self,
+        sid: &Sid,
+        patch: Patch,
+        ttl: Duration,
+        if_match: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut set = String::new();
+        write_object(&patch.set, &mut set);
+        let c = self.client().await?;
+        let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
+        let row = c
+            .query_opt(
+                &st,
+                &[
+                    &self.ns(),
+                    &sid.as_str(),
+                    &set,
+                    &patch.remove,
+                    &(millis(ttl) as f64),
+                    &if_match.map(|v| v as i64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        match row {
+            Some(row) => Ok(row.get::<_, i64>(0) as u64),
+            None => Err(self.classify(&c, sid).await),
+        }
+    }
+
+    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let st = c.prepare_cached(&self.sql.delete).await.map_err(pg_err)?;
+        let row = c
+            .query_one(
+                &st,
+                &[
+                    &self.ns(),
+                    &sid.as_str(),
+                    &(millis(self.settings.tombstone_ttl) as f64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
+    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let ns = self.ns();
+        let pair = vec![
+            old.as_str().to_owned(),
+            rotation.new_sid.as_str().to_owned(),
+        ];
+        let lock = tx
+            .prepare_cached(&self.sql.lock_pair)
+            .await
+            .map_err(pg_err)?;
+        let rows = tx.query(&lock, &[&ns, &pair]).await.map_err(pg_err)?;
+        let mut old_live = false;
+        for row in &rows {
+            let sid: &str = row.get(0);
+            let tomb: bool = row.get(1);
+            let version: i64 = row.get(2);
+            if sid == old.as_str() {
+                if tomb {
+                    return Err(StoreError::Gone);
+                }
+                old_live = true;
+            } else if tomb {
+                return Err(StoreError::Precondition { current: None });
+            } else {
+                return Err(StoreError::Precondition {
+                    current: Some(version as u64),
+                });
+            }
+        }
+        let ttl_ms = millis(rotation.ttl) as f64;
+        let new_ident = rotation.new_sid.identifier();
+        let inserted = match &rotation.source {
+            RotateSource::Stored(patch) => {
+                if !old_live {
+                    return Err(StoreError::NotFound);
+                }
+                let mut set = String::new();
+                write_object(&patch.set, &mut set);
+                let st = tx
+                    .prepare_cached(&self.sql.rotate_insert_stored)
+                    .await
+                    .map_err(pg_err)?;
+                tx.query_opt(
+                    &st,
+                    &[
+                        &ns,
+                        &old.as_str(),
+                        &rotation.new_sid.as_str(),
+                        &new_ident,
+                        &set,
+                        &patch.remove,
+                        &ttl_ms,
+                    ],
+                )
+                .await
+            }
+            RotateSource::Given(fields) => {
+                let mut data = String::new();
+                write_object(fields, &mut data);
+                let st = tx
+                    .prepare_cached(&self.sql.rotate_insert_given)
+                    .await
+                    .map_err(pg_err)?;
+                tx.query_opt(
+                    &st,
+                    &[&ns, &rotation.new_sid.as_str(), &new_ident, &data, &ttl_ms],
+                )
+                .await
+            }
+        }
+        .map_err(pg_err)?;
+        if inserted.is_none() {
+            // Someone created the new sid between our check and the insert.
+            return Err(StoreError::Precondition { current: None });
+        }
+        match &rotation.keep_old {
+            Some(keep) => {
+                let mut set = String::new();
+                write_object(&keep.set, &mut set);
+                let st = tx
+                    .prepare_cached(&self.sql.keep_old)
+                    .await
+                    .map_err(pg_err)?;
+                tx.execute(&st, &[&ns, &old.as_str(), &set, &(millis(keep.ttl) as f64)])
+                    .await
+                    .map_err(pg_err)?;
+            }
+            None => {
+                let st = tx.prepare_cached(&self.sql.delete).await.map_err(pg_err)?;
+                tx.query_one(
+                    &st,
+                    &[
+                        &ns,
+                        &old.as_str(),
+                        &(millis(self.settings.tombstone_ttl) as f64),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Written {
+            version: 1,
+            created: true,
+        })
+    }
+
+    pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        let ids: Vec<&str> = ids.iter().map(Identifier::as_str).collect();
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&self.sql.delete_identifiers)
+            .await
+            .map_err(pg_err)?;
+        let row = c
+            .query_one(
+                &st,
+                &[
+                    &self.ns(),
+                    &ids,
+                    &(millis(self.settings.tombstone_ttl) as f64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
+        let raw: Vec<&str> = ids.iter().map(Identifier::as_str).collect();
+        let c = self.client().await?;
+        let st = c.prepare_cached(&self.sql.missing).await.map_err(pg_err)?;
+        let rows = c.query(&st, &[&self.ns(), &raw]).await.map_err(pg_err)?;
+        rows.iter()
+            .map(|r| Identifier::parse(r.get(0)).map_err(|e| StoreError::Backend(e.to_string())))
+            .collect()
+    }
+
+    pub async fn try_acquire(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let c = self.client().await?;
+        let acquire = c
+            .prepare_cached(&self.sql.lease_acquire)
+            .await
+            .map_err(pg_err)?;
+        let who = c
+            .prepare_cached(&self.sql.lease_owner)
+            .await
+            .map_err(pg_err)?;
+        // The holder may release between the insert and the look-up: try twice.
+        for _ in 0..2 {
+            let row = c
+                .query_opt(
+                    &acquire,
+                    &[
+                        &self.ns(),
+                        &name.as_str(),
+                        &owner.as_str(),
+                        &(millis(ttl) as f64),
+                    ],
+                )
+                .await
+                .map_err(|e| match e.code() {
+                    Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
+                        StoreError::Unavailable("lease contention, retry".into())
+                    }
+                    _ => pg_err(e),
+                })?;
+            if let Some(row) = row {
+                return Ok(LeaseGrant {
+                    token: row.get::<_, i64>(0) as u64,
+                    ttl,
+                });
+            }
+            if let Some(holder) = c
+                .query_opt(&who, &[&self.ns(), &name.as_str()])
+                .await
+                .map_err(pg_err)?
+            {
+                return Err(StoreError::LeaseHeld {
+                    owner: holder.get(0),
+                });
+            }
+        }
+        Err(StoreError::Unavailable("lease contention, retry".into()))
+    }
+
+    async fn lease_miss(&self, c: &deadpool_postgres::Object, name: &LeaseName) -> StoreError {
+        let who = match c.prepare_cached(&self.sql.lease_owner).await {
+            Ok(st) => st,
+            Err(e) => return pg_err(e),
+        };
+        match c.query_opt(&who, &[&self.ns(), &name.as_str()]).await {
+            Ok(Some(row)) => StoreError::LeaseHeld { owner: row.get(0) },
+            Ok(None) => StoreError::LeaseNotHeld,
+            Err(e) => pg_err(e),
+        }
+    }
+
+    pub async fn refresh_lease(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&self.sql.lease_refresh)
+            .await
+            .map_err(pg_err)?;
+        match c
+            .query_opt(
+                &st,
+                &[
+                    &self.ns(),
+                    &name.as_str(),
+                    &owner.as_str(),
+                    &(millis(ttl) as f64),
+                ],
+            )
+            .await
+            .map_err(pg_err)?
+        {
+            Some(row) => Ok(LeaseGrant {
+                token: row.get::<_, i64>(0) as u64,
+                ttl,
+            }),
+            None => Err(self.lease_miss(&c, name).await),
+        }
+    }
+
+    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&self.sql.lease_release)
+            .await
+            .map_err(pg_err)?;
+        let n = c
+            .execute(&st, &[&self.ns(), &name.as_str(), &owner.as_str()])
+            .await
+            .map_err(pg_err)?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(self.lease_miss(&c, name).await)
+        }
+    }
+}

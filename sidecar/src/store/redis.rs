@@ -1,0 +1,643 @@
+//! The Redis driver. Each session operation is one Lua script that also sets the TTL, so a
+//! write and its expiry can never be separated. Keys of one sid share a hash tag (its
+//! Odoo 18 identifier, or the sid itself), so they live in one Redis Cluster slot.
+//!
+//! Connections are multiplexed; the pool is a fixed set of slots, each (re)connected lazily.
+//! A request uses the slot given by the number of requests already in flight, so a quiet
+//! sidecar keeps one connection and a busy one spreads over up to `max_conn`. A checkout
+//! costs no round trip (a ping-on-checkout pool would double the latency of every call).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use parking_lot::RwLock;
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+
+use super::{millis, StoreError, StoreResult, StoreSettings};
+use crate::model::{
+    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
+    Session, Sid, Written,
+};
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+struct Scripts {
+    get: Script,
+    put: Script,
+    patch: Script,
+    delete: Script,
+    rotate: Script,
+    delete_identifier: Script,
+    lease_acquire: Script,
+    lease_refresh: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        let with_common = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Scripts {
+            get: Script::new(include_str!("lua/get.lua")),
+            put: with_common(include_str!("lua/put.lua")),
+            patch: with_common(include_str!("lua/patch.lua")),
+            delete: Script::new(include_str!("lua/delete.lua")),
+            rotate: with_common(include_str!("lua/rotate.lua")),
+            delete_identifier: Script::new(include_str!("lua/delete_identifier.lua")),
+            lease_acquire: Script::new(include_str!("lua/lease_acquire.lua")),
+            lease_refresh: Script::new(include_str!("lua/lease_refresh.lua")),
+        }
+    }
+}
+
+/// Where connections come from.
+pub enum Target {
+    Direct(Client),
+    Sentinel {
+        client: Box<tokio::sync::Mutex<SentinelClient>>,
+    },
+}
+
+impl Target {
+    /// `redis://`, `rediss://`, or `redis+sentinel://[user:pass@]h1:p1,h2:p2/master[/db]`
+    /// (`rediss+sentinel://` for TLS to the nodes).
+    pub fn from_uri(uri: &str, password: Option<&str>) -> Result<Self, String> {
+        if let Some(rest) = uri
+            .strip_prefix("redis+sentinel://")
+            .map(|r| (r, false))
+            .or_else(|| uri.strip_prefix("rediss+sentinel://").map(|r| (r, true)))
+        {
+            return Self::sentinel(rest.0, rest.1, password);
+        }
+        let mut url = url::Url::parse(uri).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(
+                "expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+            );
+        }
+        if let Some(pw) = password {
+            if url.password().is_none() {
+                url.set_password(Some(pw))
+                    .map_err(|_| "cannot set a password on this URL".to_string())?;
+            }
+        }
+        Client::open(url.as_str())
+            .map(Target::Direct)
+            .map_err(|e| e.to_string())
+    }
+
+    fn sentinel(rest: &str, tls: bool, password: Option<&str>) -> Result<Self, String> {
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest
+            .split_once('/')
+            .ok_or("sentinel form needs /<master name> after the hosts")?;
+        let mut parts = path.split('/');
+        let master = parts
+            .next()
+            .filter(|m| !m.is_empty())
+            .ok_or("sentinel form needs a master name")?;
+        let db: i64 = match parts.next() {
+            Some(d) if !d.is_empty() => d.parse().map_err(|_| format!("bad db number {d:?}"))?,
+            _ => 0,
+        };
+        let (user, pass) = match auth {
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
+                None => (Some(a.to_owned()), None),
+            },
+            None => (None, None),
+        };
+        let pass = pass.or(password.map(str::to_owned));
+        let mut info = redis::RedisConnectionInfo::default().set_db(db);
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            info = info.set_username(u);
+        }
+        if let Some(p) = pass {
+            info = info.set_password(p);
+        }
+        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+        if tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        let scheme = if tls { "rediss" } else { "redis" };
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}://{h}"))
+            .collect();
+        if sentinels.is_empty() {
+            return Err("sentinel form needs at least one host:port".into());
+        }
+        let client =
+            SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)
+                .map_err(|e| e.to_string())?;
+        Ok(Target::Sentinel {
+            client: Box::new(tokio::sync::Mutex::new(client)),
+        })
+    }
+}
+
+struct Slot {
+    conn: RwLock<Option<MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+pub struct RedisPool {
+    target: Target,
+    slots: Vec<Slot>,
+    in_flight: AtomicUsize,
+    config: AsyncConnectionConfig,
+}
+
+struct Checkout<'a> {
+    _in_flight: InFlight<'a>,
+    slot: usize,
+    conn: MultiplexedConnection,
+}
+
+impl RedisPool {
+    pub fn new(target: Target, max_conn: usize, timeout: Duration) -> Self {
+        let slots = (0..max_conn.max(1))
+            .map(|_| Slot {
+                conn: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        RedisPool {
+            target,
+            slots,
+            in_flight: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    async fn checkout(&self) -> StoreResult<Checkout<'_>> {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(self);
+        let slot = n % self.slots.len();
+        let cached = self.slots[slot].conn.read().clone();
+        let conn = match cached {
+            Some(c) => c,
+            None => self.connect(slot).await?,
+        };
+        Ok(Checkout {
+            _in_flight: in_flight,
+            slot,
+            conn,
+        })
+    }
+
+    async fn connect(&self, slot: usize) -> StoreResult<MultiplexedConnection> {
+        let s = &self.slots[slot];
+        let _one_at_a_time = s.connecting.lock().await;
+        if let Some(c) = s.conn.read().clone() {
+            return Ok(c);
+        }
+        let conn = match &self.target {
+            Target::Direct(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await
+            }
+            Target::Sentinel { client } => {
+                client
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&self.config)
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}")))?;
+        *s.conn.write() = Some(conn.clone());
+        tracing::info!(slot, "connected to Redis");
+        Ok(conn)
+    }
+
+    /// Maps a Redis error, forgetting the connection when it is broken so the next use of
+    /// the slot reconnects.
+    fn fail(&self, slot: usize, e: RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+        {
+            *self.slots[slot].conn.write() = None;
+            StoreError::Unavailable(format!("Redis: {e}"))
+        } else {
+            StoreError::Backend(format!("Redis: {e}"))
+        }
+    }
+
+    pub fn connected(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| s.conn.read().is_some())
+            .count() as u64
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight<'a>(&'a RedisPool);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct RedisStore {
+    pool: Arc<RedisPool>,
+    scripts: Scripts,
+    settings: StoreSettings,
+}
+
+struct Keys {
+    session: String,
+    tombstone: String,
+    index: Option<String>,
+}
+
+impl RedisStore {
+    pub fn new(pool: RedisPool, settings: StoreSettings) -> Self {
+        RedisStore {
+            pool: Arc::new(pool),
+            scripts: Scripts::load(),
+            settings,
+        }
+    }
+
+    fn group_prefix(&self, group: &str) -> String {
+        format!("{}{{{}}}:", self.settings.prefix, group)
+    }
+
+    fn keys(&self, sid: &Sid) -> Keys {
+        let p = self.group_prefix(sid.group());
+        Keys {
+            session: format!("{p}s:{sid}"),
+            tombstone: format!("{p}t:{sid}"),
+            index: sid.identifier().map(|_| format!("{p}i")),
+        }
+    }
+
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> StoreResult<Vec<Value>> {
+        let mut c = self.pool.checkout().await?;
+        inv.invoke_async::<Vec<Value>>(&mut c.conn)
+            .await
+            .map_err(|e| self.pool.fail(c.slot, e))
+    }
+
+    pub fn pool_in_use(&self) -> u64 {
+        self.pool.connected()
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        let c = self.pool.checkout().await?;
+        let mut conn = c.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.pool.fail(c.slot, e))
+    }
+
+    pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
+        let k = self.keys(sid);
+        let mut inv = self.scripts.get.prepare_invoke();
+        inv.key(&k.session);
+        let v = self.run(inv).await?;
+        let mut it = v.into_iter();
+        let Some(ttl) = it.next() else {
+            return Ok(None);
+        };
+        let ttl = int(&ttl)?;
+        let mut fields = Fields::new();
+        let mut version = None;
+        while let (Some(f), Some(val)) = (it.next(), it.next()) {
+            let f = text(f)?;
+            let val = text(val)?;
+            if let Some(key) = f.strip_prefix("d:") {
+                fields.insert(key.to_owned(), val);
+            } else if f == "v" {
+                version = val.parse().ok();
+            }
+        }
+        // A hash without a version is not one of ours (or a half-expired race): treat as missing.
+        Ok(version.map(|version| Session {
+            version,
+            fields,
+            ttl: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+        }))
+    }
+
+    pub async fn put(
+        &self,
+        sid: &Sid,
+        fields: Fields,
+        ttl: Duration,
+        cond: Condition,
+    ) -> StoreResult<Written> {
+        let k = self.keys(sid);
+        let (mode, expected) = match cond {
+            Condition::Unconditional => ("none", String::new()),
+            Condition::CreateOnly => ("create", String::new()),
+            Condition::IfMatch(v) => ("match", v.to_string()),
+        };
+        let mut inv = self.scripts.put.prepare_invoke();
+        inv.key(&k.session)
+            .key(&k.tombstone)
+            .key(k.index.as_ref().unwrap_or(&k.session))
+            .arg(mode)
+            .arg(expected)
+            .arg(millis(ttl))
+            .arg(sid.as_str())
+            .arg(if k.index.is_some() { "1" } else { "0" })
+            .arg(fields.len());
+        for (key, val) in &fields {
+            inv.arg(key).arg(val);
+        }
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => Ok(Written {
+                version: uint(r.get(1))?,
+                created: int(r.get(2).unwrap_or(&Value::Int(0)))? == 1,
+            }),
+            code => Err(outcome(code, &r)),
+        }
+    }
+
+    pub async fn patch(
+        &self,
+        sid: &Sid,
+        patch: Patch,
+        ttl: Duration,
+        if_match: Option<u64>,
+    ) -> StoreResult<u64> {
+        let k = self.keys(sid);
+        let mut inv = self.scripts.patch.prepare_invoke();
+        inv.key(&k.session)
+            .key(&k.tombstone)
+            .key(k.index.as_ref().unwrap_or(&k.session))
+            .arg(if_match.map(|v| v.to_string()).unwrap_or_default())
+            .arg(millis(ttl))
+            .arg(sid.as_str())
+            .arg(if k.index.is_some() { "1" } else { "0" })
+            .arg(patch.set.len());
+        for (key, val) in &patch.set {
+            inv.arg(key).arg(val);
+        }
+        for key in &patch.remove {
+            inv.arg(key);
+        }
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => uint(r.get(1)),
+            code => Err(outcome(code, &r)),
+        }
+    }
+
+    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+        let k = self.keys(sid);
+        let mut inv = self.scripts.delete.prepare_invoke();
+        inv.key(&k.session)
+            .key(&k.tombstone)
+            .key(k.index.as_ref().unwrap_or(&k.session))
+            .arg(millis(self.settings.tombstone_ttl))
+            .arg(sid.as_str())
+            .arg(if k.index.is_some() { "1" } else { "0" });
+        let r = self.run(inv).await?;
+        Ok(status(&r)? == 1)
+    }
+
+    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+        let ko = self.keys(old);
+        let kn = self.keys(&rotation.new_sid);
+        let (mode, set, remove): (&str, &Fields, &[String]) = match &rotation.source {
+            RotateSource::Stored(p) => ("stored", &p.set, &p.remove),
+            RotateSource::Given(f) => ("given", f, &[]),
+        };
+        let empty = Fields::new();
+        let (keep_ttl, keep_set) = match &rotation.keep_old {
+            Some(k) => (millis(k.ttl).max(1), &k.set),
+            None => (0, &empty),
+        };
+        let mut inv = self.scripts.rotate.prepare_invoke();
+        inv.key(&ko.session)
+            .key(&ko.tombstone)
+            .key(ko.index.as_ref().unwrap_or(&ko.session))
+            .key(&kn.session)
+            .key(&kn.tombstone)
+            .key(kn.index.as_ref().unwrap_or(&kn.session))
+            .arg(mode)
+            .arg(millis(rotation.ttl))
+            .arg(old.as_str())
+            .arg(rotation.new_sid.as_str())
+            .arg(millis(self.settings.tombstone_ttl))
+            .arg(keep_ttl)
+            .arg(if ko.index.is_some() { "1" } else { "0" })
+            .arg(if kn.index.is_some() { "1" } else { "0" })
+            .arg(set.len());
+        for (key, val) in set {
+            inv.arg(key).arg(val);
+        }
+        inv.arg(remove.len());
+        for key in remove {
+            inv.arg(key);
+        }
+        inv.arg(keep_set.len());
+        for (key, val) in keep_set {
+            inv.arg(key).arg(val);
+        }
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => Ok(Written {
+                version: uint(r.get(1))?,
+                created: true,
+            }),
+            code => Err(outcome(code, &r)),
+        }
+    }
+
+    async fn delete_identifier(&self, id: Identifier, tomb_ms: u64) -> StoreResult<u64> {
+        let prefix = self.group_prefix(id.as_str());
+        let mut inv = self.scripts.delete_identifier.prepare_invoke();
+        inv.key(format!("{prefix}i")).arg(&prefix).arg(tomb_ms);
+        let mut c = self.pool.checkout().await?;
+        inv.invoke_async::<u64>(&mut c.conn)
+            .await
+            .map_err(|e| self.pool.fail(c.slot, e))
+    }
+
+    pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        let tomb = millis(self.settings.tombstone_ttl);
+        // Many identifiers go out concurrently over the multiplexed connections.
+        let calls: Vec<_> = ids
+            .iter()
+            .map(|id| self.delete_identifier(id.clone(), tomb))
+            .collect();
+        let counts: Vec<u64> = stream::iter(calls)
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
+        const CHUNK: usize = 5_000;
+        let c = self.pool.checkout().await?;
+        let mut conn = c.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.pool.fail(c.slot, e))?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let min = format!("({now_ms}");
+        let mut missing = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("ZCOUNT")
+                    .arg(format!("{}i", self.group_prefix(id.as_str())))
+                    .arg(&min)
+                    .arg("+inf");
+            }
+            let counts: Vec<u64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.pool.fail(c.slot, e))?;
+            missing.extend(
+                chunk
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| *n == 0)
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        Ok(missing)
+    }
+
+    fn lease_keys(&self, name: &LeaseName) -> (String, String) {
+        let k = format!("{}{{lease:{}}}", self.settings.prefix, name.as_str());
+        let fence = format!("{k}:fence");
+        (k, fence)
+    }
+
+    pub async fn try_acquire(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let (k, fence) = self.lease_keys(name);
+        let mut inv = self.scripts.lease_acquire.prepare_invoke();
+        inv.key(&k)
+            .key(&fence)
+            .arg(owner.as_str())
+            .arg(millis(ttl).max(1));
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => Ok(LeaseGrant {
+                token: uint(r.get(1))?,
+                ttl,
+            }),
+            code => Err(lease_outcome(code, r)),
+        }
+    }
+
+    pub async fn refresh_lease(
+        &self,
+        name: &LeaseName,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> StoreResult<LeaseGrant> {
+        let (k, _) = self.lease_keys(name);
+        let mut inv = self.scripts.lease_refresh.prepare_invoke();
+        inv.key(&k).arg(owner.as_str()).arg(millis(ttl).max(1));
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => Ok(LeaseGrant {
+                token: uint(r.get(1))?,
+                ttl,
+            }),
+            code => Err(lease_outcome(code, r)),
+        }
+    }
+
+    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
+        let (k, _) = self.lease_keys(name);
+        let mut inv = self.scripts.lease_refresh.prepare_invoke();
+        inv.key(&k).arg(owner.as_str()).arg("");
+        let r = self.run(inv).await?;
+        match status(&r)? {
+            0 => Ok(()),
+            code => Err(lease_outcome(code, r)),
+        }
+    }
+}
+
+fn int(v: &Value) -> StoreResult<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => Err(StoreError::Backend(format!(
+            "expected an integer from Redis, got {other:?}"
+        ))),
+    }
+}
+
+fn uint(v: Option<&Value>) -> StoreResult<u64> {
+    let i = int(v.ok_or_else(|| StoreError::Backend("short reply from Redis".into()))?)?;
+    u64::try_from(i).map_err(|_| StoreError::Backend(format!("negative number {i} from Redis")))
+}
+
+fn text(v: Value) -> StoreResult<String> {
+    match v {
+        Value::BulkString(b) => {
+            String::from_utf8(b).map_err(|_| StoreError::Backend("non-UTF-8 value in Redis".into()))
+        }
+        Value::SimpleString(s) => Ok(s),
+        other => Err(StoreError::Backend(format!(
+            "expected a string from Redis, got {other:?}"
+        ))),
+    }
+}
+
+fn status(r: &[Value]) -> StoreResult<i64> {
+    int(r
+        .first()
+        .ok_or_else(|| StoreError::Backend("empty reply from Redis".into()))?)
+}
+
+/// The scripts' shared failure codes: 1 gone, 2 precondition (+ current version or -1),
+/// 3 not found.
+fn outcome(code: i64, r: &[Value]) -> StoreError {
+    match code {
+        1 => StoreError::Gone,
+        2 => StoreError::Precondition {
+            current: r
+                .get(1)
+                .and_then(|v| int(v).ok())
+                .and_then(|v| u64::try_from(v).ok()),
+        },
+        3 => StoreError::NotFound,
+        other => StoreError::Backend(format!("unknown script status {other}")),
+    }
+}
+
+fn lease_outcome(code: i64, r: Vec<Value>) -> StoreError {
+    match code {
+        1 => match r.into_iter().nth(1).map(text) {
+            Some(Ok(owner)) => StoreError::LeaseHeld { owner },
+            _ => StoreError::Backend("lease holder missing from reply".into()),
+        },
+        3 => StoreError::LeaseNotHeld,
+        other => StoreError::Backend(format!("unknown lease script status {other}")),
+    }
+}
