@@ -1,0 +1,482 @@
+"""Minimal stand-ins for the parts of Odoo 14 to 19 the session store touches.
+
+Written from the facts in docs/odoo-addon.md ("What each Odoo version calls"),
+not copied from Odoo: per version the Session class (dict-based on 14/15,
+``__slots__`` MutableMapping on 16-19 with pickle/JSON copies, properties on
+19), the key format (40 hex / 84 URL-safe base64), how the store is created
+(lazy property on ``Root``/``Application``, ``functools.cached_property`` on
+19), and a WSGI entry point that loads, saves and rotates sessions the way
+core does, including swallowing exceptions into its own error responses.
+"""
+
+import base64
+import collections.abc
+import functools
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import re
+import sys
+import time
+import types
+from http.cookies import SimpleCookie
+
+MODULES = (
+    "odoo",
+    "odoo.addons",
+    "odoo.http",
+    "odoo.release",
+    "odoo.service",
+    "odoo.service.security",
+    "odoo.tools",
+    "odoo.tools.func",
+    "odoo.tools._vendor",
+    "odoo.tools._vendor.sessions",
+)
+
+SECRET = b"fake-database-secret"
+
+
+class lazy_property:  # noqa: N801 - the name core uses
+    def __init__(self, fget):
+        self.fget = fget
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return self
+        value = self.fget(obj)
+        setattr(obj, self.fget.__name__, value)
+        return value
+
+
+# -- werkzeug-style store base (odoo.tools._vendor.sessions) ----------------
+
+_sha1_re = re.compile(r"^[a-f0-9]{40}$")
+
+
+class SessionStore:
+    def __init__(self, session_class=None):
+        self.session_class = session_class
+
+    def is_valid_key(self, key):
+        return _sha1_re.match(key) is not None
+
+    def generate_key(self, salt=None):
+        return hashlib.sha1(os.urandom(32) + str(time.time()).encode()).hexdigest()
+
+    def new(self):
+        return self.session_class({}, self.generate_key(), True)
+
+    def save(self, session):
+        raise AssertionError("base store save() must never be reached")
+
+    def delete(self, session):
+        raise AssertionError("base store delete() must never be reached")
+
+    def get(self, sid):
+        raise AssertionError("base store get() must never be reached")
+
+
+class VendoredFilesystemSessionStore(SessionStore):
+    pass
+
+
+class FilesystemSessionStore18(VendoredFilesystemSessionStore):
+    def generate_key(self, salt=None):
+        digest = hashlib.sha512(str(time.time()).encode() + os.urandom(64)).digest()[:-1]
+        return base64.urlsafe_b64encode(digest).decode()
+
+    def is_valid_key(self, key):
+        return re.match(r"^[A-Za-z0-9_-]{84}$", key) is not None
+
+
+# -- sessions -----------------------------------------------------------------
+
+
+def default_session(major):
+    data = {"context": {}, "db": None, "debug": "", "login": None, "uid": None, "session_token": None}
+    if major >= 18:
+        data["_trace"] = []
+    if major >= 19:
+        data["create_time"] = time.time()
+    return data
+
+
+class OpenERPSession(dict):
+    """14/15: a dict with a ``modified`` flag; attributes map to keys once inited."""
+
+    def __init__(self, data, sid, new=False):
+        object.__setattr__(self, "inited", False)
+        dict.__init__(self, data)
+        self.sid = sid
+        self.new = new
+        self.rotate = False
+        self.modified = False
+        self.inited = True
+        for key, value in default_session(14).items():
+            self.setdefault(key, value)
+        self.modified = False
+
+    def __getattr__(self, attr):
+        return self.get(attr)
+
+    def __setattr__(self, key, value):
+        if getattr(self, "inited", False):
+            try:
+                object.__getattribute__(self, key)
+            except AttributeError:
+                self[key] = value
+                return
+        object.__setattr__(self, key, value)
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        object.__setattr__(self, "modified", True)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        object.__setattr__(self, "modified", True)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def pop(self, key, *default):
+        object.__setattr__(self, "modified", True)
+        return dict.pop(self, key, *default)
+
+    def clear(self):
+        dict.clear(self)
+        object.__setattr__(self, "modified", True)
+
+    @property
+    def should_save(self):
+        return self.modified
+
+
+def make_slotted_session(major):
+    copy_value = pickle_copy if major < 18 else json_copy
+    slots = ("can_save", "_Session__data", "is_dirty", "is_new", "should_rotate", "sid")
+    if major == 17:
+        slots += ("is_explicit",)
+
+    class Session(collections.abc.MutableMapping):
+        __slots__ = slots
+
+        def __init__(self, data, sid, new=False):
+            self.can_save = True
+            self.__data = {}
+            self.update(data)
+            self.is_dirty = False
+            self.is_new = new
+            self.should_rotate = False
+            self.sid = sid
+            if major == 17:
+                self.is_explicit = False
+
+        def __getitem__(self, key):
+            return self.__data[key]
+
+        def __setitem__(self, key, value):
+            value = copy_value(value)
+            if key not in self.__data or self.__data[key] != value:
+                self.is_dirty = True
+            self.__data[key] = value
+
+        def __delitem__(self, key):
+            del self.__data[key]
+            self.is_dirty = True
+
+        def __len__(self):
+            return len(self.__data)
+
+        def __iter__(self):
+            return iter(self.__data)
+
+        def __getattr__(self, attr):
+            return self.get(attr, None)
+
+        def __setattr__(self, key, value):
+            if key in self.__slots__:
+                super().__setattr__(key, value)
+            else:
+                self[key] = value
+
+        def clear(self):
+            self.__data.clear()
+            self.is_dirty = True
+
+        def touch(self):
+            self.is_dirty = True
+
+    return Session
+
+
+def make_session19():
+    class Session(collections.abc.MutableMapping):
+        __slots__ = ("_Session__data", "can_save", "is_dirty", "is_new", "should_rotate", "sid")
+
+        def __init__(self, data, sid, new=False):
+            self.can_save = True
+            self.__data = {}
+            self.update(data)
+            self.is_dirty = False
+            self.is_new = new
+            self.should_rotate = False
+            self.sid = sid
+
+        def __getitem__(self, key):
+            return self.__data[key]
+
+        def __setitem__(self, key, value):
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                value = json_copy(value)
+            if key not in self.__data or self.__data[key] != value:
+                self.is_dirty = True
+            self.__data[key] = value
+
+        def __delitem__(self, key):
+            del self.__data[key]
+            self.is_dirty = True
+
+        def __len__(self):
+            return len(self.__data)
+
+        def __iter__(self):
+            return iter(self.__data)
+
+        def clear(self):
+            self.__data.clear()
+            self.is_dirty = True
+
+        def touch(self):
+            self.is_dirty = True
+
+        uid = property(lambda self: self.get("uid"), lambda self, v: self.__setitem__("uid", v))
+        db = property(lambda self: self.get("db"), lambda self, v: self.__setitem__("db", v))
+        login = property(lambda self: self.get("login"), lambda self, v: self.__setitem__("login", v))
+        context = property(lambda self: self.get("context"), lambda self, v: self.__setitem__("context", v))
+        debug = property(lambda self: self.get("debug"), lambda self, v: self.__setitem__("debug", v))
+        session_token = property(
+            lambda self: self.get("session_token"), lambda self, v: self.__setitem__("session_token", v)
+        )
+
+    return Session
+
+
+def pickle_copy(value):
+    return pickle.loads(pickle.dumps(value))
+
+
+def json_copy(value):
+    return json.loads(json.dumps(value))
+
+
+# -- environment --------------------------------------------------------------
+
+
+class FakeCursor:
+    def __init__(self, dbname):
+        self.dbname = dbname
+        self._closed = False
+
+
+class FakeICP:
+    def __init__(self, params):
+        self.params = params
+
+    def sudo(self):
+        return self
+
+    def get_param(self, key, default=False):
+        return self.params.get(key, default)
+
+
+class FakeEnv:
+    def __init__(self, dbname="db1", params=None):
+        self.cr = FakeCursor(dbname)
+        self.params = dict(params or {})
+
+    def __getitem__(self, model):
+        assert model == "ir.config_parameter", model
+        return FakeICP(self.params)
+
+
+class FakeRequest:
+    def __init__(self, env):
+        self.env = env
+
+
+def compute_session_token(session, env):
+    return hmac.new(SECRET, f"{session.sid}:{session['uid']}".encode(), hashlib.sha256).hexdigest()
+
+
+# -- the WSGI entry points ----------------------------------------------------
+
+
+def _cookie_sid(environ):
+    cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+    return cookie["session_id"].value if "session_id" in cookie else None
+
+
+def _respond(start_response, status, payload, cookie_sid=None):
+    body = json.dumps(payload, default=str).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if cookie_sid:
+        headers.append(("Set-Cookie", f"session_id={cookie_sid}; HttpOnly; Path=/"))
+    start_response(status, headers)
+    return [body]
+
+
+def _error(environ, start_response):
+    # Core's way: a JSON-RPC error with HTTP 200 on JSON routes, 500 otherwise.
+    if environ.get("fake.json"):
+        return _respond(start_response, "200 OK", {"error": {"code": 200, "message": "Odoo Server Error"}})
+    return _respond(start_response, "500 Internal Server Error", {"error": "internal"})
+
+
+def build(major):
+    """Create ``odoo`` modules for Odoo ``major`` in ``sys.modules``; return ``odoo.http``."""
+    remove()
+    mods = {name: types.ModuleType(name) for name in MODULES}
+    for name in MODULES:
+        if "." in name:
+            parent, _, child = name.rpartition(".")
+            setattr(mods[parent], child, mods[name])
+        mods[name].__path__ = []
+    mods["odoo.release"].version_info = (major, 0, 0, "final", 0, "")
+    mods["odoo.release"].major_version = f"{major}.0"
+    config = {}
+    mods["odoo.tools"].config = config
+    mods["odoo.tools.func"].lazy_property = lazy_property
+    vendored = mods["odoo.tools._vendor.sessions"]
+    vendored.SessionStore = SessionStore
+    vendored.FilesystemSessionStore = VendoredFilesystemSessionStore
+    mods["odoo.service.security"].compute_session_token = compute_session_token
+    http = mods["odoo.http"]
+    http.request = None
+    env = FakeEnv()
+    http.fake_env = env
+
+    if major < 16:
+        build_root(http, major)
+    else:
+        build_application(http, major)
+    sys.modules.update(mods)
+    return http
+
+
+def build_root(http, major):
+    http.OpenERPSession = OpenERPSession
+    http.gc_calls = []
+
+    def session_gc(store):
+        http.gc_calls.append(store)
+
+    http.session_gc = session_gc
+
+    class Root:
+        @lazy_property
+        def session_store(self):
+            return VendoredFilesystemSessionStore(session_class=OpenERPSession)
+
+        def __call__(self, environ, start_response):
+            try:
+                http.session_gc(self.session_store)
+                sid = _cookie_sid(environ)
+                store = self.session_store
+                session = store.new() if sid is None else store.get(sid)
+                http.request = FakeRequest(http.fake_env)
+                try:
+                    result = environ.get("fake.handler", lambda s: None)(session)
+                    if session.should_save:
+                        if session.rotate:
+                            store.delete(session)
+                            session.sid = store.generate_key()
+                            if session.uid:
+                                session.session_token = compute_session_token(session, http.fake_env)
+                            session.modified = True
+                        store.save(session)
+                finally:
+                    http.request = None
+                return _respond(
+                    start_response, "200 OK", {"sid": session.sid, "result": result}, cookie_sid=session.sid
+                )
+            except Exception:
+                # 14/15 only catch werkzeug HTTPExceptions; the rest escapes.
+                import werkzeug.exceptions
+
+                exc = sys.exc_info()[1]
+                if isinstance(exc, werkzeug.exceptions.HTTPException):
+                    return exc(environ, start_response)
+                raise
+
+    http.Root = Root
+    http.root = Root()
+
+
+def build_application(http, major):
+    Session = make_session19() if major >= 19 else make_slotted_session(major)
+    http.Session = Session
+    http.SESSION_LIFETIME = 604800
+    if major >= 18:
+        http.FilesystemSessionStore = FilesystemSessionStore18
+    else:
+        http.FilesystemSessionStore = VendoredFilesystemSessionStore
+    if major >= 19:
+        http.SESSION_DELETION_TIMER = 120
+        http.STORED_SESSION_BYTES = 42
+
+    def make_store(self):
+        return http.FilesystemSessionStore(session_class=Session)
+
+    make_store.__name__ = "session_store"
+
+    class Application:
+        if major >= 19:
+            session_store = functools.cached_property(make_store)
+        else:
+            session_store = lazy_property(make_store)
+
+        def __call__(self, environ, start_response):
+            try:
+                store = self.session_store
+                sid = _cookie_sid(environ)
+                if not sid or not store.is_valid_key(sid):
+                    session = store.new()
+                else:
+                    session = store.get(sid)
+                    session.sid = sid
+                for key, value in default_session(major).items():
+                    session.setdefault(key, value)
+                session.is_dirty = False
+                http.request = FakeRequest(http.fake_env)
+                try:
+                    result = environ.get("fake.handler", lambda s: None)(session)
+                    if session.can_save:
+                        if session.should_rotate:
+                            store.rotate(session, http.fake_env)
+                        elif session.is_dirty:
+                            store.save(session)
+                finally:
+                    http.request = None
+                return _respond(
+                    start_response, "200 OK", {"sid": session.sid, "result": result}, cookie_sid=session.sid
+                )
+            except Exception:
+                return _error(environ, start_response)
+
+    http.Application = Application
+    http.root = Application()
+
+
+def remove():
+    for name in MODULES:
+        sys.modules.pop(name, None)
