@@ -51,7 +51,9 @@ class Sidecar:
         self.tmp = Path(tmp)
         self.port = port
         self.unix_socket = unix_socket
-        self.env = dict(os.environ, **(env or {}))
+        # The tests set DKN_AUTH_* for the addon; the sidecar gets only its flags.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DKN_AUTH_")}
+        self.env.update(env or {})
         self.proc = None
         self.start()
 
@@ -61,25 +63,40 @@ class Sidecar:
 
     def start(self):
         cmd = [str(self.binary), *self.args]
-        if self.unix_socket:
-            cmd += ["--socket", str(self.unix_socket)]
         if self.port is None:
             self.port = free_port()
-        cmd += ["--listen", f"127.0.0.1:{self.port}"]
+        if self.unix_socket:
+            cmd += ["--socket", str(self.unix_socket)]  # replaces the TCP listener
+        else:
+            cmd += ["--listen", f"127.0.0.1:{self.port}"]
         self.log = open(self.tmp / f"sidecar-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self.read_log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5) as resp:
-                    if resp.status == 200 and (not self.unix_socket or Path(self.unix_socket).exists()):
-                        return
-            except OSError:
-                pass
+            if self.healthy():
+                return
             time.sleep(0.05)
         raise RuntimeError(f"sidecar did not become healthy: {self.read_log()}")
+
+    def healthy(self):
+        if self.unix_socket:
+            from dkn_auth.client.transport import UnixHTTPConnection
+
+            conn = UnixHTTPConnection(str(self.unix_socket), timeout=0.5)
+            try:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
 
     def read_log(self):
         self.log.flush()

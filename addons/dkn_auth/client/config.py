@@ -11,23 +11,6 @@ from dataclasses import dataclass
 
 DEFAULT_URL = "http://127.0.0.1:7070"
 
-# Keys the sidecar reads (the seed's contract). The addon does not use them,
-# but a seed user's odoo.conf carries them, so they are accepted silently.
-SIDECAR_KEYS = frozenset(
-    {
-        "DKN_AUTH_DRIVER",
-        "DKN_AUTH_PREFIX",
-        "DKN_AUTH_REDIS_URI",
-        "DKN_AUTH_REDIS_MAX_CONN",
-        "DKN_AUTH_DB_URI",
-        "DKN_AUTH_LISTEN",
-        "DKN_AUTH_TOMBSTONE_TTL",
-        "DKN_AUTH_MAX_BODY_BYTES",
-        "DKN_AUTH_BACKEND_TIMEOUT_MS",
-        "DKN_AUTH_LOG",
-    }
-)
-
 
 class ConfigError(ValueError):
     """A setting has a value the addon cannot use; ``setting`` names it."""
