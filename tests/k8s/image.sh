@@ -21,8 +21,8 @@
 # so `cluster.sh up node` can re-import them into a fresh containerd. Building while no
 # cluster runs only fills the cache.
 set -euo pipefail
-LOG_TAG=image
-# shellcheck source=tests/k8s/lib.sh
+export LOG_TAG=image
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BUILDAH_ROOT=$CACHE_ROOT/buildah/storage
@@ -81,24 +81,26 @@ stage_bin() {
     copy_libs "$root" "$src"
 }
 
+# stage_base ROOT [NAME:UID]: filesystem skeleton; NAME:UID adds a service account user
+# (the official redis and postgres images both use 999).
 stage_base() {
-    local root=$1
+    local root=$1 account=${2:-}
     mkdir -p "$root"/{etc,tmp,proc,sys,dev,run} "$root/etc/ssl/certs"
     chmod 1777 "$root/tmp"
     cat >"$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh
-postgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh
-redis:x:998:998:Redis:/data:/bin/sh
 nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
 PASSWD
     cat >"$root/etc/group" <<'GROUP'
 root:x:0:
-postgres:x:999:
-redis:x:998:
 nonroot:x:65532:
 nobody:x:65534:
 GROUP
+    if [[ -n $account ]]; then
+        echo "${account%%:*}:x:${account#*:}:${account#*:}::/:/bin/sh" >>"$root/etc/passwd"
+        echo "${account%%:*}:x:${account#*:}:" >>"$root/etc/group"
+    fi
     if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
         cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
     fi
@@ -229,17 +231,17 @@ build_redis() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
     }
     root=$(new_root)
-    stage_base "$root"
+    stage_base "$root" redis:999
     stage_busybox "$root"
     stage_bin "$root" /usr/bin/redis-server /usr/local/bin/redis-server
     stage_bin "$root" /usr/bin/redis-cli /usr/local/bin/redis-cli
     ln -s redis-server "$root/usr/local/bin/redis-check-aof"
     ln -s redis-server "$root/usr/local/bin/redis-check-rdb"
-    install -m 0755 "$K8S_DIR/images/redis-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
-    install -d -m 0755 -o 998 -g 998 "$root/data"
+    install -D -m 0755 "$K8S_DIR/images/redis-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
+    install -d -m 0755 -o 999 -g 999 "$root/data"
     commit_image "$root" localhost/redis:7 \
         --entrypoint '["docker-entrypoint.sh"]' --cmd '["redis-server"]' \
-        --user 998:998 --workingdir /data --port 6379 --volume /data \
+        --user 999:999 --workingdir /data --port 6379 --volume /data \
         --env PATH=/usr/local/bin:/usr/bin:/bin
 }
 
@@ -250,7 +252,7 @@ build_postgres() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 >/dev/null
     }
     root=$(new_root)
-    stage_base "$root"
+    stage_base "$root" postgres:999
     stage_busybox "$root"
     for f in "$pgbin"/*; do
         stage_bin "$root" "$f" "$f"
@@ -265,7 +267,7 @@ build_postgres() {
     cp -a /usr/share/postgresql/15 "$root/usr/share/postgresql/"
     cp -aL /usr/share/zoneinfo/. "$root/usr/share/zoneinfo/"
     cp -a /usr/lib/locale/C.utf8 "$root/usr/lib/locale/"
-    install -m 0755 "$K8S_DIR/images/postgres-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
+    install -D -m 0755 "$K8S_DIR/images/postgres-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
     install -d -m 0755 -o 999 -g 999 "$root/var/lib/postgresql"
     install -d -m 0700 -o 999 -g 999 "$root/var/lib/postgresql/data"
     install -d -m 3777 -o 999 -g 999 "$root/var/run/postgresql"

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # settings used by the scripts that source this file
 # Shared settings and helpers for the local Kubernetes harness (sourced, not run).
 #
 # Every listener is pinned to loopback or to the harness's own bridge, on ports chosen
