@@ -179,8 +179,9 @@ class Client:
     # -- operations -------------------------------------------------------
 
     def ready(self):
+        """True when the sidecar answers and reaches its backend."""
         try:
-            self._call("GET", "/readyz")
-        except SidecarError:
+            status, _headers, _body = self.transport.request("GET", "/readyz")
+        except TransportError:
             return False
-        return True
+        return status == 200
