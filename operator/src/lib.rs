@@ -4,6 +4,9 @@
 pub mod builders;
 pub mod crd;
 pub mod error;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
+pub mod webhook;
 
 pub use error::{Error, Result};

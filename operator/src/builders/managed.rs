@@ -34,6 +34,7 @@ pub struct Shape<'a> {
     pub scratch_paths: &'a [&'a str],
     pub readiness: Probe,
     pub managed: &'a ManagedBackend,
+    pub pvc_retention_policy: bool,
 }
 
 fn default_resources() -> ResourceRequirements {
@@ -79,12 +80,12 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
                 match_expressions: None,
             },
             // Clusters >= 1.27 remove the claims themselves; older ones rely on our finalizer.
-            persistent_volume_claim_retention_policy: Some(
+            persistent_volume_claim_retention_policy: shape.pvc_retention_policy.then(|| {
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some(retention.into()),
                     when_scaled: Some("Retain".into()),
-                },
-            ),
+                }
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(all_labels.clone()), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {

@@ -51,12 +51,27 @@ impl ValidStore {
     }
 }
 
-/// Images used when the spec names none; set by operator flags.
+/// What the builders take from outside the spec: default images (operator flags) and the
+/// API server's version (features differ between 1.20 and current releases).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Defaults {
     pub sidecar_image: String,
     pub redis_image: String,
     pub postgres_image: String,
+    /// (major, minor) of the API server, when known.
+    pub server_version: Option<(u32, u32)>,
+}
+
+impl Defaults {
+    fn at_least(&self, minor: u32) -> bool {
+        matches!(self.server_version, Some((major, m)) if major > 1 || (major == 1 && m >= minor))
+    }
+
+    /// `persistentVolumeClaimRetentionPolicy` exists from 1.27 on; an older server's
+    /// server-side apply rejects fields it does not know.
+    pub fn pvc_retention_policy(&self) -> bool {
+        self.at_least(27)
+    }
 }
 
 impl Default for Defaults {
@@ -65,6 +80,7 @@ impl Default for Defaults {
             sidecar_image: format!("ghcr.io/odoo-ha-session/sidecar:{}", env!("CARGO_PKG_VERSION")),
             redis_image: "redis:7.4".into(),
             postgres_image: "postgres:17".into(),
+            server_version: None,
         }
     }
 }

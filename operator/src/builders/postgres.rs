@@ -51,6 +51,7 @@ pub fn build(store: &ValidStore, managed_spec: &ManagedBackend, defaults: &Defau
             ..Probe::default()
         },
         managed: managed_spec,
+        pvc_retention_policy: defaults.pvc_retention_policy(),
         name,
         app,
     };

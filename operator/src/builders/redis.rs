@@ -51,6 +51,7 @@ pub fn build(store: &ValidStore, managed_spec: &ManagedBackend, defaults: &Defau
             ..Probe::default()
         },
         managed: managed_spec,
+        pvc_retention_policy: defaults.pvc_retention_policy(),
         name,
         app,
     };
@@ -73,7 +74,8 @@ mod tests {
     #[test]
     fn statefulset_runs_official_redis_with_aof_and_password_from_secret() {
         let store = fixtures::managed_redis();
-        let (sts, svc) = build(&store, managed(&store), &Defaults::default());
+        let defaults = Defaults { server_version: Some((1, 33)), ..Defaults::default() };
+        let (sts, svc) = build(&store, managed(&store), &defaults);
         assert_eq!(sts.metadata.name.as_deref(), Some("sessions-redis"));
         assert_eq!(sts.metadata.namespace.as_deref(), Some("shop"));
         assert!(sts.metadata.owner_references.is_some());
@@ -109,12 +111,21 @@ mod tests {
     }
 
     #[test]
+    fn old_servers_get_no_retention_policy() {
+        let store = fixtures::managed_redis();
+        let defaults = Defaults { server_version: Some((1, 20)), ..Defaults::default() };
+        let (sts, _) = build(&store, managed(&store), &defaults);
+        assert!(sts.spec.persistent_volume_claim_retention_policy.is_none());
+    }
+
+    #[test]
     fn image_and_retention_are_overridable() {
         let store = fixtures::store(serde_json::json!({
             "driver": "redis",
             "backend": {"managed": {"image": "valkey/valkey:8", "pvcRetention": "Retain", "storageClassName": "fast"}}
         }));
-        let (sts, _) = build(&store, managed(&store), &Defaults::default());
+        let defaults = Defaults { server_version: Some((1, 27)), ..Defaults::default() };
+        let (sts, _) = build(&store, managed(&store), &defaults);
         let spec = sts.spec;
         assert_eq!(spec.template.spec.expect("pod").containers[0].image.as_deref(), Some("valkey/valkey:8"));
         assert_eq!(spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_deleted).as_deref(), Some("Retain"));

@@ -1,3 +1,292 @@
 //! Reconcile: dereference -> validate -> build -> apply -> status.
 
+pub mod apply;
+pub mod dereference;
+pub mod status;
 pub mod validate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::builders::connection::{connection, managed_names};
+use crate::builders::{cnpg, network_policy, postgres, redis, secret, sidecar, Defaults, ValidStore};
+use crate::crd::{Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention, FINALIZER, MANAGER, STORE_LABEL};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use dereference::{ExternalSecret, Observed};
+use status::{Decided, BACKEND_READY, INJECTION_READY};
+
+/// Shared state of the reconciler.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Set once the webhook serves and its configuration is applied.
+    pub webhook_ready: Arc<AtomicBool>,
+}
+
+/// Requeue intervals: soon while something is pending, rarely once all is ready.
+const REQUEUE_PENDING: Duration = Duration::from_secs(15);
+const REQUEUE_READY: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(store: Arc<OdooSessionStore>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<OdooSessionStore> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, store, |event| async {
+        match event {
+            Finalizer::Apply(s) => apply_store(&s, &ctx).await,
+            Finalizer::Cleanup(s) => cleanup(&s, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(store: Arc<OdooSessionStore>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(store = %store.name_any(), namespace = ?store.namespace(), error = %error, label = error.metric_label(), "reconcile failed");
+    ctx.metrics.reconcile_failed(error.metric_label());
+    Action::requeue(REQUEUE_PENDING)
+}
+
+/// The build + apply step for the backend; returns the BackendReady condition.
+async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -> Result<Decided> {
+    let client = &ctx.client;
+    match &valid.spec.backend {
+        Backend::Managed(m) => {
+            let password = observed.managed_password.clone().unwrap_or_else(secret::generate_password);
+            apply::apply(client, &secret::build(valid, &password)).await?;
+            let (sts, svc) = match valid.spec.driver {
+                Driver::Redis => redis::build(valid, m, &ctx.defaults),
+                Driver::Db => postgres::build(valid, m, &ctx.defaults),
+            };
+            apply::apply(client, &svc).await?;
+            apply::apply(client, &network_policy::build(valid)).await?;
+            let sts = apply::apply(client, &sts).await?;
+            let ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+            let name = sts.name_any();
+            Ok(if ready >= 1 {
+                Decided::new(BACKEND_READY, true, "BackendRunning", format!("StatefulSet {name} has a ready replica"))
+            } else {
+                Decided::new(BACKEND_READY, false, "BackendStarting", format!("waiting for StatefulSet {name} to have a ready replica"))
+            })
+        }
+        Backend::External(ext) => {
+            let r = &ext.uri_secret_ref;
+            Ok(match observed.external_secret {
+                Some(ExternalSecret::Present) => Decided::new(
+                    BACKEND_READY,
+                    true,
+                    "SecretFound",
+                    format!("backend URI read from Secret {} key {}; reachability is reported by each sidecar's /readyz", r.name, r.key),
+                ),
+                Some(ExternalSecret::KeyMissing) => Decided::new(
+                    BACKEND_READY,
+                    false,
+                    "SecretKeyMissing",
+                    format!("Secret {} in namespace {} has no key {:?}", r.name, valid.namespace, r.key),
+                ),
+                _ => Decided::new(
+                    BACKEND_READY,
+                    false,
+                    "SecretNotFound",
+                    format!("Secret {} not found in namespace {}", r.name, valid.namespace),
+                ),
+            })
+        }
+        Backend::CloudNativePg(c) => {
+            if !observed.cnpg_installed {
+                return Ok(Decided::new(
+                    BACKEND_READY,
+                    false,
+                    "CloudNativePGNotInstalled",
+                    format!("CRD {} not found: install the CloudNativePG operator or choose another backend", cnpg::CNPG_CRD),
+                ));
+            }
+            let cluster = apply::apply_dynamic(client, &cnpg::api_resource(), &cnpg::build(valid, c)).await?;
+            let name = cluster.name_any();
+            Ok(if cnpg::is_ready(&cluster) {
+                Decided::new(BACKEND_READY, true, "ClusterReady", format!("CloudNativePG Cluster {name} is Ready"))
+            } else {
+                Decided::new(BACKEND_READY, false, "ClusterNotReady", format!("waiting for CloudNativePG Cluster {name} to be Ready"))
+            })
+        }
+    }
+}
+
+fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
+    if !observed.pods_without_sidecar.is_empty() {
+        let mut names = observed.pods_without_sidecar.clone();
+        names.truncate(5);
+        return Decided::new(
+            INJECTION_READY,
+            false,
+            "PodsWithoutSidecar",
+            format!(
+                "{} opted-in Pod(s) run without the session sidecar (webhook unavailable when they were created?): {}; delete them to get it injected",
+                observed.pods_without_sidecar.len(),
+                names.join(", ")
+            ),
+        );
+    }
+    if webhook_ready {
+        Decided::new(INJECTION_READY, true, "WebhookReady", "the injection webhook is serving")
+    } else {
+        Decided::new(INJECTION_READY, false, "WebhookNotReady", "the injection webhook is not serving yet")
+    }
+}
+
+async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
+    let name = store.name_any();
+    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let valid = match validate::validate(store) {
+        Ok(v) => v,
+        Err(problems) => {
+            let message = problems.join("; ");
+            let decided = [
+                Decided::new(status::READY, false, "InvalidSpec", message.clone()),
+                Decided::new(BACKEND_READY, false, "InvalidSpec", message.clone()),
+                Decided::new(INJECTION_READY, false, "InvalidSpec", message),
+            ];
+            write_status(store, ctx, &decided, OdooSessionStoreStatus::default()).await?;
+            // Only a new spec can fix this.
+            return Ok(Action::await_change());
+        }
+    };
+    let observed = dereference::dereference(&ctx.client, &valid).await?;
+    let backend = apply_backend(&valid, &observed, ctx).await?;
+    let injection = injection_condition(&observed, ctx.webhook_ready.load(Ordering::Relaxed));
+    let ready = status::ready(&backend, &injection);
+
+    let conn = connection(&valid);
+    let inj = sidecar::build(&valid, &ctx.defaults, false);
+    let previous_hash = store.status.as_ref().and_then(|s| s.config_hash.clone());
+    if previous_hash.as_ref().is_some_and(|h| *h != inj.config_hash) {
+        let rolled = apply::roll_workloads(&ctx.client, &ns, &name, &inj.config_hash).await?;
+        if !rolled.is_empty() {
+            info!(store = %name, namespace = %ns, ?rolled, "settings changed: rolling opted-in workloads");
+            publish(ctx, store, EventType::Normal, "RollingWorkloads", format!("settings changed, rolling {}", rolled.join(", "))).await;
+        }
+    }
+    let all_ready = ready.status;
+    let extra = OdooSessionStoreStatus {
+        backend: Some(valid.spec.backend.kind_name(valid.spec.driver).to_string()),
+        endpoint: conn.endpoint,
+        credentials_secret: Some(conn.secret_name),
+        config_hash: Some(inj.config_hash),
+        pods_without_sidecar: Some(i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX)),
+        ..OdooSessionStoreStatus::default()
+    };
+    write_status(store, ctx, &[ready, backend, injection], extra).await?;
+    Ok(Action::requeue(if all_ready { REQUEUE_READY } else { REQUEUE_PENDING }))
+}
+
+async fn write_status(store: &OdooSessionStore, ctx: &Context, decided: &[Decided], mut status: OdooSessionStoreStatus) -> Result<()> {
+    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let previous = store.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let (conditions, transitions) = status::merge(previous, decided, store.metadata.generation, Time(jiff::Timestamp::now()));
+    status.conditions = conditions;
+    status.observed_generation = store.metadata.generation;
+    let api: Api<OdooSessionStore> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": OdooSessionStore::api_version(&()),
+        "kind": OdooSessionStore::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&store.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    for t in transitions {
+        let (kind, reason) = if t.status {
+            (EventType::Normal, format!("{}True", t.type_))
+        } else {
+            (EventType::Warning, t.reason.clone())
+        };
+        publish(ctx, store, kind, &reason, format!("{} is {}: {}", t.type_, if t.status { "True" } else { "False" }, t.message)).await;
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, store: &OdooSessionStore, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be written must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &store.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+/// On deletion: owner references remove everything but the StatefulSet's claims, which are
+/// deleted here unless the spec says Retain.
+async fn cleanup(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
+    let Some(ns) = store.namespace() else { return Ok(Action::await_change()) };
+    if let Backend::Managed(m) = &store.spec.backend {
+        if m.pvc_retention == PvcRetention::Delete {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let app = match store.spec.driver {
+                Driver::Redis => "redis",
+                Driver::Db => "postgres",
+            };
+            let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/name={app},app.kubernetes.io/managed-by={MANAGER}", store.name_any());
+            for pvc in pvcs.list(&ListParams::default().labels(&selector)).await?.items {
+                info!(store = %store.name_any(), claim = %pvc.name_any(), "deleting claim of deleted store");
+                match pvcs.delete(&pvc.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(Api::<OdooSessionStore>::all(client.clone()), watcher::Config::default().any_semantic())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned)
+        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(STORE_LABEL), |pod: Pod| {
+            let store = pod.labels().get(STORE_LABEL)?.clone();
+            Some(ObjectRef::<OdooSessionStore>::new(&store).within(&pod.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The names used by a store's managed backend (for docs and tests).
+pub fn managed_backend_name(store: &ValidStore) -> String {
+    managed_names(store).0
+}

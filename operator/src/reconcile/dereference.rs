@@ -1,0 +1,99 @@
+//! Dereference: read what the build and status steps need from the API server.
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+use kube::Client;
+
+use crate::builders::cnpg::CNPG_CRD;
+use crate::builders::connection::managed_names;
+use crate::builders::secret::existing_password;
+use crate::builders::ValidStore;
+use crate::crd::{Backend, SIDECAR_CONTAINER, STORE_LABEL};
+use crate::error::Result;
+
+/// State of the Secret an external backend points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExternalSecret {
+    Missing,
+    KeyMissing,
+    Present,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Password already kept in the managed backend's Secret.
+    pub managed_password: Option<String>,
+    pub external_secret: Option<ExternalSecret>,
+    /// Whether `clusters.postgresql.cnpg.io` is installed (only looked up for that backend).
+    pub cnpg_installed: bool,
+    /// Live opted-in Pods without the sidecar (names).
+    pub pods_without_sidecar: Vec<String>,
+}
+
+pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &store.namespace);
+    let mut observed = Observed::default();
+    match &store.spec.backend {
+        Backend::Managed(_) => {
+            let (name, _) = managed_names(store);
+            observed.managed_password = secrets.get_opt(&name).await?.as_ref().and_then(existing_password);
+        }
+        Backend::External(ext) => {
+            let r = &ext.uri_secret_ref;
+            observed.external_secret = Some(match secrets.get_opt(&r.name).await? {
+                None => ExternalSecret::Missing,
+                Some(s) => {
+                    let has_key = s.data.as_ref().is_some_and(|d| d.get(&r.key).is_some_and(|v| !v.0.is_empty()))
+                        || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key));
+                    if has_key {
+                        ExternalSecret::Present
+                    } else {
+                        ExternalSecret::KeyMissing
+                    }
+                }
+            });
+        }
+        Backend::CloudNativePg(_) => {
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            observed.cnpg_installed = crds.get_opt(CNPG_CRD).await?.is_some();
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &store.namespace);
+    let selector = format!("{STORE_LABEL}={}", store.name);
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    observed.pods_without_sidecar = list.items.iter().filter(|p| lacks_sidecar(p)).filter_map(|p| p.metadata.name.clone()).collect();
+    Ok(observed)
+}
+
+/// A live Pod (not finished, not being deleted) with neither a sidecar container nor init container.
+pub fn lacks_sidecar(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return false;
+    }
+    let Some(spec) = &pod.spec else { return false };
+    let in_containers = spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER);
+    let in_init = spec.init_containers.as_ref().is_some_and(|l| l.iter().any(|c| c.name == SIDECAR_CONTAINER));
+    !(in_containers || in_init)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn sidecar_detection() {
+        assert!(lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}}))));
+        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}, {"name": SIDECAR_CONTAINER}]}}))));
+        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}], "initContainers": [{"name": SIDECAR_CONTAINER}]}}))));
+        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}, "status": {"phase": "Succeeded"}}))));
+    }
+}
