@@ -56,7 +56,7 @@ start() {
 }
 
 stop() {
-    local name=$1 pid i
+    local name=$1 pid i t0=$SECONDS
     pid=$(pid_of "$name") || {
         rm -f "$RUN/$name.pid"
         return 0
@@ -68,7 +68,7 @@ stop() {
     done
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$RUN/$name.pid"
-    log "stopped $name"
+    log "stopped $name ($((SECONDS - t0))s)"
 }
 
 # wait_up SECONDS NAME COMMAND...: waits for NAME to answer, or exits with its log tail.
@@ -675,7 +675,7 @@ kill_pods() {
 kill_shims() { # the shims of our containerd, found by its socket path
     local p cmd
     for p in /proc/[0-9]*; do
-        cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
         if [[ $cmd == *containerd-shim* && $cmd == *"$CONTAINERD_SOCK"* ]]; then
             kill -KILL "${p#/proc/}" 2>/dev/null || true
         fi
