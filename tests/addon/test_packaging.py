@@ -9,8 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-import fake_odoo
 import pytest
+
+import fake_odoo
 from conftest import ROOT
 
 ADDON = ROOT / "addons" / "dkn_auth"
