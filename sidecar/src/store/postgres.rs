@@ -185,9 +185,20 @@ pub struct PgStore {
     settings: StoreSettings,
 }
 
+/// tokio-postgres prints "db error" alone; say what the server said.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("PostgreSQL: {e}: {src}"),
+            None => format!("PostgreSQL: {e}"),
+        },
+    }
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() || e.as_db_error().is_none() {
-        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+        return StoreError::Unavailable(describe(&e));
     }
     match e.code() {
         Some(c)
@@ -199,9 +210,9 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::UNDEFINED_TABLE =>
         {
-            StoreError::Unavailable(format!("PostgreSQL: {e}"))
+            StoreError::Unavailable(describe(&e))
         }
-        _ => StoreError::Backend(format!("PostgreSQL: {e}")),
+        _ => StoreError::Backend(describe(&e)),
     }
 }
 
@@ -348,7 +359,7 @@ impl PgStore {
         // Follow the setting if it changed since the table was created.
         let persistence: i8 = tx
             .query_one(
-                "SELECT relpersistence::\"char\" FROM pg_class WHERE oid = $1::regclass",
+                "SELECT relpersistence::\"char\" FROM pg_class WHERE oid = $1::text::regclass",
                 &[&t],
             )
             .await

@@ -1,0 +1,699 @@
+//! One behavioural suite, run over HTTP against every driver on a real backend.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{data_of, identifier, legacy_sid, modern_sid, s, Backend, Harness};
+use http::Method;
+use serde_json::json;
+
+mod cases {
+    use super::*;
+
+    pub async fn create_only_and_read(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        let body = json!({"data": {"uid": 7, "login": "admin", "empty": [], "f": 1700000000.123456, "ctx": {"lang": "fr_FR"}}});
+        let r = c
+            .json(Method::PUT, &s("", &sid), &[("if-none-match", "*")], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r);
+        assert_eq!(r.json()["version"], 1);
+        assert_eq!(r.etag.as_deref(), Some("\"1\""));
+        let r = c
+            .json(Method::PUT, &s("", &sid), &[("if-none-match", "*")], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412);
+        assert_eq!(r.json()["current_version"], 1);
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.etag.as_deref(), Some("\"1\""));
+        assert_eq!(
+            data_of(&r),
+            body["data"],
+            "values come back exactly, floats and empty arrays included"
+        );
+        assert_eq!(r.json()["version"], 1);
+        let ttl = r.json()["ttl"].as_u64().unwrap();
+        assert!(ttl > 604_000 && ttl <= 604_800, "default expiry, got {ttl}");
+    }
+
+    pub async fn compare_and_swap(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[("if-match", "\"1\"")],
+                &json!({"data": {}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "If-Match on a missing session");
+        assert!(r.json()["current_version"].is_null());
+        c.json(Method::PUT, &s("", &sid), &[], &json!({"data": {"a": 1}}))
+            .await
+            .unwrap();
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[("if-match", "\"1\"")],
+                &json!({"data": {"a": 2}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["version"], 2);
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[("if-match", "\"1\"")],
+                &json!({"data": {"a": 3}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412);
+        assert_eq!(r.json()["current_version"], 2);
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(
+            data_of(&r),
+            json!({"a": 2}),
+            "a failed condition changes nothing"
+        );
+        let r = c
+            .json(Method::PUT, &s("", &sid), &[], &json!({"data": {"b": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "unconditional replace");
+        assert_eq!(r.json()["version"], 3);
+        assert_eq!(
+            data_of(&c.get(&s("", &sid)).await.unwrap()),
+            json!({"b": 1})
+        );
+    }
+
+    pub async fn patch_is_partial_and_update_only(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &json!({"set": {"a": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "patch never creates");
+        assert_eq!(c.get(&s("", &sid)).await.unwrap().status, 404);
+        c.json(
+            Method::PUT,
+            &s("", &sid),
+            &[],
+            &json!({"data": {"a": 1, "b": 2, "c": 3}}),
+        )
+        .await
+        .unwrap();
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"a": 10, "d": {"x": [1]}}, "remove": ["b", "zz"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["version"], 2);
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(data_of(&r), json!({"a": 10, "c": 3, "d": {"x": [1]}}));
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &json!({"set": {"a": 10}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.json()["version"],
+            2,
+            "a patch that changes nothing keeps the version"
+        );
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[("if-match", "\"1\"")],
+                &json!({"set": {"a": 11}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412);
+        assert_eq!(r.json()["current_version"], 2);
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[("if-match", "\"2\"")],
+                &json!({"set": {"a": 11}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["version"], 3);
+    }
+
+    pub async fn delete_leaves_tombstone(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        c.json(Method::PUT, &s("", &sid), &[], &json!({"data": {"uid": 2}}))
+            .await
+            .unwrap();
+        let r = c
+            .send(Method::DELETE, &s("", &sid), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204);
+        assert_eq!(c.get(&s("", &sid)).await.unwrap().status, 404);
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"uid": 2}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "a late save does not bring the session back");
+        for headers in [
+            &[][..],
+            &[("if-none-match", "*")][..],
+            &[("if-match", "\"1\"")][..],
+        ] {
+            let r = c
+                .json(
+                    Method::PUT,
+                    &s("", &sid),
+                    headers,
+                    &json!({"data": {"uid": 2}}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 410, "put {headers:?} after delete");
+        }
+        assert_eq!(c.get(&s("", &sid)).await.unwrap().status, 404);
+        let other = legacy_sid();
+        let r = c
+            .send(Method::DELETE, &s("", &other), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204, "deleting a missing session is fine");
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &other),
+                &[("if-none-match", "*")],
+                &json!({"data": {}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "and still tombstones it");
+    }
+
+    pub async fn rotate_stored(h: &Harness) {
+        let mut c = h.client();
+        let (old, new) = (legacy_sid(), legacy_sid());
+        c.json(
+            Method::PUT,
+            &s("", &old),
+            &[],
+            &json!({"data": {"uid": 1, "token": "a", "keep": true}}),
+        )
+        .await
+        .unwrap();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &old),
+                &[],
+                &json!({"new_sid": new, "set": {"token": "b"}, "remove": ["keep"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(c.get(&s("", &old)).await.unwrap().status, 404);
+        let r = c.get(&s("", &new)).await.unwrap();
+        assert_eq!(data_of(&r), json!({"uid": 1, "token": "b"}));
+        assert_eq!(r.json()["version"], 1);
+        let r = c
+            .json(Method::PATCH, &s("", &old), &[], &json!({"set": {"x": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "the old sid is tombstoned");
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &old),
+                &[],
+                &json!({"new_sid": legacy_sid()}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "rotating from a tombstone");
+        let missing = legacy_sid();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &missing),
+                &[],
+                &json!({"new_sid": legacy_sid()}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "stored rotation needs the old session");
+        let third = legacy_sid();
+        c.json(Method::PUT, &s("", &third), &[], &json!({"data": {"x": 1}}))
+            .await
+            .unwrap();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &third),
+                &[],
+                &json!({"new_sid": new}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "the new sid exists");
+        assert_eq!(
+            data_of(&c.get(&s("", &third)).await.unwrap()),
+            json!({"x": 1}),
+            "nothing changed"
+        );
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &third),
+                &[],
+                &json!({"new_sid": old}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "the new sid is a tombstone");
+    }
+
+    pub async fn rotate_given_and_soft(h: &Harness) {
+        let mut c = h.client();
+        let (anon, logged) = (legacy_sid(), legacy_sid());
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &anon),
+                &[],
+                &json!({"new_sid": logged, "data": {"uid": 5}, "ttl": 3600}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 201,
+            "a never-stored session rotates with its data"
+        );
+        let r = c.get(&s("", &logged)).await.unwrap();
+        assert_eq!(data_of(&r), json!({"uid": 5}));
+        assert!(r.json()["ttl"].as_u64().unwrap() <= 3600);
+        let r = c
+            .json(Method::PUT, &s("", &anon), &[], &json!({"data": {}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 410,
+            "the old sid is tombstoned even though it never existed"
+        );
+        // Odoo 19 soft rotation: same identifier, old one kept briefly with a pointer.
+        let ident = identifier();
+        let (o, n) = (modern_sid(&ident), modern_sid(&ident));
+        c.json(Method::PUT, &s("", &o), &[], &json!({"data": {"uid": 5}}))
+            .await
+            .unwrap();
+        let r = c.json(Method::POST, &s("/rotate", &o), &[], &json!({"new_sid": n, "keep_old": {"ttl": 120, "set": {"next_sid": n, "deletion_time": 1.5}}})).await.unwrap();
+        assert_eq!(r.status, 201);
+        let old = c.get(&s("", &o)).await.unwrap();
+        assert_eq!(old.status, 200);
+        assert_eq!(data_of(&old)["next_sid"], json!(n));
+        assert!(old.json()["ttl"].as_u64().unwrap() <= 120);
+        assert_eq!(
+            data_of(&c.get(&s("", &n)).await.unwrap()),
+            json!({"uid": 5})
+        );
+    }
+
+    pub async fn ttl_expires_and_refreshes(h: &Harness) {
+        let mut c = h.client();
+        let (a, b) = (legacy_sid(), legacy_sid());
+        c.json(
+            Method::PUT,
+            &s("", &a),
+            &[],
+            &json!({"data": {"k": 1}, "ttl": 1}),
+        )
+        .await
+        .unwrap();
+        c.json(
+            Method::PUT,
+            &s("", &b),
+            &[],
+            &json!({"data": {"k": 1}, "ttl": 1}),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let r = c
+            .json(Method::PATCH, &s("", &b), &[], &json!({"ttl": 30}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "an empty patch refreshes the TTL");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(c.get(&s("", &a)).await.unwrap().status, 404, "expired");
+        let r = c
+            .json(Method::PATCH, &s("", &a), &[], &json!({"set": {"k": 2}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 404,
+            "an expired session is not revived by a patch"
+        );
+        let r = c.get(&s("", &b)).await.unwrap();
+        assert_eq!(r.status, 200, "refreshed in time");
+        assert!(r.json()["ttl"].as_u64().unwrap() > 25);
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &a),
+                &[("if-none-match", "*")],
+                &json!({"data": {"k": 3}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "an expired sid can be created again");
+        assert_eq!(r.json()["version"], 1);
+    }
+
+    pub async fn identifiers(h: &Harness) {
+        let mut c = h.client();
+        let (a, b, none, short) = (identifier(), identifier(), identifier(), identifier());
+        let a1 = modern_sid(&a);
+        let a2 = modern_sid(&a);
+        let b1 = modern_sid(&b);
+        let s1 = modern_sid(&short);
+        for sid in [&a1, &a2, &b1] {
+            let r = c
+                .json(Method::PUT, &s("", sid), &[], &json!({"data": {"uid": 1}}))
+                .await
+                .unwrap();
+            assert!(r.status.is_success());
+        }
+        c.json(
+            Method::PUT,
+            &s("", &s1),
+            &[],
+            &json!({"data": {}, "ttl": 1}),
+        )
+        .await
+        .unwrap();
+        let legacy = legacy_sid();
+        c.json(Method::PUT, &s("", &legacy), &[], &json!({"data": {}}))
+            .await
+            .unwrap();
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": [a, b, none]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["missing"], json!([none]));
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/delete",
+                &[],
+                &json!({"identifiers": [a, none]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.json()["deleted"], 2);
+        assert_eq!(c.get(&s("", &a1)).await.unwrap().status, 404);
+        assert_eq!(c.get(&s("", &a2)).await.unwrap().status, 404);
+        assert_eq!(c.get(&s("", &b1)).await.unwrap().status, 200);
+        let r = c
+            .json(Method::PATCH, &s("", &a1), &[], &json!({"set": {"uid": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "a revoked device's late save is refused");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": [none, b, a, short]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.json()["missing"],
+            json!([none, a, short]),
+            "request order kept; expired counts as missing"
+        );
+        assert_eq!(
+            c.get(&s("", &legacy)).await.unwrap().status,
+            200,
+            "legacy sids are not touched"
+        );
+        // Rotation moves the index entry.
+        let n = modern_sid(&none);
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &b1),
+                &[],
+                &json!({"new_sid": n}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201);
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": [b, none]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.json()["missing"], json!([b]));
+    }
+
+    pub async fn leases(h: &Harness) {
+        let mut c = h.client();
+        let name = format!("/v1/leases/cron.{}", legacy_sid());
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/acquire"),
+                &[],
+                &json!({"owner": "w1", "ttl_ms": 10000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let t1 = r.json()["token"].as_u64().unwrap();
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/acquire"),
+                &[],
+                &json!({"owner": "w2", "ttl_ms": 10000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409);
+        assert_eq!(r.json()["error"], "held");
+        assert_eq!(r.json()["owner"], "w1");
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/refresh"),
+                &[],
+                &json!({"owner": "w2", "ttl_ms": 10000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409, "not yours");
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/refresh"),
+                &[],
+                &json!({"owner": "w1", "ttl_ms": 10000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["token"].as_u64(),
+            Some(t1),
+            "refresh keeps the token"
+        );
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/release"),
+                &[],
+                &json!({"owner": "w2"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409);
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/release"),
+                &[],
+                &json!({"owner": "w1"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204);
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/release"),
+                &[],
+                &json!({"owner": "w1"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["error"], "not_held");
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/refresh"),
+                &[],
+                &json!({"owner": "w1", "ttl_ms": 100}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/acquire"),
+                &[],
+                &json!({"owner": "w2", "ttl_ms": 300}),
+            )
+            .await
+            .unwrap();
+        let t2 = r.json()["token"].as_u64().unwrap();
+        assert!(t2 > t1, "fencing tokens grow: {t1} then {t2}");
+        let r = c
+            .json(
+                Method::POST,
+                &format!("{name}/acquire"),
+                &[],
+                &json!({"owner": "w3", "ttl_ms": 1000, "wait_ms": 3000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "waits until w2's lease runs out");
+        assert!(r.json()["token"].as_u64().unwrap() > t2);
+    }
+
+    /// 32 clients patch their own key of one session, 10,000 patches in all: no lost update.
+    pub async fn concurrent_patches_keep_every_key(h: &Harness) {
+        let sid = legacy_sid();
+        let mut c = h.client();
+        c.json(Method::PUT, &s("", &sid), &[], &json!({"data": {}}))
+            .await
+            .unwrap();
+        let clients = 32;
+        let per_client = 10_000 / clients;
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let mut c = h.client();
+            let sid = sid.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..per_client {
+                    let r = c
+                        .json(
+                            Method::PATCH,
+                            &s("", &sid),
+                            &[],
+                            &json!({"set": {format!("k{i}"): n}}),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status, 200, "{r:?}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let r = c.get(&s("", &sid)).await.unwrap();
+        let data = data_of(&r);
+        for i in 0..clients {
+            assert_eq!(data[format!("k{i}")], json!(per_client - 1), "key k{i}");
+        }
+        assert_eq!(
+            r.json()["version"].as_u64(),
+            Some(1 + (clients * per_client) as u64)
+        );
+    }
+}
+
+macro_rules! suite {
+    ($backend:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let h = Harness::start($backend).await;
+                cases::$case(&h).await;
+            }
+        )*
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:expr) => {
+        suite!($backend;
+            create_only_and_read,
+            compare_and_swap,
+            patch_is_partial_and_update_only,
+            delete_leaves_tombstone,
+            rotate_stored,
+            rotate_given_and_soft,
+            ttl_expires_and_refreshes,
+            identifiers,
+            leases,
+            concurrent_patches_keep_every_key,
+        );
+    };
+}
+
+mod memory {
+    use super::*;
+    all_cases!(Backend::Memory);
+}
+
+mod redis {
+    use super::*;
+    all_cases!(Backend::Redis);
+}
+
+mod postgres {
+    use super::*;
+    all_cases!(Backend::Postgres);
+}

@@ -1,0 +1,311 @@
+//! Redis and PostgreSQL launched from the Debian binaries.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Spawns from a thread that lives as long as the process, so the parent-death signal
+/// fires when the test process ends and not when the spawning test's thread ends.
+fn spawn_owned(mut cmd: Command, run_as: Option<(u32, u32)>) -> Child {
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = run_as {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Set after the credential change, which would clear it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .expect("spawner thread died")
+        .unwrap_or_else(|e| panic!("cannot start server: {e}"))
+}
+
+fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> PathBuf {
+    for d in extra_dirs {
+        let p = d.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for d in path.split(':') {
+            let p = Path::new(d).join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!("{name} not found: install it (the README's test command does: apt-get install redis-server postgresql)");
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server with append-only persistence (fsync every write) so a restart
+    /// keeps every acknowledged write.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let bin = find_binary("redis-server", &[]);
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+            "--dir",
+            self.dir.path().to_str().unwrap_or("."),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        self.child = Some(spawn_owned(cmd, None));
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "redis-server did not start"
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL: no chance to flush anything beyond what it already acknowledged.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    dirs
+}
+
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let out = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, name]).output().ok()?;
+        String::from_utf8(o.stdout).ok()?.trim().parse().ok()
+    };
+    Some((out("-u")?, out("-g")?))
+}
+
+pub struct PostgresServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    run_as: Option<(u32, u32)>,
+}
+
+impl PostgresServer {
+    /// initdb + postgres on a free loopback port; as root, runs as the `postgres` user
+    /// (PostgreSQL refuses to run as root).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(user_ids("postgres").expect(
+                "running as root needs the postgres user (apt-get install postgresql creates it)",
+            ))
+        } else {
+            None
+        };
+        if let Some((uid, gid)) = run_as {
+            let p = std::ffi::CString::new(dir.path().to_str().unwrap_or("/tmp")).expect("path");
+            unsafe {
+                libc::chown(p.as_ptr(), uid, gid);
+            }
+        }
+        let bins = postgres_bin_dirs();
+        let initdb = find_binary("initdb", &bins);
+        let mut cmd = Command::new(initdb);
+        cmd.args([
+            "-D",
+            &Self::data(dir.path()),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        if let Some((uid, gid)) = run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let status = cmd.status().expect("initdb");
+        assert!(status.success(), "initdb failed");
+        let mut s = PostgresServer {
+            port: free_port(),
+            dir,
+            child: None,
+            run_as,
+        };
+        s.launch();
+        s
+    }
+
+    fn data(dir: &Path) -> String {
+        dir.join("data").to_string_lossy().into_owned()
+    }
+
+    fn launch(&mut self) {
+        let bin = find_binary("postgres", &postgres_bin_dirs());
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-D",
+            &Self::data(self.dir.path()),
+            "-p",
+            &self.port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("unix_socket_directories={}", self.dir.path().display()),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=64MB",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.child = Some(spawn_owned(cmd, self.run_as));
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(20)),
+            "postgres did not start"
+        );
+        // Accepting TCP is not yet accepting queries: wait for pg_isready.
+        let isready = find_binary("pg_isready", &postgres_bin_dirs());
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            let ok = Command::new(&isready)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("postgres did not become ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// SIGKILL of the postmaster: crash recovery replays the WAL on restart.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            // Backends outlive a killed postmaster for a moment; wait until the port is free.
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        // The killed postmaster leaves its pid file; postgres refuses to start while it
+        // names a live process, which it no longer does.
+        let _ = std::fs::remove_file(self.dir.path().join("data").join("postmaster.pid"));
+        self.launch();
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
