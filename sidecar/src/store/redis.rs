@@ -224,13 +224,31 @@ impl RedisPool {
     /// Maps a Redis error, forgetting the connection when it is broken so the next use of
     /// the slot reconnects.
     fn fail(&self, slot: usize, e: RedisError) -> StoreError {
-        if e.is_io_error()
+        use redis::{ErrorKind, ServerErrorKind};
+        let connection_broken = e.is_io_error()
             || e.is_connection_dropped()
             || e.is_timeout()
             || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
-        {
-            *self.slots[slot].conn.write() = None;
+            || e.is_unrecoverable_error();
+        // A server that is starting, or a former master after a Sentinel fail-over, is an
+        // outage too; the latter also needs a new connection to find the new master.
+        let server_not_ready = matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            ) | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+                | ErrorKind::AuthenticationFailed
+        );
+        if connection_broken || server_not_ready {
+            if connection_broken || matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly))
+            {
+                *self.slots[slot].conn.write() = None;
+            }
             StoreError::Unavailable(format!("Redis: {e}"))
         } else {
             StoreError::Backend(format!("Redis: {e}"))

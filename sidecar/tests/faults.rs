@@ -1,0 +1,189 @@
+//! The backend killed and restarted under load: quick 503s while it is down, recovery
+//! without restarting the sidecar, and no acknowledged write missing afterwards.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{legacy_sid, s, Harness};
+use http::Method;
+use odoo_ha_testkit::{PostgresServer, RedisServer};
+use parking_lot::Mutex;
+use serde_json::json;
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    unavailable: AtomicU64,
+    /// Slowest 503: the bound that matters while the backend is down.
+    slowest_503_ms: AtomicU64,
+    other: Mutex<Vec<String>>,
+}
+
+/// Writers each own sessions; the last value the sidecar acknowledged per session is kept.
+async fn load(
+    h: &Harness,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<HashMap<String, u64>>> {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = h.client();
+        let stop = stop.clone();
+        let tally = tally.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked: HashMap<String, u64> = HashMap::new();
+            let mut sids: Vec<String> = Vec::new();
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // Every 10th write creates a session, the others patch an existing one.
+                let (method, sid, body, headers): (
+                    Method,
+                    String,
+                    serde_json::Value,
+                    Vec<(&str, &str)>,
+                ) = if sids.is_empty() || n % 10 == 0 {
+                    let sid = legacy_sid();
+                    (
+                        Method::PUT,
+                        sid,
+                        json!({"data": {"n": n}}),
+                        vec![("if-none-match", "*")],
+                    )
+                } else {
+                    let sid = sids[(n as usize) % sids.len()].clone();
+                    (Method::PATCH, sid, json!({"set": {"n": n}}), vec![])
+                };
+                let started = Instant::now();
+                match c.json(method.clone(), &s("", &sid), &headers, &body).await {
+                    Ok(r) if r.status.is_success() => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        acked.insert(sid.clone(), n);
+                        if method == Method::PUT {
+                            sids.push(sid);
+                        }
+                    }
+                    Ok(r) if r.status == 503 => {
+                        assert_eq!(r.json()["error"], "backend_unavailable", "{r:?}");
+                        tally.unavailable.fetch_add(1, Ordering::Relaxed);
+                        let ms = started.elapsed().as_millis() as u64;
+                        tally.slowest_503_ms.fetch_max(ms, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => tally
+                        .other
+                        .lock()
+                        .push(format!("{} {:?}", r.status, r.body)),
+                    Err(e) => tally.other.lock().push(e.to_string()),
+                }
+            }
+            acked
+        }));
+    }
+    tasks
+}
+
+async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let tasks = load(&h, stop.clone(), tally.clone()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = tally.ok.load(Ordering::Relaxed);
+    assert!(before > 0, "load runs before the outage");
+
+    tokio::task::block_in_place(kill);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut probe = h.client();
+    let r = probe.get("/readyz").await.unwrap();
+    assert_eq!(r.status, 503, "readyz fails while the backend is down");
+    assert_eq!(r.json()["error"], "backend_unavailable");
+    let unavailable = tally.unavailable.load(Ordering::Relaxed);
+    assert!(unavailable > 0, "writes answered 503 during the outage");
+
+    tokio::task::block_in_place(restart);
+    // Recovery without touching the sidecar.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = probe.get("/readyz").await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after_restart = tally.ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        tally.ok.load(Ordering::Relaxed) > after_restart,
+        "writes succeed again"
+    );
+    stop.store(true, Ordering::Relaxed);
+
+    let mut acked = HashMap::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let other = tally.other.lock().clone();
+    assert!(
+        other.is_empty(),
+        "only successes and 503s expected: {other:?}"
+    );
+    let slowest = tally.slowest_503_ms.load(Ordering::Relaxed);
+    assert!(
+        slowest < 2_500,
+        "a 503 took {slowest} ms; the backend timeout is 1000 ms"
+    );
+    // Every acknowledged write is there (a later unacknowledged one may also have landed).
+    let mut c = h.client();
+    for (sid, n) in &acked {
+        let r = c.get(&s("", sid)).await.unwrap();
+        assert_eq!(r.status, 200, "acknowledged session {sid} lost");
+        let stored = r.json()["data"]["n"].as_u64().unwrap();
+        assert!(
+            stored >= *n,
+            "session {sid}: acknowledged {n}, found {stored}"
+        );
+    }
+    eprintln!(
+        "outage: {} acknowledged writes over {} sessions, {} answered 503 (slowest {} ms)",
+        tally.ok.load(Ordering::Relaxed),
+        acked.len(),
+        tally.unavailable.load(Ordering::Relaxed),
+        slowest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted() {
+    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let url = redis.lock().url();
+    let h = Harness::with_flags(vec![
+        "--driver=redis".into(),
+        format!("--redis-uri={url}"),
+        "--redis-max-conn=4".into(),
+    ])
+    .await;
+    let (r1, r2) = (redis.clone(), redis.clone());
+    outage_scenario(h, move || r1.lock().kill(), move || r2.lock().restart()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_and_restarted() {
+    let pg = Arc::new(Mutex::new(PostgresServer::start()));
+    let url = pg.lock().url();
+    let h = Harness::with_flags(vec![
+        "--driver=db".into(),
+        format!("--db-uri={url}"),
+        "--db-max-conn=4".into(),
+    ])
+    .await;
+    let (p1, p2) = (pg.clone(), pg.clone());
+    outage_scenario(h, move || p1.lock().kill(), move || p2.lock().restart()).await;
+}
