@@ -172,9 +172,9 @@ check "host DNS $FQDN" "$CLUSTER_IP" \
 
 # Pod side, through exec (API server -> kubelet -> containerd).
 check "pod -> Service by short name (search domains)" "hello from web-" \
-    retry 20 k exec client -- wget -qO- -T 3 http://web/
+    retry 20 k exec client -- timeout 5 wget -qO- http://web/
 check "pod -> Service by FQDN" "hello from web-" \
-    retry 20 k exec client -- wget -qO- -T 3 "http://$FQDN/"
+    retry 20 k exec client -- timeout 5 wget -qO- "http://$FQDN/"
 headless_ok() {
     local out ip
     out=$(k exec client -- nslookup "web-headless.$NS.svc.$CLUSTER_DOMAIN" 2>&1) || return 1
@@ -189,12 +189,12 @@ else
 fi
 # shellcheck disable=SC2016 # expanded inside the pod
 check "pod -> kubernetes Service (in-cluster API endpoint)" '"gitVersion": "v1.20.2"' \
-    k exec client -- sh -c 'wget -qO- -T 3 --no-check-certificate \
+    k exec client -- sh -c 'timeout 5 wget -qO- --no-check-certificate \
         --header "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" \
         https://kubernetes.default.svc/version'
 check "pod egress beyond the bridge is dropped" "ODOOHA-ISOLATE" iptables -w -S FORWARD
 check "exec into a Deployment's pod" "hello" \
-    k exec deploy/web -- cat /tmp/www/index.html
+    k exec deploy/web -- busybox cat /tmp/www/index.html
 check "container runs as the image's non-root user" "uid=65532" \
     k exec client -- id
 
@@ -334,7 +334,7 @@ if k wait --for=condition=Ready pod/redis pod/postgres --timeout=90s >/dev/null;
     check "postgres: password login over TCP through the Service" "sessions" \
         retry 20 k exec postgres -- sh -c 'PGPASSWORD=smoke-pg psql -h postgres -U odoo -d sessions -Atc "select current_database()"'
     check "postgres: wrong password refused" "password authentication failed" \
-        k exec postgres -- sh -c 'PGPASSWORD=wrong psql -h postgres -U odoo -d sessions -Atc "select 1"'
+        k exec postgres -- sh -c 'PGPASSWORD=wrong psql -h postgres -U odoo -d sessions -Atc "select 1" 2>&1; true'
 else
     fail "redis/postgres pods not ready"
 fi
