@@ -126,8 +126,8 @@ class DknSessionStoreBase:
                     value = int(raw) if raw else None
                     self._max_inactivity[env.cr.dbname] = value if value and value > 0 else None
                     db = env.cr.dbname
-            except Exception:  # noqa: BLE001 - a bad parameter must not break the save
-                _logger.warning("invalid sessions.max_inactivity_seconds, using DKN_AUTH_EXPIRY")
+            except Exception as exc:  # noqa: BLE001 - a bad parameter must not break the save
+                _logger.warning("cannot use sessions.max_inactivity_seconds (%s), using DKN_AUTH_EXPIRY", exc)
         return self._max_inactivity.get(db) or self.settings.expiry
 
     def _request_env(self):

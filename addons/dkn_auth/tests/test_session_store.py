@@ -83,9 +83,9 @@ class TestSessionStore(HttpCase):
         sid = self._sid()
         self.assertIsNotNone(self.store.client.get(sid))
         self.assertEqual(self.store.get_missing_session_identifiers([sid[:42]]), set())
-        self.env["res.device.log"].create(
-            {"session_identifier": sid[:42], "user_id": admin.id, "platform": "linux", "browser": "test"}
-        )
+        # A request with the session makes Odoo log the device (res.device.log).
+        self.assertEqual(self._session_info().status_code, 200)
+        self.env.invalidate_all()
         devices = self.env["res.device"].search([("session_identifier", "=", sid[:42])])
         self.assertTrue(devices)
         devices._revoke()
