@@ -183,7 +183,7 @@ impl Resolver<'_> {
             .filter(|v| !v.is_empty() && v != "False")
     }
 
-    fn number<T: std::str::FromStr>(
+    fn number<T>(
         &self,
         given: &Option<String>,
         var: &str,
@@ -193,7 +193,7 @@ impl Resolver<'_> {
         what: &str,
     ) -> Result<T, ConfigError>
     where
-        T: PartialOrd + Copy + std::fmt::Display,
+        T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display,
     {
         match self.pick(given, var) {
             None => Ok(default),

@@ -45,7 +45,7 @@ pub struct StoreSettings {
 /// monomorphic and no boxing of futures is needed.
 pub enum Store {
     Memory(memory::MemoryStore),
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
     Postgres(postgres::PgStore),
 }
 
@@ -198,7 +198,7 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
                     .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
             let pool =
                 redis::RedisPool::new(target, settings.redis_max_conn, settings.backend_timeout);
-            Ok(Store::Redis(redis::RedisStore::new(pool, common)))
+            Ok(Store::Redis(Box::new(redis::RedisStore::new(pool, common))))
         }
         Driver::Db => {
             let pg = postgres::PgSettings {

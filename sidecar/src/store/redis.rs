@@ -54,7 +54,7 @@ impl Scripts {
 
 /// Where connections come from.
 pub enum Target {
-    Direct(Client),
+    Direct(Box<Client>),
     Sentinel {
         client: Box<tokio::sync::Mutex<SentinelClient>>,
     },
@@ -84,7 +84,7 @@ impl Target {
             }
         }
         Client::open(url.as_str())
-            .map(Target::Direct)
+            .map(|c| Target::Direct(Box::new(c)))
             .map_err(|e| e.to_string())
     }
 
