@@ -91,6 +91,8 @@ mod tests {
         ];
         let labels: std::collections::HashSet<_> = errors.iter().map(Error::metric_label).collect();
         assert_eq!(labels.len(), errors.len());
-        assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(labels
+            .iter()
+            .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 }

@@ -27,7 +27,9 @@ pub fn may_hold(spec: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) 
         None | Some("") => true,
         Some(h) if h == identity => true,
         Some(_) => {
-            let Some(renewed) = spec.renew_time.as_ref() else { return true };
+            let Some(renewed) = spec.renew_time.as_ref() else {
+                return true;
+            };
             let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
             renewed.0 + jiff::SignedDuration::from_secs(secs) < now
         }
@@ -35,19 +37,39 @@ pub fn may_hold(spec: Option<&LeaseSpec>, identity: &str, now: jiff::Timestamp) 
 }
 
 impl Elector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        Elector { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into(), duration }
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        Elector {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: jiff::Timestamp) -> LeaseSpec {
-        let same_holder = previous.and_then(|p| p.holder_identity.as_deref()) == Some(self.identity.as_str());
+        let same_holder =
+            previous.and_then(|p| p.holder_identity.as_deref()) == Some(self.identity.as_str());
         let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(15)),
-            acquire_time: if same_holder { previous.and_then(|p| p.acquire_time.clone()) } else { Some(MicroTime(now)) },
+            acquire_time: if same_holder {
+                previous.and_then(|p| p.acquire_time.clone())
+            } else {
+                Some(MicroTime(now))
+            },
             renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(if same_holder { transitions } else { transitions + 1 }),
+            lease_transitions: Some(if same_holder {
+                transitions
+            } else {
+                transitions + 1
+            }),
             ..LeaseSpec::default()
         }
     }
@@ -59,7 +81,10 @@ impl Elector {
         match self.api.get_opt(&self.name).await? {
             None => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
                     spec: Some(self.spec(None, now)),
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
@@ -73,7 +98,11 @@ impl Elector {
                     return Ok(false);
                 }
                 lease.spec = Some(self.spec(lease.spec.as_ref(), now));
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(e.into()),
@@ -121,10 +150,18 @@ impl Elector {
     /// Gives the lease up on shutdown so another replica takes over at once.
     pub async fn release(&self) {
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
-            if let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(self.identity.as_str())) {
+            if let Some(spec) = lease
+                .spec
+                .as_mut()
+                .filter(|s| s.holder_identity.as_deref() == Some(self.identity.as_str()))
+            {
                 spec.holder_identity = None;
                 spec.renew_time = None;
-                if let Err(e) = self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                if let Err(e) = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     warn!(error = %e, "could not release the lease");
                 }
             }
@@ -150,9 +187,15 @@ mod tests {
         };
         assert!(may_hold(None, "b", at(1000)));
         assert!(may_hold(Some(&held), "a", at(1001)), "the holder renews");
-        assert!(!may_hold(Some(&held), "b", at(1010)), "not before it expires");
+        assert!(
+            !may_hold(Some(&held), "b", at(1010)),
+            "not before it expires"
+        );
         assert!(may_hold(Some(&held), "b", at(1016)), "after it expired");
-        let released = LeaseSpec { holder_identity: None, ..held.clone() };
+        let released = LeaseSpec {
+            holder_identity: None,
+            ..held.clone()
+        };
         assert!(may_hold(Some(&released), "b", at(1001)));
     }
 }

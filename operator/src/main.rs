@@ -64,7 +64,11 @@ struct Args {
     #[arg(long, env = "DISABLE_CONTROLLER")]
     disable_controller: bool,
     /// Name of the MutatingWebhookConfiguration the operator applies.
-    #[arg(long, env = "WEBHOOK_CONFIG_NAME", default_value = "odoo-session-operator")]
+    #[arg(
+        long,
+        env = "WEBHOOK_CONFIG_NAME",
+        default_value = "odoo-session-operator"
+    )]
     webhook_config_name: String,
     /// Do not apply the MutatingWebhookConfiguration (it is managed elsewhere).
     #[arg(long, env = "UNMANAGED_WEBHOOK_CONFIG")]
@@ -95,7 +99,11 @@ struct Args {
     #[arg(long, env = "CERT_MANAGER_CERTIFICATE")]
     cert_manager_certificate: Option<String>,
     /// Secret keeping the generated CA and certificate (cert mode `generate`).
-    #[arg(long, env = "WEBHOOK_TLS_SECRET", default_value = "odoo-session-operator-webhook-tls")]
+    #[arg(
+        long,
+        env = "WEBHOOK_TLS_SECRET",
+        default_value = "odoo-session-operator-webhook-tls"
+    )]
     webhook_tls_secret: String,
     /// Sidecar image used when a store names none.
     #[arg(long, env = "DEFAULT_SIDECAR_IMAGE", default_value_t = Defaults::default().sidecar_image)]
@@ -126,9 +134,14 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-async fn metrics_handler(State(h): State<Health>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics_handler(
+    State(h): State<Health>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.render(),
     )
 }
@@ -142,11 +155,16 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -166,20 +184,34 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn tls_config(args: &Args, client: &Client) -> Result<(std::sync::Arc<rustls::ServerConfig>, Option<String>)> {
+async fn tls_config(
+    args: &Args,
+    client: &Client,
+) -> Result<(std::sync::Arc<rustls::ServerConfig>, Option<String>)> {
     match args.cert_mode {
         CertMode::Generate => {
             let names = certs::service_names(&args.webhook_service, &args.namespace);
-            let bundle = certs::ensure(client, &args.namespace, &args.webhook_tls_secret, &names).await?;
-            Ok((certs::server_config(&bundle.cert_pem, &bundle.key_pem)?, Some(bundle.ca_pem)))
+            let bundle =
+                certs::ensure(client, &args.namespace, &args.webhook_tls_secret, &names).await?;
+            Ok((
+                certs::server_config(&bundle.cert_pem, &bundle.key_pem)?,
+                Some(bundle.ca_pem),
+            ))
         }
         CertMode::Files => {
             let read = |f: &str| {
-                std::fs::read_to_string(args.cert_dir.join(f))
-                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", args.cert_dir.join(f).display())))
+                std::fs::read_to_string(args.cert_dir.join(f)).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read {}: {e}",
+                        args.cert_dir.join(f).display()
+                    ))
+                })
             };
             let ca = read("ca.crt").ok();
-            Ok((certs::server_config(&read("tls.crt")?, &read("tls.key")?)?, ca.filter(|_| args.cert_manager_certificate.is_none())))
+            Ok((
+                certs::server_config(&read("tls.crt")?, &read("tls.key")?)?,
+                ca.filter(|_| args.cert_manager_certificate.is_none()),
+            ))
         }
     }
 }
@@ -204,7 +236,10 @@ async fn run(args: Args) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let webhook_ready = Arc::new(AtomicBool::new(false));
 
-    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
     let health_router = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -220,9 +255,15 @@ async fn run(args: Args) -> Result<()> {
 
     if !args.disable_webhook {
         let (reader, writer) = reflector::store::<OdooSessionStore>();
-        let stream = reflector(writer, watcher(Api::<OdooSessionStore>::all(client.clone()), watcher::Config::default().any_semantic()))
-            .default_backoff()
-            .touched_objects();
+        let stream = reflector(
+            writer,
+            watcher(
+                Api::<OdooSessionStore>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects();
         tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(item) = stream.next().await {
@@ -232,7 +273,12 @@ async fn run(args: Args) -> Result<()> {
             }
         });
         let (tls, ca_bundle) = tls_config(&args, &client).await?;
-        let state = Arc::new(server::WebhookState { client: client.clone(), stores: reader.clone(), defaults: defaults.clone(), metrics: metrics.clone() });
+        let state = Arc::new(server::WebhookState {
+            client: client.clone(),
+            stores: reader.clone(),
+            defaults: defaults.clone(),
+            metrics: metrics.clone(),
+        });
         let listener = server::bind(args.webhook_listen).await?;
         tokio::spawn(server::serve_tls(listener, tls, server::router(state)));
         if !args.unmanaged_webhook_config {
@@ -253,11 +299,19 @@ async fn run(args: Args) -> Result<()> {
                 timeout_seconds: args.webhook_timeout_seconds,
             };
             let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-            api.patch(&args.webhook_config_name, &ssa(), &Patch::Apply(&config::build(&params))).await?;
+            api.patch(
+                &args.webhook_config_name,
+                &ssa(),
+                &Patch::Apply(&config::build(&params)),
+            )
+            .await?;
             info!(name = %args.webhook_config_name, "applied MutatingWebhookConfiguration");
         }
         // Pods created before the cache filled would be looked up one by one: wait for it.
-        if tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready())
+            .await
+            .is_err()
+        {
             warn!("store cache not ready after 30s; serving with API lookups");
         }
         webhook_ready.store(true, Ordering::Relaxed);
@@ -268,19 +322,32 @@ async fn run(args: Args) -> Result<()> {
         tokio::signal::ctrl_c().await?;
         return Ok(());
     }
-    let reporter = Reporter { controller: "odoo-session-operator".into(), instance: Some(args.pod_name.clone()) };
+    let reporter = Reporter {
+        controller: "odoo-session-operator".into(),
+        instance: Some(args.pod_name.clone()),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         defaults,
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        webhook_ready: if args.disable_webhook { Arc::new(AtomicBool::new(true)) } else { webhook_ready },
+        webhook_ready: if args.disable_webhook {
+            Arc::new(AtomicBool::new(true))
+        } else {
+            webhook_ready
+        },
     });
     if args.disable_leader_election {
         reconcile::run(ctx).await;
         return Ok(());
     }
-    let elector = Elector::new(client.clone(), &args.namespace, &args.lease_name, &args.pod_name, Duration::from_secs(args.lease_duration_seconds.max(3)));
+    let elector = Elector::new(
+        client.clone(),
+        &args.namespace,
+        &args.lease_name,
+        &args.pod_name,
+        Duration::from_secs(args.lease_duration_seconds.max(3)),
+    );
     elector.acquire().await;
     metrics.leader.set(1);
     let outcome = tokio::select! {

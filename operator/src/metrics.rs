@@ -35,29 +35,64 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("odoo_session_operator");
         let reconciles = Counter::default();
         let reconcile_failures = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration =
-            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let webhook_requests = Family::<WebhookLabels, Counter>::default();
         let webhook_duration =
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]);
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations started", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciliations that failed, by error", reconcile_failures.clone());
-        registry.register("reconcile_duration_seconds", "Duration of reconciliations", reconcile_duration.clone());
-        registry.register("webhook_requests", "Admission requests answered, by result", webhook_requests.clone());
-        registry.register("webhook_duration_seconds", "Time to answer an admission request", webhook_duration.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Metrics { registry, reconciles, reconcile_failures, reconcile_duration, webhook_requests, webhook_duration, leader }
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by error",
+            reconcile_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciliations",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Admission requests answered, by result",
+            webhook_requests.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time to answer an admission request",
+            webhook_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            webhook_requests,
+            webhook_duration,
+            leader,
+        }
     }
 }
 
 impl Metrics {
     pub fn reconcile_failed(&self, label: &str) {
-        self.reconcile_failures.get_or_create(&ErrorLabels { error: label.to_string() }).inc();
+        self.reconcile_failures
+            .get_or_create(&ErrorLabels {
+                error: label.to_string(),
+            })
+            .inc();
     }
 
     pub fn webhook_answered(&self, result: &str, took: Duration) {
-        self.webhook_requests.get_or_create(&WebhookLabels { result: result.to_string() }).inc();
+        self.webhook_requests
+            .get_or_create(&WebhookLabels {
+                result: result.to_string(),
+            })
+            .inc();
         self.webhook_duration.observe(took.as_secs_f64());
     }
 

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let path = dir.join(format!("{}.yaml", <OdooSessionStore as kube::CustomResourceExt>::crd_name()));
+    let path = dir.join(format!(
+        "{}.yaml",
+        <OdooSessionStore as kube::CustomResourceExt>::crd_name()
+    ));
     if check {
         match std::fs::read_to_string(&path) {
             Ok(existing) if existing == yaml => {

@@ -13,7 +13,10 @@ pub const CNPG_GROUP: &str = "postgresql.cnpg.io";
 pub const CNPG_CRD: &str = "clusters.postgresql.cnpg.io";
 
 pub fn api_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(CNPG_GROUP, "v1", "Cluster"), "clusters")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(CNPG_GROUP, "v1", "Cluster"),
+        "clusters",
+    )
 }
 
 pub fn build(store: &ValidStore, cnpg: &CloudNativePgBackend) -> DynamicObject {
@@ -31,7 +34,10 @@ pub fn build(store: &ValidStore, cnpg: &CloudNativePgBackend) -> DynamicObject {
         spec["imageName"] = json!(image);
     }
     let mut obj = DynamicObject::new(&name, &api_resource()).within(&store.namespace);
-    obj.metadata = store.owned_meta(&name, labels(&store.name, "cloudnativepg", "session-backend"));
+    obj.metadata = store.owned_meta(
+        &name,
+        labels(&store.name, "cloudnativepg", "session-backend"),
+    );
     obj.data = json!({"spec": spec});
     obj
 }
@@ -40,7 +46,11 @@ pub fn build(store: &ValidStore, cnpg: &CloudNativePgBackend) -> DynamicObject {
 pub fn is_ready(cluster: &DynamicObject) -> bool {
     cluster.data["status"]["conditions"]
         .as_array()
-        .is_some_and(|conds| conds.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|conds| {
+            conds
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 #[cfg(test)]
@@ -55,18 +65,29 @@ mod tests {
             "driver": "db",
             "backend": {"cloudNativePG": {"instances": 3, "storageSize": "2Gi", "imageName": "ghcr.io/cloudnative-pg/postgresql:17"}}
         }));
-        let Backend::CloudNativePg(c) = &store.spec.backend else { panic!("cnpg") };
+        let Backend::CloudNativePg(c) = &store.spec.backend else {
+            panic!("cnpg")
+        };
         let obj = build(&store, c);
         let v = serde_json::to_value(&obj).expect("serialises");
         assert_eq!(v["apiVersion"], "postgresql.cnpg.io/v1");
         assert_eq!(v["kind"], "Cluster");
         assert_eq!(v["metadata"]["name"], "sessions-pg");
         assert_eq!(v["metadata"]["namespace"], "shop");
-        assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "OdooSessionStore");
+        assert_eq!(
+            v["metadata"]["ownerReferences"][0]["kind"],
+            "OdooSessionStore"
+        );
         assert_eq!(v["spec"]["instances"], 3);
         assert_eq!(v["spec"]["storage"]["size"], "2Gi");
-        assert_eq!(v["spec"]["bootstrap"]["initdb"]["database"], "odoo_sessions");
-        assert_eq!(v["spec"]["imageName"], "ghcr.io/cloudnative-pg/postgresql:17");
+        assert_eq!(
+            v["spec"]["bootstrap"]["initdb"]["database"],
+            "odoo_sessions"
+        );
+        assert_eq!(
+            v["spec"]["imageName"],
+            "ghcr.io/cloudnative-pg/postgresql:17"
+        );
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub struct Connection {
 }
 
 fn literal(name: &str, value: String) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value), value_from: None }
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
 }
 
 fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -68,7 +72,11 @@ pub fn connection(store: &ValidStore) -> Connection {
             let (name, _) = managed_names(store);
             let host = format!("{name}.{}.svc", store.namespace);
             let (uri, password_var, port) = match driver {
-                Driver::Redis => (format!("redis://{host}:{REDIS_PORT}/0"), "DKN_AUTH_REDIS_PASSWORD", REDIS_PORT),
+                Driver::Redis => (
+                    format!("redis://{host}:{REDIS_PORT}/0"),
+                    "DKN_AUTH_REDIS_PASSWORD",
+                    REDIS_PORT,
+                ),
                 Driver::Db => (
                     format!("postgresql://{PG_USER}@{host}:{POSTGRES_PORT}/{PG_DATABASE}"),
                     "DKN_AUTH_DB_PASSWORD",
@@ -76,13 +84,20 @@ pub fn connection(store: &ValidStore) -> Connection {
                 ),
             };
             Connection {
-                env: vec![literal(uri_var(driver), uri), from_secret(password_var, &name, PASSWORD_KEY)],
+                env: vec![
+                    literal(uri_var(driver), uri),
+                    from_secret(password_var, &name, PASSWORD_KEY),
+                ],
                 endpoint: Some(format!("{host}:{port}")),
                 secret_name: name,
             }
         }
         Backend::External(ext) => Connection {
-            env: vec![from_secret(uri_var(driver), &ext.uri_secret_ref.name, &ext.uri_secret_ref.key)],
+            env: vec![from_secret(
+                uri_var(driver),
+                &ext.uri_secret_ref.name,
+                &ext.uri_secret_ref.key,
+            )],
             endpoint: None,
             secret_name: ext.uri_secret_ref.name.clone(),
         },
@@ -91,7 +106,10 @@ pub fn connection(store: &ValidStore) -> Connection {
             let secret = format!("{cluster}-app");
             Connection {
                 env: vec![from_secret("DKN_AUTH_DB_URI", &secret, "uri")],
-                endpoint: Some(format!("{cluster}-rw.{}.svc:{POSTGRES_PORT}", store.namespace)),
+                endpoint: Some(format!(
+                    "{cluster}-rw.{}.svc:{POSTGRES_PORT}",
+                    store.namespace
+                )),
                 secret_name: secret,
             }
         }
@@ -112,7 +130,10 @@ mod tests {
     fn managed_redis_uri_has_no_password_and_password_comes_from_secret() {
         let c = connection(&fixtures::managed_redis());
         assert_eq!(c.env[0].name, "DKN_AUTH_REDIS_URI");
-        assert_eq!(c.env[0].value.as_deref(), Some("redis://sessions-redis.shop.svc:6379/0"));
+        assert_eq!(
+            c.env[0].value.as_deref(),
+            Some("redis://sessions-redis.shop.svc:6379/0")
+        );
         assert_eq!(c.env[1].name, "DKN_AUTH_REDIS_PASSWORD");
         assert_eq!(c.env[1].value, None);
         assert_eq!(secret_ref(&c.env[1]), Some(("sessions-redis", "password")));
@@ -127,7 +148,10 @@ mod tests {
             Some("postgresql://odoo_sessions@sessions-postgres.shop.svc:5432/odoo_sessions")
         );
         assert_eq!(c.env[1].name, "DKN_AUTH_DB_PASSWORD");
-        assert_eq!(secret_ref(&c.env[1]), Some(("sessions-postgres", "password")));
+        assert_eq!(
+            secret_ref(&c.env[1]),
+            Some(("sessions-postgres", "password"))
+        );
     }
 
     #[test]
@@ -146,7 +170,8 @@ mod tests {
 
     #[test]
     fn cnpg_uses_the_app_secret() {
-        let store = fixtures::store(serde_json::json!({"driver": "db", "backend": {"cloudNativePG": {}}}));
+        let store =
+            fixtures::store(serde_json::json!({"driver": "db", "backend": {"cloudNativePG": {}}}));
         let c = connection(&store);
         assert_eq!(secret_ref(&c.env[0]), Some(("sessions-pg-app", "uri")));
         assert_eq!(c.endpoint.as_deref(), Some("sessions-pg-rw.shop.svc:5432"));

@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, SeccompProfile, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -43,7 +43,10 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("50m".into())),
             ("memory".to_string(), Quantity("64Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("512Mi".into()),
+        )])),
         ..ResourceRequirements::default()
     }
 }
@@ -59,7 +62,11 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
     let mut volumes = Vec::new();
     for (i, path) in shape.scratch_paths.iter().enumerate() {
         let name = format!("scratch-{i}");
-        mounts.push(VolumeMount { name: name.clone(), mount_path: (*path).into(), ..VolumeMount::default() });
+        mounts.push(VolumeMount {
+            name: name.clone(),
+            mount_path: (*path).into(),
+            ..VolumeMount::default()
+        });
         volumes.push(Volume {
             name,
             empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -87,7 +94,10 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
                 }
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(all_labels.clone()), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(all_labels.clone()),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -124,7 +134,13 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
                             failure_threshold: Some(6),
                             ..Probe::default()
                         }),
-                        resources: Some(shape.managed.resources.clone().unwrap_or_else(default_resources)),
+                        resources: Some(
+                            shape
+                                .managed
+                                .resources
+                                .clone()
+                                .unwrap_or_else(default_resources),
+                        ),
                         security_context: Some(hardened_security_context(Some(BACKEND_UID))),
                         volume_mounts: Some(mounts),
                         ..Container::default()
@@ -161,7 +177,10 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
 
 pub fn service(store: &ValidStore, shape: &Shape<'_>) -> Service {
     Service {
-        metadata: store.owned_meta(&shape.name, labels(&store.name, shape.app, "session-backend")),
+        metadata: store.owned_meta(
+            &shape.name,
+            labels(&store.name, shape.app, "session-backend"),
+        ),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(&store.name, shape.app)),

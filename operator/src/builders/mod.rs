@@ -77,7 +77,10 @@ impl Defaults {
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            sidecar_image: format!("ghcr.io/odoo-ha-session/sidecar:{}", env!("CARGO_PKG_VERSION")),
+            sidecar_image: format!(
+                "ghcr.io/odoo-ha-session/sidecar:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
             redis_image: "redis:7.4".into(),
             postgres_image: "postgres:17".into(),
             server_version: None,
@@ -90,9 +93,18 @@ pub fn labels(store: &str, name: &str, component: &str) -> BTreeMap<String, Stri
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), name.to_string()),
         ("app.kubernetes.io/instance".to_string(), store.to_string()),
-        ("app.kubernetes.io/component".to_string(), component.to_string()),
-        ("app.kubernetes.io/part-of".to_string(), "odoo-ha-session".to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "odoo-ha-session".to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER.to_string(),
+        ),
     ])
 }
 
@@ -113,8 +125,14 @@ pub fn hardened_security_context(uid: Option<i64>) -> SecurityContext {
         run_as_user: uid,
         run_as_group: uid,
         privileged: Some(false),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
         ..SecurityContext::default()
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -31,7 +32,10 @@ pub fn build(store: &ValidStore) -> NetworkPolicy {
                 // A peer with only podSelector means "this namespace".
                 from: Some(vec![NetworkPolicyPeer {
                     pod_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([(STORE_LABEL.to_string(), store.name.clone())])),
+                        match_labels: Some(BTreeMap::from([(
+                            STORE_LABEL.to_string(),
+                            store.name.clone(),
+                        )])),
                         match_expressions: None,
                     }),
                     namespace_selector: None,
@@ -58,21 +62,37 @@ mod tests {
         let np = build(&fixtures::managed_redis());
         let spec = np.spec.expect("spec");
         assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
-        let target = spec.pod_selector.and_then(|s| s.match_labels).expect("target");
+        let target = spec
+            .pod_selector
+            .and_then(|s| s.match_labels)
+            .expect("target");
         assert_eq!(target["app.kubernetes.io/name"], "redis");
         let rule = &spec.ingress.expect("ingress")[0];
         let peers = rule.from.as_ref().expect("from");
         assert_eq!(peers.len(), 1);
         assert!(peers[0].namespace_selector.is_none(), "same namespace only");
-        let allowed = peers[0].pod_selector.as_ref().and_then(|s| s.match_labels.as_ref()).expect("peer labels");
-        assert_eq!(allowed.get(STORE_LABEL).map(String::as_str), Some("sessions"));
-        assert_eq!(rule.ports.as_ref().expect("ports")[0].port, Some(IntOrString::Int(6379)));
+        let allowed = peers[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .expect("peer labels");
+        assert_eq!(
+            allowed.get(STORE_LABEL).map(String::as_str),
+            Some("sessions")
+        );
+        assert_eq!(
+            rule.ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(6379))
+        );
     }
 
     #[test]
     fn postgres_port() {
         let np = build(&fixtures::managed_postgres());
         let rule = &np.spec.expect("spec").ingress.expect("ingress")[0];
-        assert_eq!(rule.ports.as_ref().expect("ports")[0].port, Some(IntOrString::Int(5432)));
+        assert_eq!(
+            rule.ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(5432))
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Managed PostgreSQL: official `postgres` image, same shape as the managed Redis.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ExecAction, Probe, SecretKeySelector, Service};
+use k8s_openapi::api::core::v1::{
+    EnvVar, EnvVarSource, ExecAction, Probe, SecretKeySelector, Service,
+};
 
 use super::connection::{managed_names, POSTGRES_PORT};
 use super::managed::{self, Shape};
@@ -10,13 +12,24 @@ use super::{Defaults, ValidStore};
 use crate::crd::ManagedBackend;
 
 fn literal(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
 }
 
-pub fn build(store: &ValidStore, managed_spec: &ManagedBackend, defaults: &Defaults) -> (StatefulSet, Service) {
+pub fn build(
+    store: &ValidStore,
+    managed_spec: &ManagedBackend,
+    defaults: &Defaults,
+) -> (StatefulSet, Service) {
     let (name, app) = managed_names(store);
     let shape = Shape {
-        image: managed_spec.image.clone().unwrap_or_else(|| defaults.postgres_image.clone()),
+        image: managed_spec
+            .image
+            .clone()
+            .unwrap_or_else(|| defaults.postgres_image.clone()),
         port: POSTGRES_PORT,
         args: Vec::new(),
         env: vec![
@@ -42,9 +55,17 @@ pub fn build(store: &ValidStore, managed_spec: &ManagedBackend, defaults: &Defau
         readiness: Probe {
             exec: Some(ExecAction {
                 command: Some(
-                    ["pg_isready", "-h", "127.0.0.1", "-U", PG_USER, "-d", PG_DATABASE]
-                        .map(String::from)
-                        .to_vec(),
+                    [
+                        "pg_isready",
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        PG_USER,
+                        "-d",
+                        PG_DATABASE,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
                 ),
             }),
             period_seconds: Some(5),
@@ -55,7 +76,10 @@ pub fn build(store: &ValidStore, managed_spec: &ManagedBackend, defaults: &Defau
         name,
         app,
     };
-    (managed::statefulset(store, &shape), managed::service(store, &shape))
+    (
+        managed::statefulset(store, &shape),
+        managed::service(store, &shape),
+    )
 }
 
 #[cfg(test)]
@@ -67,7 +91,9 @@ mod tests {
     #[test]
     fn statefulset_runs_official_postgres_with_password_from_secret() {
         let store = fixtures::managed_postgres();
-        let Backend::Managed(m) = &store.spec.backend else { panic!("managed") };
+        let Backend::Managed(m) = &store.spec.backend else {
+            panic!("managed")
+        };
         let (sts, svc) = build(&store, m, &Defaults::default());
         assert_eq!(sts.metadata.name.as_deref(), Some("sessions-postgres"));
         let spec = sts.spec;
@@ -75,13 +101,30 @@ mod tests {
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("postgres:17"));
         let env = c.env.as_ref().expect("env");
-        let pw = env.iter().find(|e| e.name == "POSTGRES_PASSWORD").expect("password var");
+        let pw = env
+            .iter()
+            .find(|e| e.name == "POSTGRES_PASSWORD")
+            .expect("password var");
         assert_eq!(pw.value, None, "password must come from the Secret");
         assert!(env.iter().any(|e| e.name == "PGDATA"));
-        let mounts: Vec<_> = c.volume_mounts.as_ref().expect("mounts").iter().map(|m| m.mount_path.as_str()).collect();
-        assert!(mounts.contains(&"/var/run/postgresql"), "socket dir must be writable: {mounts:?}");
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(
+            mounts.contains(&"/var/run/postgresql"),
+            "socket dir must be writable: {mounts:?}"
+        );
         let claim = &spec.volume_claim_templates.expect("claims")[0];
-        let size = &claim.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()).expect("requests")["storage"];
+        let size = &claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests")["storage"];
         assert_eq!(size.0, "5Gi");
         assert_eq!(svc.spec.expect("svc").ports.expect("ports")[0].port, 5432);
     }

@@ -35,7 +35,10 @@ pub fn existing_password(secret: &Secret) -> Option<String> {
 /// The credentials Secret of a managed backend, named like its Service.
 pub fn build(store: &ValidStore, password: &str) -> Secret {
     let (name, app) = super::connection::managed_names(store);
-    let mut data = BTreeMap::from([(PASSWORD_KEY.to_string(), ByteString(password.as_bytes().to_vec()))]);
+    let mut data = BTreeMap::from([(
+        PASSWORD_KEY.to_string(),
+        ByteString(password.as_bytes().to_vec()),
+    )]);
     if store.spec.driver == Driver::Db {
         data.insert(USERNAME_KEY.into(), ByteString(PG_USER.as_bytes().to_vec()));
     }
@@ -67,7 +70,10 @@ mod tests {
         let secret = build(&store, "s3cret");
         assert_eq!(secret.metadata.name.as_deref(), Some("sessions-redis"));
         assert_eq!(existing_password(&secret).as_deref(), Some("s3cret"));
-        assert!(secret.data.as_ref().is_some_and(|d| !d.contains_key(USERNAME_KEY)));
+        assert!(secret
+            .data
+            .as_ref()
+            .is_some_and(|d| !d.contains_key(USERNAME_KEY)));
         let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!(owner.kind, "OdooSessionStore");
         assert_eq!(owner.controller, Some(true));

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -44,12 +46,22 @@ pub fn use_native(mode: NativeSidecarMode, server: Option<(u32, u32)>) -> bool {
 
 /// Parses the `major`/`minor` fields of `/version` ("1", "29+").
 pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {
-    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok();
+    let digits = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
+    };
     Some((digits(major)?, digits(minor)?))
 }
 
 fn var(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
 }
 
 fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
@@ -73,7 +85,10 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("10m".into())),
             ("memory".to_string(), Quantity("32Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("128Mi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("128Mi".into()),
+        )])),
         ..ResourceRequirements::default()
     }
 }
@@ -86,17 +101,27 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         var("DKN_AUTH_PREFIX", spec.prefix.clone()),
         var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
         var("DKN_AUTH_LISTEN", format!("127.0.0.1:{}", side.port)),
-        var("DKN_AUTH_HEALTH_LISTEN", format!("0.0.0.0:{}", side.health_port)),
+        var(
+            "DKN_AUTH_HEALTH_LISTEN",
+            format!("0.0.0.0:{}", side.health_port),
+        ),
         var("DKN_AUTH_LOG_FORMAT", "json"),
     ];
     if spec.driver == Driver::Redis {
-        env.push(var("DKN_AUTH_REDIS_MAX_CONN", spec.redis_pool_size.to_string()));
+        env.push(var(
+            "DKN_AUTH_REDIS_MAX_CONN",
+            spec.redis_pool_size.to_string(),
+        ));
     }
     env.extend(connection(store).env);
 
     let mut sidecar = Container {
         name: SIDECAR_CONTAINER.into(),
-        image: Some(side.image.clone().unwrap_or_else(|| defaults.sidecar_image.clone())),
+        image: Some(
+            side.image
+                .clone()
+                .unwrap_or_else(|| defaults.sidecar_image.clone()),
+        ),
         image_pull_policy: side.image_pull_policy.clone(),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -116,7 +141,10 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
     let addon_env = vec![
         var("DKN_AUTH_URL", format!("http://127.0.0.1:{}", side.port)),
         var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
-        var("DKN_AUTH_ANONYMOUS_EXPIRY", spec.anonymous_expiry_seconds.to_string()),
+        var(
+            "DKN_AUTH_ANONYMOUS_EXPIRY",
+            spec.anonymous_expiry_seconds.to_string(),
+        ),
     ];
     let target_containers = spec.injection.containers.clone();
     let config_hash = hash(&(&sidecar, &addon_env, &target_containers));
@@ -127,7 +155,13 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         sidecar.restart_policy = Some("Always".into());
         sidecar.startup_probe = Some(http_probe("/healthz", side.health_port, 1, 60));
     }
-    Injection { sidecar, native, addon_env, target_containers, config_hash }
+    Injection {
+        sidecar,
+        native,
+        addon_env,
+        target_containers,
+        config_hash,
+    }
 }
 
 fn hash(value: &impl Serialize) -> String {
@@ -143,7 +177,12 @@ mod tests {
     use crate::builders::fixtures;
 
     fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
-        c.env.clone().unwrap_or_default().into_iter().map(|e| (e.name.clone(), e)).collect()
+        c.env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
     }
 
     #[test]
@@ -168,12 +207,18 @@ mod tests {
         assert_eq!(env["DKN_AUTH_DRIVER"].value.as_deref(), Some("redis"));
         assert_eq!(env["DKN_AUTH_PREFIX"].value.as_deref(), Some("session:"));
         assert_eq!(env["DKN_AUTH_EXPIRY"].value.as_deref(), Some("604800"));
-        assert_eq!(env["DKN_AUTH_LISTEN"].value.as_deref(), Some("127.0.0.1:7070"));
+        assert_eq!(
+            env["DKN_AUTH_LISTEN"].value.as_deref(),
+            Some("127.0.0.1:7070")
+        );
         assert_eq!(env["DKN_AUTH_LOG_FORMAT"].value.as_deref(), Some("json"));
         assert_eq!(env["DKN_AUTH_REDIS_MAX_CONN"].value.as_deref(), Some("64"));
         assert!(env["DKN_AUTH_REDIS_PASSWORD"].value_from.is_some());
         assert_eq!(env["DKN_AUTH_REDIS_PASSWORD"].value, None);
-        assert_eq!(inj.sidecar.image.as_deref(), Some(Defaults::default().sidecar_image.as_str()));
+        assert_eq!(
+            inj.sidecar.image.as_deref(),
+            Some(Defaults::default().sidecar_image.as_str())
+        );
         assert_eq!(inj.sidecar.restart_policy, None);
         assert_eq!(inj.sidecar.startup_probe, None);
     }
@@ -183,17 +228,34 @@ mod tests {
         for store in [
             fixtures::managed_redis(),
             fixtures::managed_postgres(),
-            fixtures::store(serde_json::json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "r"}}}})),
+            fixtures::store(
+                serde_json::json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "r"}}}}),
+            ),
         ] {
             let inj = build(&store, &Defaults::default(), true);
             for e in inj.sidecar.env.as_ref().expect("env") {
-                if e.name.ends_with("_PASSWORD") || (e.name.ends_with("_URI") && !matches!(store.spec.backend, crate::crd::Backend::Managed(_))) {
-                    assert!(e.value.is_none() && e.value_from.is_some(), "{} must use secretKeyRef", e.name);
+                if e.name.ends_with("_PASSWORD")
+                    || (e.name.ends_with("_URI")
+                        && !matches!(store.spec.backend, crate::crd::Backend::Managed(_)))
+                {
+                    assert!(
+                        e.value.is_none() && e.value_from.is_some(),
+                        "{} must use secretKeyRef",
+                        e.name
+                    );
                 }
                 if let Some(v) = &e.value {
                     // user:password@ in a literal URI would put the secret in the Pod spec.
-                    let userinfo = v.split("://").nth(1).and_then(|rest| rest.split_once('@')).map(|(u, _)| u);
-                    assert!(!userinfo.is_some_and(|u| u.contains(':')), "credentials in {}: {v}", e.name);
+                    let userinfo = v
+                        .split("://")
+                        .nth(1)
+                        .and_then(|rest| rest.split_once('@'))
+                        .map(|(u, _)| u);
+                    assert!(
+                        !userinfo.is_some_and(|u| u.contains(':')),
+                        "credentials in {}: {v}",
+                        e.name
+                    );
                 }
             }
         }
@@ -207,14 +269,24 @@ mod tests {
         assert_eq!(sc.run_as_user, Some(SIDECAR_UID));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
-        assert_eq!(sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
-        let path = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
         assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
         assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
         assert_eq!(path(&c.startup_probe).as_deref(), Some("/healthz"));
         assert_eq!(c.restart_policy.as_deref(), Some("Always"));
-        assert!(env_of(c).get("DKN_AUTH_REDIS_MAX_CONN").is_none());
+        assert!(!env_of(c).contains_key("DKN_AUTH_REDIS_MAX_CONN"));
     }
 
     #[test]
@@ -224,11 +296,28 @@ mod tests {
             "backend": {"managed": {}}, "sidecar": {"port": 7171}
         }));
         let inj = build(&store, &Defaults::default(), false);
-        let names: Vec<_> = inj.addon_env.iter().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or(""))).collect();
-        assert_eq!(names, [("DKN_AUTH_URL", "http://127.0.0.1:7171"), ("DKN_AUTH_EXPIRY", "3600"), ("DKN_AUTH_ANONYMOUS_EXPIRY", "600")]);
+        let names: Vec<_> = inj
+            .addon_env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("DKN_AUTH_URL", "http://127.0.0.1:7171"),
+                ("DKN_AUTH_EXPIRY", "3600"),
+                ("DKN_AUTH_ANONYMOUS_EXPIRY", "600")
+            ]
+        );
         assert_eq!(inj.config_hash.len(), 16);
         // Same settings, same hash, whatever the sidecar mode; other settings, other hash.
-        assert_eq!(build(&store, &Defaults::default(), true).config_hash, inj.config_hash);
-        assert_ne!(build(&fixtures::managed_redis(), &Defaults::default(), false).config_hash, inj.config_hash);
+        assert_eq!(
+            build(&store, &Defaults::default(), true).config_hash,
+            inj.config_hash
+        );
+        assert_ne!(
+            build(&fixtures::managed_redis(), &Defaults::default(), false).config_hash,
+            inj.config_hash
+        );
     }
 }

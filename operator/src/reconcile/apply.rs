@@ -22,27 +22,57 @@ where
     K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
-    let ns = obj.meta().namespace.as_deref().ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = obj.meta().name.as_deref().ok_or(Error::MissingField("metadata.name"))?;
+    let ns = obj
+        .meta()
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = obj
+        .meta()
+        .name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     Ok(api.patch(name, &ssa(), &Patch::Apply(obj)).await?)
 }
 
-pub async fn apply_dynamic(client: &Client, ar: &ApiResource, obj: &DynamicObject) -> Result<DynamicObject> {
-    let ns = obj.metadata.namespace.as_deref().ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = obj.metadata.name.as_deref().ok_or(Error::MissingField("metadata.name"))?;
+pub async fn apply_dynamic(
+    client: &Client,
+    ar: &ApiResource,
+    obj: &DynamicObject,
+) -> Result<DynamicObject> {
+    let ns = obj
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = obj
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     Ok(api.patch(name, &ssa(), &Patch::Apply(obj)).await?)
 }
 
-fn template_opts_in(labels: Option<&std::collections::BTreeMap<String, String>>, store: &str) -> bool {
-    labels.and_then(|l| l.get(STORE_LABEL)).is_some_and(|v| v == store)
+fn template_opts_in(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    store: &str,
+) -> bool {
+    labels
+        .and_then(|l| l.get(STORE_LABEL))
+        .is_some_and(|v| v == store)
 }
 
 /// Writes the new config hash into the pod template of every opted-in Deployment and
 /// StatefulSet whose template carries another one: their controllers roll the Pods.
 /// Returns the names of the workloads that were rolled.
-pub async fn roll_workloads(client: &Client, namespace: &str, store: &str, hash: &str) -> Result<Vec<String>> {
+pub async fn roll_workloads(
+    client: &Client,
+    namespace: &str,
+    store: &str,
+    hash: &str,
+) -> Result<Vec<String>> {
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}}}});
     let params = PatchParams::default();
     let mut rolled = Vec::new();
@@ -50,9 +80,15 @@ pub async fn roll_workloads(client: &Client, namespace: &str, store: &str, hash:
     for d in deployments.list(&ListParams::default()).await?.items {
         let tpl = d.spec.template.metadata.as_ref();
         if template_opts_in(tpl.and_then(|m| m.labels.as_ref()), store)
-            && tpl.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(CONFIG_HASH_ANNOTATION)).map(String::as_str) != Some(hash)
+            && tpl
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+                .map(String::as_str)
+                != Some(hash)
         {
-            deployments.patch(&d.name_any(), &params, &Patch::Merge(&patch)).await?;
+            deployments
+                .patch(&d.name_any(), &params, &Patch::Merge(&patch))
+                .await?;
             rolled.push(format!("deployment/{}", d.name_any()));
         }
     }
@@ -60,9 +96,15 @@ pub async fn roll_workloads(client: &Client, namespace: &str, store: &str, hash:
     for s in statefulsets.list(&ListParams::default()).await?.items {
         let tpl = s.spec.template.metadata.as_ref();
         if template_opts_in(tpl.and_then(|m| m.labels.as_ref()), store)
-            && tpl.and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(CONFIG_HASH_ANNOTATION)).map(String::as_str) != Some(hash)
+            && tpl
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+                .map(String::as_str)
+                != Some(hash)
         {
-            statefulsets.patch(&s.name_any(), &params, &Patch::Merge(&patch)).await?;
+            statefulsets
+                .patch(&s.name_any(), &params, &Patch::Merge(&patch))
+                .await?;
             rolled.push(format!("statefulset/{}", s.name_any()));
         }
     }

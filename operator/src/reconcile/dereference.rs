@@ -37,15 +37,24 @@ pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed
     match &store.spec.backend {
         Backend::Managed(_) => {
             let (name, _) = managed_names(store);
-            observed.managed_password = secrets.get_opt(&name).await?.as_ref().and_then(existing_password);
+            observed.managed_password = secrets
+                .get_opt(&name)
+                .await?
+                .as_ref()
+                .and_then(existing_password);
         }
         Backend::External(ext) => {
             let r = &ext.uri_secret_ref;
             observed.external_secret = Some(match secrets.get_opt(&r.name).await? {
                 None => ExternalSecret::Missing,
                 Some(s) => {
-                    let has_key = s.data.as_ref().is_some_and(|d| d.get(&r.key).is_some_and(|v| !v.0.is_empty()))
-                        || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key));
+                    let has_key = s
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| d.get(&r.key).is_some_and(|v| !v.0.is_empty()))
+                        || s.string_data
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key(&r.key));
                     if has_key {
                         ExternalSecret::Present
                     } else {
@@ -62,7 +71,12 @@ pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed
     let pods: Api<Pod> = Api::namespaced(client.clone(), &store.namespace);
     let selector = format!("{STORE_LABEL}={}", store.name);
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
-    observed.pods_without_sidecar = list.items.iter().filter(|p| lacks_sidecar(p)).filter_map(|p| p.metadata.name.clone()).collect();
+    observed.pods_without_sidecar = list
+        .items
+        .iter()
+        .filter(|p| lacks_sidecar(p))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
     Ok(observed)
 }
 
@@ -77,7 +91,10 @@ pub fn lacks_sidecar(pod: &Pod) -> bool {
     }
     let Some(spec) = &pod.spec else { return false };
     let in_containers = spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER);
-    let in_init = spec.init_containers.as_ref().is_some_and(|l| l.iter().any(|c| c.name == SIDECAR_CONTAINER));
+    let in_init = spec
+        .init_containers
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|c| c.name == SIDECAR_CONTAINER));
     !(in_containers || in_init)
 }
 
@@ -91,9 +108,17 @@ mod tests {
 
     #[test]
     fn sidecar_detection() {
-        assert!(lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}}))));
-        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}, {"name": SIDECAR_CONTAINER}]}}))));
-        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}], "initContainers": [{"name": SIDECAR_CONTAINER}]}}))));
-        assert!(!lacks_sidecar(&pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}, "status": {"phase": "Succeeded"}}))));
+        assert!(lacks_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}})
+        )));
+        assert!(!lacks_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}, {"name": SIDECAR_CONTAINER}]}})
+        )));
+        assert!(!lacks_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}], "initContainers": [{"name": SIDECAR_CONTAINER}]}})
+        )));
+        assert!(!lacks_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "odoo"}]}, "status": {"phase": "Succeeded"}})
+        )));
     }
 }

@@ -25,8 +25,13 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::builders::connection::{connection, managed_names};
-use crate::builders::{cnpg, network_policy, postgres, redis, secret, sidecar, Defaults, ValidStore};
-use crate::crd::{Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention, FINALIZER, MANAGER, STORE_LABEL};
+use crate::builders::{
+    cnpg, network_policy, postgres, redis, secret, sidecar, Defaults, ValidStore,
+};
+use crate::crd::{
+    Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention, FINALIZER, MANAGER,
+    STORE_LABEL,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use dereference::{ExternalSecret, Observed};
@@ -49,7 +54,9 @@ const REQUEUE_READY: Duration = Duration::from_secs(300);
 pub async fn reconcile(store: Arc<OdooSessionStore>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = store
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<OdooSessionStore> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, store, |event| async {
         match event {
@@ -59,10 +66,13 @@ pub async fn reconcile(store: Arc<OdooSessionStore>, ctx: Arc<Context>) -> Resul
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -77,7 +87,10 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
     let client = &ctx.client;
     match &valid.spec.backend {
         Backend::Managed(m) => {
-            let password = observed.managed_password.clone().unwrap_or_else(secret::generate_password);
+            let password = observed
+                .managed_password
+                .clone()
+                .unwrap_or_else(secret::generate_password);
             apply::apply(client, &secret::build(valid, &password)).await?;
             let (sts, svc) = match valid.spec.driver {
                 Driver::Redis => redis::build(valid, m, &ctx.defaults),
@@ -86,12 +99,26 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
             apply::apply(client, &svc).await?;
             apply::apply(client, &network_policy::build(valid)).await?;
             let sts = apply::apply(client, &sts).await?;
-            let ready = sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+            let ready = sts
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
             let name = sts.name_any();
             Ok(if ready >= 1 {
-                Decided::new(BACKEND_READY, true, "BackendRunning", format!("StatefulSet {name} has a ready replica"))
+                Decided::new(
+                    BACKEND_READY,
+                    true,
+                    "BackendRunning",
+                    format!("StatefulSet {name} has a ready replica"),
+                )
             } else {
-                Decided::new(BACKEND_READY, false, "BackendStarting", format!("waiting for StatefulSet {name} to have a ready replica"))
+                Decided::new(
+                    BACKEND_READY,
+                    false,
+                    "BackendStarting",
+                    format!("waiting for StatefulSet {name} to have a ready replica"),
+                )
             })
         }
         Backend::External(ext) => {
@@ -126,12 +153,23 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
                     format!("CRD {} not found: install the CloudNativePG operator or choose another backend", cnpg::CNPG_CRD),
                 ));
             }
-            let cluster = apply::apply_dynamic(client, &cnpg::api_resource(), &cnpg::build(valid, c)).await?;
+            let cluster =
+                apply::apply_dynamic(client, &cnpg::api_resource(), &cnpg::build(valid, c)).await?;
             let name = cluster.name_any();
             Ok(if cnpg::is_ready(&cluster) {
-                Decided::new(BACKEND_READY, true, "ClusterReady", format!("CloudNativePG Cluster {name} is Ready"))
+                Decided::new(
+                    BACKEND_READY,
+                    true,
+                    "ClusterReady",
+                    format!("CloudNativePG Cluster {name} is Ready"),
+                )
             } else {
-                Decided::new(BACKEND_READY, false, "ClusterNotReady", format!("waiting for CloudNativePG Cluster {name} to be Ready"))
+                Decided::new(
+                    BACKEND_READY,
+                    false,
+                    "ClusterNotReady",
+                    format!("waiting for CloudNativePG Cluster {name} to be Ready"),
+                )
             })
         }
     }
@@ -153,15 +191,27 @@ fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
         );
     }
     if webhook_ready {
-        Decided::new(INJECTION_READY, true, "WebhookReady", "the injection webhook is serving")
+        Decided::new(
+            INJECTION_READY,
+            true,
+            "WebhookReady",
+            "the injection webhook is serving",
+        )
     } else {
-        Decided::new(INJECTION_READY, false, "WebhookNotReady", "the injection webhook is not serving yet")
+        Decided::new(
+            INJECTION_READY,
+            false,
+            "WebhookNotReady",
+            "the injection webhook is not serving yet",
+        )
     }
 }
 
 async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
     let name = store.name_any();
-    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = store
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let valid = match validate::validate(store) {
         Ok(v) => v,
         Err(problems) => {
@@ -184,11 +234,21 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
     let conn = connection(&valid);
     let inj = sidecar::build(&valid, &ctx.defaults, false);
     let previous_hash = store.status.as_ref().and_then(|s| s.config_hash.clone());
-    if previous_hash.as_ref().is_some_and(|h| *h != inj.config_hash) {
+    if previous_hash
+        .as_ref()
+        .is_some_and(|h| *h != inj.config_hash)
+    {
         let rolled = apply::roll_workloads(&ctx.client, &ns, &name, &inj.config_hash).await?;
         if !rolled.is_empty() {
             info!(store = %name, namespace = %ns, ?rolled, "settings changed: rolling opted-in workloads");
-            publish(ctx, store, EventType::Normal, "RollingWorkloads", format!("settings changed, rolling {}", rolled.join(", "))).await;
+            publish(
+                ctx,
+                store,
+                EventType::Normal,
+                "RollingWorkloads",
+                format!("settings changed, rolling {}", rolled.join(", ")),
+            )
+            .await;
         }
     }
     let all_ready = ready.status;
@@ -197,17 +257,39 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
         endpoint: conn.endpoint,
         credentials_secret: Some(conn.secret_name),
         config_hash: Some(inj.config_hash),
-        pods_without_sidecar: Some(i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX)),
+        pods_without_sidecar: Some(
+            i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX),
+        ),
         ..OdooSessionStoreStatus::default()
     };
     write_status(store, ctx, &[ready, backend, injection], extra).await?;
-    Ok(Action::requeue(if all_ready { REQUEUE_READY } else { REQUEUE_PENDING }))
+    Ok(Action::requeue(if all_ready {
+        REQUEUE_READY
+    } else {
+        REQUEUE_PENDING
+    }))
 }
 
-async fn write_status(store: &OdooSessionStore, ctx: &Context, decided: &[Decided], mut status: OdooSessionStoreStatus) -> Result<()> {
-    let ns = store.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let previous = store.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let (conditions, transitions) = status::merge(previous, decided, store.metadata.generation, Time(jiff::Timestamp::now()));
+async fn write_status(
+    store: &OdooSessionStore,
+    ctx: &Context,
+    decided: &[Decided],
+    mut status: OdooSessionStoreStatus,
+) -> Result<()> {
+    let ns = store
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let previous = store
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let (conditions, transitions) = status::merge(
+        previous,
+        decided,
+        store.metadata.generation,
+        Time(jiff::Timestamp::now()),
+    );
     status.conditions = conditions;
     status.observed_generation = store.metadata.generation;
     let api: Api<OdooSessionStore> = Api::namespaced(ctx.client.clone(), &ns);
@@ -216,19 +298,42 @@ async fn write_status(store: &OdooSessionStore, ctx: &Context, decided: &[Decide
         "kind": OdooSessionStore::kind(&()),
         "status": status,
     });
-    api.patch_status(&store.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &store.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     for t in transitions {
         let (kind, reason) = if t.status {
             (EventType::Normal, format!("{}True", t.type_))
         } else {
             (EventType::Warning, t.reason.clone())
         };
-        publish(ctx, store, kind, &reason, format!("{} is {}: {}", t.type_, if t.status { "True" } else { "False" }, t.message)).await;
+        publish(
+            ctx,
+            store,
+            kind,
+            &reason,
+            format!(
+                "{} is {}: {}",
+                t.type_,
+                if t.status { "True" } else { "False" },
+                t.message
+            ),
+        )
+        .await;
     }
     Ok(())
 }
 
-async fn publish(ctx: &Context, store: &OdooSessionStore, type_: EventType, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    store: &OdooSessionStore,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
@@ -245,7 +350,9 @@ async fn publish(ctx: &Context, store: &OdooSessionStore, type_: EventType, reas
 /// On deletion: owner references remove everything but the StatefulSet's claims, which are
 /// deleted here unless the spec says Retain.
 async fn cleanup(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
-    let Some(ns) = store.namespace() else { return Ok(Action::await_change()) };
+    let Some(ns) = store.namespace() else {
+        return Ok(Action::await_change());
+    };
     if let Backend::Managed(m) = &store.spec.backend {
         if m.pvc_retention == PvcRetention::Delete {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -254,7 +361,11 @@ async fn cleanup(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
                 Driver::Db => "postgres",
             };
             let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/name={app},app.kubernetes.io/managed-by={MANAGER}", store.name_any());
-            for pvc in pvcs.list(&ListParams::default().labels(&selector)).await?.items {
+            for pvc in pvcs
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+            {
                 info!(store = %store.name_any(), claim = %pvc.name_any(), "deleting claim of deleted store");
                 match pvcs.delete(&pvc.name_any(), &DeleteParams::default()).await {
                     Ok(_) => {}
@@ -270,20 +381,28 @@ async fn cleanup(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
 /// Runs the controller until shutdown.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(Api::<OdooSessionStore>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned)
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(STORE_LABEL), |pod: Pod| {
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(
+        Api::<OdooSessionStore>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned.clone())
+    .owns(Api::<Secret>::all(client.clone()), owned.clone())
+    .owns(Api::<NetworkPolicy>::all(client.clone()), owned)
+    .watches(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(STORE_LABEL),
+        |pod: Pod| {
             let store = pod.labels().get(STORE_LABEL)?.clone();
             Some(ObjectRef::<OdooSessionStore>::new(&store).within(&pod.namespace()?))
-        })
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        },
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 /// The names used by a store's managed backend (for docs and tests).

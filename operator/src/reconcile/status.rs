@@ -17,8 +17,18 @@ pub struct Decided {
 }
 
 impl Decided {
-    pub fn new(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Self {
-        Decided { type_, status, reason: reason.to_string(), message: message.into() }
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Decided {
+            type_,
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -34,7 +44,12 @@ pub struct Transition {
 /// `Ready` summarises the two others.
 pub fn ready(backend: &Decided, injection: &Decided) -> Decided {
     match (backend.status, injection.status) {
-        (true, true) => Decided::new(READY, true, "Ready", "backend reachable and injection working"),
+        (true, true) => Decided::new(
+            READY,
+            true,
+            "Ready",
+            "backend reachable and injection working",
+        ),
         (false, _) => Decided::new(READY, false, &backend.reason, backend.message.clone()),
         (true, false) => Decided::new(READY, false, &injection.reason, injection.message.clone()),
     }
@@ -49,7 +64,12 @@ fn status_str(b: bool) -> &'static str {
 }
 
 /// Merges decided conditions into the previous ones.
-pub fn merge(previous: &[Condition], decided: &[Decided], generation: Option<i64>, now: Time) -> (Vec<Condition>, Vec<Transition>) {
+pub fn merge(
+    previous: &[Condition],
+    decided: &[Decided],
+    generation: Option<i64>,
+    now: Time,
+) -> (Vec<Condition>, Vec<Transition>) {
     let mut out = Vec::with_capacity(decided.len());
     let mut transitions = Vec::new();
     for d in decided {
@@ -57,7 +77,12 @@ pub fn merge(previous: &[Condition], decided: &[Decided], generation: Option<i64
         let status = status_str(d.status);
         let changed = old.is_none_or(|c| c.status != status);
         if changed {
-            transitions.push(Transition { type_: d.type_, status: d.status, reason: d.reason.clone(), message: d.message.clone() });
+            transitions.push(Transition {
+                type_: d.type_,
+                status: d.status,
+                reason: d.reason.clone(),
+                message: d.message.clone(),
+            });
         }
         out.push(Condition {
             type_: d.type_.to_string(),
@@ -90,7 +115,12 @@ mod tests {
         assert_eq!(c1[0].last_transition_time, t(100));
 
         // Same status, new reason and message: time kept, no transition.
-        let d2 = [Decided::new(BACKEND_READY, false, "StillPending", "waiting")];
+        let d2 = [Decided::new(
+            BACKEND_READY,
+            false,
+            "StillPending",
+            "waiting",
+        )];
         let (c2, tr2) = merge(&c1, &d2, Some(2), t(200));
         assert!(tr2.is_empty());
         assert_eq!(c2[0].last_transition_time, t(100));

@@ -11,7 +11,8 @@ pub const MAX_NAME_LEN: usize = 40;
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -39,11 +40,21 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
     if spec.prefix.is_empty() || spec.prefix.len() > 64 {
         problems.push("spec.prefix must be 1 to 64 characters".to_string());
     }
-    if spec.prefix.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '[' | ']')) {
-        problems.push("spec.prefix must not contain whitespace, control or wildcard characters (* ? [ ])".to_string());
+    if spec
+        .prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '[' | ']'))
+    {
+        problems.push(
+            "spec.prefix must not contain whitespace, control or wildcard characters (* ? [ ])"
+                .to_string(),
+        );
     }
     if spec.expiry_seconds < 60 {
-        problems.push(format!("spec.expirySeconds must be at least 60, got {}", spec.expiry_seconds));
+        problems.push(format!(
+            "spec.expirySeconds must be at least 60, got {}",
+            spec.expiry_seconds
+        ));
     }
     if spec.anonymous_expiry_seconds < 60 {
         problems.push(format!(
@@ -52,10 +63,16 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
         ));
     }
     if !(1..=10_000).contains(&spec.redis_pool_size) {
-        problems.push(format!("spec.redisPoolSize must be 1 to 10000, got {}", spec.redis_pool_size));
+        problems.push(format!(
+            "spec.redisPoolSize must be 1 to 10000, got {}",
+            spec.redis_pool_size
+        ));
     }
     let side = &spec.sidecar;
-    for (field, port) in [("spec.sidecar.port", side.port), ("spec.sidecar.healthPort", side.health_port)] {
+    for (field, port) in [
+        ("spec.sidecar.port", side.port),
+        ("spec.sidecar.healthPort", side.health_port),
+    ] {
         if !(1024..=65535).contains(&port) {
             problems.push(format!("{field} must be 1024 to 65535, got {port}"));
         }
@@ -63,20 +80,32 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
     if side.port == side.health_port {
         problems.push("spec.sidecar.port and spec.sidecar.healthPort must differ".to_string());
     }
-    if side.image.as_deref().is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace)) {
-        problems.push("spec.sidecar.image must be a non-empty image reference without spaces".to_string());
+    if side
+        .image
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+    {
+        problems.push(
+            "spec.sidecar.image must be a non-empty image reference without spaces".to_string(),
+        );
     }
     if let Some(policy) = &side.image_pull_policy {
         if !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never") {
-            problems.push(format!("spec.sidecar.imagePullPolicy must be Always, IfNotPresent or Never, got {policy}"));
+            problems.push(format!(
+                "spec.sidecar.imagePullPolicy must be Always, IfNotPresent or Never, got {policy}"
+            ));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
     for c in &spec.injection.containers {
         if !is_dns_label(c) {
-            problems.push(format!("spec.injection.containers: {c:?} is not a valid container name"));
+            problems.push(format!(
+                "spec.injection.containers: {c:?} is not a valid container name"
+            ));
         } else if c == SIDECAR_CONTAINER {
-            problems.push(format!("spec.injection.containers must not name the sidecar ({SIDECAR_CONTAINER})"));
+            problems.push(format!(
+                "spec.injection.containers must not name the sidecar ({SIDECAR_CONTAINER})"
+            ));
         } else if !seen.insert(c) {
             problems.push(format!("spec.injection.containers names {c:?} twice"));
         }
@@ -85,7 +114,9 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
         Backend::Managed(m) if m.image.as_deref().is_some_and(|i| i.trim().is_empty()) => {
             problems.push("spec.backend.managed.image must not be empty".to_string());
         }
-        Backend::External(e) if e.uri_secret_ref.name.is_empty() || e.uri_secret_ref.key.is_empty() => {
+        Backend::External(e)
+            if e.uri_secret_ref.name.is_empty() || e.uri_secret_ref.key.is_empty() =>
+        {
             problems.push("spec.backend.external.uriSecretRef needs name and key".to_string());
         }
         _ => {}
@@ -93,7 +124,13 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(ValidStore { name, namespace, uid, generation: meta.generation, spec: spec.clone() })
+    Ok(ValidStore {
+        name,
+        namespace,
+        uid,
+        generation: meta.generation,
+        spec: spec.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -115,16 +152,22 @@ mod tests {
 
     #[test]
     fn a_good_store_passes() {
-        let v = validate(&store("sessions", serde_json::json!({"driver": "redis", "backend": {"managed": {}}})))
-            .expect("valid");
+        let v = validate(&store(
+            "sessions",
+            serde_json::json!({"driver": "redis", "backend": {"managed": {}}}),
+        ))
+        .expect("valid");
         assert_eq!(v.name, "sessions");
         assert_eq!(v.generation, Some(3));
     }
 
     #[test]
     fn cnpg_needs_db_driver() {
-        let err = validate(&store("s", serde_json::json!({"driver": "redis", "backend": {"cloudNativePG": {}}})))
-            .expect_err("invalid");
+        let err = validate(&store(
+            "s",
+            serde_json::json!({"driver": "redis", "backend": {"cloudNativePG": {}}}),
+        ))
+        .expect_err("invalid");
         assert!(err[0].contains("driver: db"), "{err:?}");
     }
 
@@ -140,7 +183,16 @@ mod tests {
         ))
         .expect_err("invalid");
         let all = err.join("\n");
-        for needle in ["spec.prefix", "expirySeconds", "redisPoolSize", "must differ", "imagePullPolicy", "\"Odoo\"", "must not name the sidecar", "twice"] {
+        for needle in [
+            "spec.prefix",
+            "expirySeconds",
+            "redisPoolSize",
+            "must differ",
+            "imagePullPolicy",
+            "\"Odoo\"",
+            "must not name the sidecar",
+            "twice",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
     }
@@ -148,7 +200,11 @@ mod tests {
     #[test]
     fn long_names_only_matter_when_we_create_objects() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(validate(&store(&long, serde_json::json!({"driver": "redis", "backend": {"managed": {}}}))).is_err());
+        assert!(validate(&store(
+            &long,
+            serde_json::json!({"driver": "redis", "backend": {"managed": {}}})
+        ))
+        .is_err());
         assert!(validate(&store(
             &long,
             serde_json::json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "x"}}}})

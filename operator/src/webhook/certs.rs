@@ -60,8 +60,14 @@ pub fn generate(dns_names: &[String], now: OffsetDateTime) -> Result<Bundle> {
     let ca_key = KeyPair::generate().map_err(cert_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, "odoo-session-operator webhook CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "odoo-session-operator webhook CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(VALIDITY_DAYS);
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
@@ -69,19 +75,36 @@ pub fn generate(dns_names: &[String], now: OffsetDateTime) -> Result<Bundle> {
 
     let leaf_key = KeyPair::generate().map_err(cert_err)?;
     let mut params = CertificateParams::new(dns_names.to_vec()).map_err(cert_err)?;
-    params.subject_alt_names.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-    params.distinguished_name.push(DnType::CommonName, dns_names.first().map(String::as_str).unwrap_or("odoo-session-operator"));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        dns_names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("odoo-session-operator"),
+    );
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(VALIDITY_DAYS);
     let leaf = params.signed_by(&leaf_key, &issuer).map_err(cert_err)?;
-    Ok(Bundle { ca_pem: ca_cert.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() })
+    Ok(Bundle {
+        ca_pem: ca_cert.pem(),
+        cert_pem: leaf.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    })
 }
 
 fn get(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// The bundle kept in a Secret, if complete, for these names and not due for renewal.
@@ -91,10 +114,20 @@ pub fn usable(secret: &Secret, names: &[String], now: OffsetDateTime) -> Option<
     if now.unix_timestamp() >= renew_after || ann.get(NAMES_ANNOTATION)? != &names.join(",") {
         return None;
     }
-    Some(Bundle { ca_pem: get(secret, CA_KEY)?, cert_pem: get(secret, CERT_KEY)?, key_pem: get(secret, KEY_KEY)? })
+    Some(Bundle {
+        ca_pem: get(secret, CA_KEY)?,
+        cert_pem: get(secret, CERT_KEY)?,
+        key_pem: get(secret, KEY_KEY)?,
+    })
 }
 
-pub fn to_secret(bundle: &Bundle, name: &str, namespace: &str, names: &[String], now: OffsetDateTime) -> Secret {
+pub fn to_secret(
+    bundle: &Bundle,
+    name: &str,
+    namespace: &str,
+    names: &[String],
+    now: OffsetDateTime,
+) -> Secret {
     let renew_after = (now + Duration::days(VALIDITY_DAYS - RENEW_BEFORE_DAYS)).unix_timestamp();
     Secret {
         metadata: ObjectMeta {
@@ -112,9 +145,18 @@ pub fn to_secret(bundle: &Bundle, name: &str, namespace: &str, names: &[String],
         },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
-            (CA_KEY.to_string(), ByteString(bundle.ca_pem.clone().into_bytes())),
-            (CERT_KEY.to_string(), ByteString(bundle.cert_pem.clone().into_bytes())),
-            (KEY_KEY.to_string(), ByteString(bundle.key_pem.clone().into_bytes())),
+            (
+                CA_KEY.to_string(),
+                ByteString(bundle.ca_pem.clone().into_bytes()),
+            ),
+            (
+                CERT_KEY.to_string(),
+                ByteString(bundle.cert_pem.clone().into_bytes()),
+            ),
+            (
+                KEY_KEY.to_string(),
+                ByteString(bundle.key_pem.clone().into_bytes()),
+            ),
         ])),
         ..Secret::default()
     }
@@ -122,7 +164,12 @@ pub fn to_secret(bundle: &Bundle, name: &str, namespace: &str, names: &[String],
 
 /// Reads the Secret's bundle, or generates one and stores it. Replicas racing here all end
 /// up with the winner's bundle: a lost create or replace (409) re-reads.
-pub async fn ensure(client: &Client, namespace: &str, secret_name: &str, names: &[String]) -> Result<Bundle> {
+pub async fn ensure(
+    client: &Client,
+    namespace: &str,
+    secret_name: &str,
+    names: &[String],
+) -> Result<Bundle> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for _ in 0..5 {
         let now = OffsetDateTime::now_utc();
@@ -136,19 +183,25 @@ pub async fn ensure(client: &Client, namespace: &str, secret_name: &str, names: 
             None => api.create(&PostParams::default(), &secret).await,
             Some(old) => {
                 secret.metadata.resource_version = old.metadata.resource_version;
-                api.replace(secret_name, &PostParams::default(), &secret).await
+                api.replace(secret_name, &PostParams::default(), &secret)
+                    .await
             }
         };
         match result {
             Ok(_) => {
-                info!(secret = secret_name, namespace, "generated webhook CA and serving certificate");
+                info!(
+                    secret = secret_name,
+                    namespace, "generated webhook CA and serving certificate"
+                );
                 return Ok(bundle);
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Certificate(format!("could not settle Secret {namespace}/{secret_name} after 5 attempts")))
+    Err(Error::Certificate(format!(
+        "could not settle Secret {namespace}/{secret_name} after 5 attempts"
+    )))
 }
 
 /// rustls server configuration for a PEM certificate chain and key.
@@ -159,7 +212,8 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::Server
     if certs.is_empty() {
         return Err(Error::Tls("no certificate in PEM".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Tls(format!("bad key PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::Tls(format!("bad key PEM: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -186,7 +240,14 @@ mod tests {
         let secret = to_secret(&b, "tls", "ns", &names, now);
         assert_eq!(usable(&secret, &names, now), Some(b.clone()));
         // Renewal is due 30 days before expiry; other names mean a new certificate.
-        assert_eq!(usable(&secret, &names, now + Duration::days(VALIDITY_DAYS - RENEW_BEFORE_DAYS + 1)), None);
+        assert_eq!(
+            usable(
+                &secret,
+                &names,
+                now + Duration::days(VALIDITY_DAYS - RENEW_BEFORE_DAYS + 1)
+            ),
+            None
+        );
         assert_eq!(usable(&secret, &names[..2], now), None);
     }
 

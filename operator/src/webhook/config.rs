@@ -3,9 +3,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::ByteString;
 
 use crate::crd::STORE_LABEL;
@@ -19,7 +22,11 @@ pub const NAMESPACE_OPT_OUT_LABEL: &str = "odoo-ha.io/injection";
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
     /// The operator's Service in the cluster (normal deployments).
-    Service { namespace: String, name: String, port: i32 },
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
     /// A URL (the operator run outside the cluster, e.g. in integration tests).
     Url(String),
 }
@@ -40,9 +47,16 @@ pub struct Params {
 
 pub fn build(p: &Params) -> MutatingWebhookConfiguration {
     let client_config = WebhookClientConfig {
-        ca_bundle: p.ca_bundle.as_ref().map(|pem| ByteString(pem.clone().into_bytes())),
+        ca_bundle: p
+            .ca_bundle
+            .as_ref()
+            .map(|pem| ByteString(pem.clone().into_bytes())),
         service: match &p.target {
-            Target::Service { namespace, name, port } => Some(ServiceReference {
+            Target::Service {
+                namespace,
+                name,
+                port,
+            } => Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 path: Some(MUTATE_PATH.into()),
@@ -122,7 +136,11 @@ mod tests {
     fn params() -> Params {
         Params {
             name: "odoo-session-operator".into(),
-            target: Target::Service { namespace: "odoo-ha-system".into(), name: "odoo-session-operator".into(), port: 443 },
+            target: Target::Service {
+                namespace: "odoo-ha-system".into(),
+                name: "odoo-session-operator".into(),
+                port: 443,
+            },
             ca_bundle: Some("PEM".into()),
             failure_policy: "Ignore".into(),
             operator_namespace: "odoo-ha-system".into(),
@@ -141,10 +159,19 @@ mod tests {
         assert_eq!(w["sideEffects"], "None");
         assert_eq!(w["reinvocationPolicy"], "IfNeeded");
         assert_eq!(w["failurePolicy"], "Ignore");
-        assert_eq!(w["objectSelector"]["matchExpressions"][0]["key"], STORE_LABEL);
-        assert_eq!(w["objectSelector"]["matchExpressions"][0]["operator"], "Exists");
+        assert_eq!(
+            w["objectSelector"]["matchExpressions"][0]["key"],
+            STORE_LABEL
+        );
+        assert_eq!(
+            w["objectSelector"]["matchExpressions"][0]["operator"],
+            "Exists"
+        );
         let excluded = &w["namespaceSelector"]["matchExpressions"][0]["values"];
-        assert_eq!(excluded, &serde_json::json!(["kube-system", "odoo-ha-system"]));
+        assert_eq!(
+            excluded,
+            &serde_json::json!(["kube-system", "odoo-ha-system"])
+        );
         assert_eq!(w["clientConfig"]["service"]["path"], MUTATE_PATH);
         assert!(w["clientConfig"].get("url").is_none());
         assert!(w["timeoutSeconds"].as_i64().is_some_and(|t| t <= 10));
@@ -157,8 +184,14 @@ mod tests {
         p.ca_bundle = None;
         p.cert_manager_certificate = Some("odoo-ha-system/webhook".into());
         let v = serde_json::to_value(build(&p)).expect("json");
-        assert_eq!(v["webhooks"][0]["clientConfig"]["url"], "https://127.0.0.1:8443/mutate-pods");
+        assert_eq!(
+            v["webhooks"][0]["clientConfig"]["url"],
+            "https://127.0.0.1:8443/mutate-pods"
+        );
         assert!(v["webhooks"][0]["clientConfig"].get("caBundle").is_none());
-        assert_eq!(v["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "odoo-ha-system/webhook");
+        assert_eq!(
+            v["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            "odoo-ha-system/webhook"
+        );
     }
 }

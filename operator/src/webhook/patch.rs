@@ -35,7 +35,10 @@ fn names(list: Option<&Value>) -> Vec<&str> {
 }
 
 pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
-    let spec = pod.get("spec").filter(|s| s.is_object()).ok_or(Error::MissingField("spec"))?;
+    let spec = pod
+        .get("spec")
+        .filter(|s| s.is_object())
+        .ok_or(Error::MissingField("spec"))?;
     let containers = spec
         .get("containers")
         .and_then(Value::as_array)
@@ -68,13 +71,20 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
         }
         if c.get("env").and_then(Value::as_array).is_some() {
             for e in missing {
-                plan.ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": e}));
+                plan.ops.push(
+                    json!({"op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": e}),
+                );
             }
         } else {
-            plan.ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/env"), "value": missing}));
+            plan.ops.push(
+                json!({"op": "add", "path": format!("/spec/containers/{i}/env"), "value": missing}),
+            );
         }
     }
-    let present: Vec<&str> = containers.iter().map(|c| c["name"].as_str().unwrap_or("")).collect();
+    let present: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
     for t in &inj.target_containers {
         if !present.contains(&t.as_str()) {
             plan.warnings.push(format!(
@@ -93,27 +103,41 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
             // First init container: it runs during the other init containers too.
             match init {
                 Some(list) if !list.is_empty() => {
-                    plan.ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
+                    plan.ops.push(
+                        json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}),
+                    );
                 }
-                _ => plan.ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})),
+                _ => plan
+                    .ops
+                    .push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})),
             }
         } else {
             // First container: the kubelet starts containers in order.
-            plan.ops.push(json!({"op": "add", "path": "/spec/containers/0", "value": sidecar}));
+            plan.ops
+                .push(json!({"op": "add", "path": "/spec/containers/0", "value": sidecar}));
         }
     }
 
     // 3. Marker and config hash annotations.
-    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
-    let desired = [(INJECTED_ANNOTATION, store), (CONFIG_HASH_ANNOTATION, inj.config_hash.as_str())];
+    let annotations = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
+    let desired = [
+        (INJECTED_ANNOTATION, store),
+        (CONFIG_HASH_ANNOTATION, inj.config_hash.as_str()),
+    ];
     match annotations {
         None => {
-            let map: serde_json::Map<String, Value> =
-                desired.iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+            let map: serde_json::Map<String, Value> = desired
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), json!(v)))
+                .collect();
             if pod.get("metadata").is_some_and(Value::is_object) {
-                plan.ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+                plan.ops
+                    .push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
             } else {
-                plan.ops.push(json!({"op": "add", "path": "/metadata", "value": {"annotations": map}}));
+                plan.ops
+                    .push(json!({"op": "add", "path": "/metadata", "value": {"annotations": map}}));
             }
         }
         Some(existing) => {
@@ -138,7 +162,8 @@ mod tests {
 
     fn apply(pod: &Value, plan: Plan) -> Value {
         let mut out = pod.clone();
-        json_patch::patch(&mut out, &plan.into_patch().expect("valid patch")).expect("patch applies");
+        json_patch::patch(&mut out, &plan.into_patch().expect("valid patch"))
+            .expect("patch applies");
         out
     }
 
@@ -160,38 +185,78 @@ mod tests {
     #[test]
     fn regular_sidecar_goes_first_and_every_container_gets_the_variables() {
         let pod = odoo_pod();
-        let out = apply(&pod, build(&pod, &injection(false), "sessions").expect("plan"));
+        let out = apply(
+            &pod,
+            build(&pod, &injection(false), "sessions").expect("plan"),
+        );
         let cs = out["spec"]["containers"].as_array().expect("containers");
         assert_eq!(cs.len(), 3);
         assert_eq!(cs[0]["name"], SIDECAR_CONTAINER);
         assert_eq!(cs[1]["name"], "odoo");
-        let odoo_env: Vec<&str> = cs[1]["env"].as_array().expect("env").iter().map(|e| e["name"].as_str().unwrap_or("")).collect();
-        assert_eq!(odoo_env, ["HOST", "DKN_AUTH_URL", "DKN_AUTH_EXPIRY", "DKN_AUTH_ANONYMOUS_EXPIRY"]);
+        let odoo_env: Vec<&str> = cs[1]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| e["name"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            odoo_env,
+            [
+                "HOST",
+                "DKN_AUTH_URL",
+                "DKN_AUTH_EXPIRY",
+                "DKN_AUTH_ANONYMOUS_EXPIRY"
+            ]
+        );
         assert_eq!(cs[2]["env"][0]["name"], "DKN_AUTH_URL");
-        assert_eq!(cs[1]["someFutureField"]["kept"], true, "unknown fields survive");
+        assert_eq!(
+            cs[1]["someFutureField"]["kept"], true,
+            "unknown fields survive"
+        );
         assert_eq!(out["spec"]["someFuturePodField"], 1);
         assert!(out["spec"].get("initContainers").is_none());
-        assert_eq!(out["metadata"]["annotations"][INJECTED_ANNOTATION], "sessions");
-        assert_eq!(out["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].as_str().map(str::len), Some(16));
+        assert_eq!(
+            out["metadata"]["annotations"][INJECTED_ANNOTATION],
+            "sessions"
+        );
+        assert_eq!(
+            out["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+                .as_str()
+                .map(str::len),
+            Some(16)
+        );
         // The sidecar's own env is not polluted with the addon variables.
-        assert!(!cs[0]["env"].as_array().expect("env").iter().any(|e| e["name"] == "DKN_AUTH_URL"));
+        assert!(!cs[0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "DKN_AUTH_URL"));
     }
 
     #[test]
     fn native_sidecar_is_the_first_init_container() {
         let mut pod = odoo_pod();
         pod["spec"]["initContainers"] = json!([{"name": "migrate", "image": "odoo:18"}]);
-        let out = apply(&pod, build(&pod, &injection(true), "sessions").expect("plan"));
+        let out = apply(
+            &pod,
+            build(&pod, &injection(true), "sessions").expect("plan"),
+        );
         let init = out["spec"]["initContainers"].as_array().expect("init");
         assert_eq!(init[0]["name"], SIDECAR_CONTAINER);
         assert_eq!(init[0]["restartPolicy"], "Always");
         assert_eq!(init[0]["startupProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(init[1]["name"], "migrate");
-        assert!(init[1].get("env").is_none(), "init containers do not get the addon variables");
+        assert!(
+            init[1].get("env").is_none(),
+            "init containers do not get the addon variables"
+        );
         assert_eq!(out["spec"]["containers"].as_array().map(Vec::len), Some(2));
 
         let pod = odoo_pod();
-        let out = apply(&pod, build(&pod, &injection(true), "sessions").expect("plan"));
+        let out = apply(
+            &pod,
+            build(&pod, &injection(true), "sessions").expect("plan"),
+        );
         assert_eq!(out["spec"]["initContainers"][0]["name"], SIDECAR_CONTAINER);
     }
 
@@ -199,9 +264,16 @@ mod tests {
     fn reinvocation_is_a_no_op() {
         for native in [false, true] {
             let pod = odoo_pod();
-            let once = apply(&pod, build(&pod, &injection(native), "sessions").expect("plan"));
+            let once = apply(
+                &pod,
+                build(&pod, &injection(native), "sessions").expect("plan"),
+            );
             let again = build(&once, &injection(native), "sessions").expect("plan");
-            assert!(again.ops.is_empty(), "second pass must not patch: {:?}", again.ops);
+            assert!(
+                again.ops.is_empty(),
+                "second pass must not patch: {:?}",
+                again.ops
+            );
         }
     }
 
@@ -217,20 +289,30 @@ mod tests {
         assert_eq!(plan.warnings.len(), 1);
         assert!(plan.warnings[0].contains("ghost"));
         let out = apply(&pod, plan);
-        assert_eq!(out["spec"]["containers"][1]["env"].as_array().map(Vec::len), Some(4));
+        assert_eq!(
+            out["spec"]["containers"][1]["env"].as_array().map(Vec::len),
+            Some(4)
+        );
         assert!(out["spec"]["containers"][2].get("env").is_none());
     }
 
     #[test]
     fn user_values_win_and_annotations_are_escaped() {
         let mut pod = odoo_pod();
-        pod["spec"]["containers"][0]["env"] = json!([{"name": "DKN_AUTH_URL", "value": "unix:///run/dkn.sock"}]);
+        pod["spec"]["containers"][0]["env"] =
+            json!([{"name": "DKN_AUTH_URL", "value": "unix:///run/dkn.sock"}]);
         pod["metadata"]["annotations"] = json!({"other": "x"});
         let plan = build(&pod, &injection(false), "sessions").expect("plan");
-        assert!(plan.ops.iter().any(|o| o["path"] == "/metadata/annotations/odoo-ha.io~1injected"));
+        assert!(plan
+            .ops
+            .iter()
+            .any(|o| o["path"] == "/metadata/annotations/odoo-ha.io~1injected"));
         let out = apply(&pod, plan);
         let env = out["spec"]["containers"][1]["env"].as_array().expect("env");
-        assert_eq!(env.iter().filter(|e| e["name"] == "DKN_AUTH_URL").count(), 1);
+        assert_eq!(
+            env.iter().filter(|e| e["name"] == "DKN_AUTH_URL").count(),
+            1
+        );
         assert_eq!(env[0]["value"], "unix:///run/dkn.sock");
         assert_eq!(out["metadata"]["annotations"]["other"], "x");
     }
@@ -238,9 +320,17 @@ mod tests {
     #[test]
     fn secrets_reach_the_pod_only_as_references() {
         let pod = odoo_pod();
-        let out = apply(&pod, build(&pod, &injection(false), "sessions").expect("plan"));
-        let env = out["spec"]["containers"][0]["env"].as_array().expect("sidecar env");
-        let pw = env.iter().find(|e| e["name"] == "DKN_AUTH_REDIS_PASSWORD").expect("password var");
+        let out = apply(
+            &pod,
+            build(&pod, &injection(false), "sessions").expect("plan"),
+        );
+        let env = out["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("sidecar env");
+        let pw = env
+            .iter()
+            .find(|e| e["name"] == "DKN_AUTH_REDIS_PASSWORD")
+            .expect("password var");
         assert!(pw.get("value").is_none());
         assert_eq!(pw["valueFrom"]["secretKeyRef"]["name"], "sessions-redis");
     }
@@ -250,7 +340,12 @@ mod tests {
         assert!(build(&json!({}), &injection(false), "s").is_err());
         assert!(build(&json!({"spec": {"containers": []}}), &injection(false), "s").is_err());
         assert!(build(&json!({"spec": "x"}), &injection(false), "s").is_err());
-        let plan = build(&json!({"spec": {"containers": [{"name": "a"}]}}), &injection(false), "s").expect("no metadata is fine");
+        let plan = build(
+            &json!({"spec": {"containers": [{"name": "a"}]}}),
+            &injection(false),
+            "s",
+        )
+        .expect("no metadata is fine");
         assert!(plan.ops.iter().any(|o| o["path"] == "/metadata"));
     }
 }

@@ -46,8 +46,17 @@ pub enum Decision {
 }
 
 /// Pure decision: the raw Pod, its namespace, and the store its label names (if found).
-pub fn decide(pod: &Value, namespace: &str, store: Option<&OdooSessionStore>, defaults: &Defaults) -> Decision {
-    let Some(name) = pod.pointer("/metadata/labels").and_then(|l| l.get(STORE_LABEL)).and_then(Value::as_str) else {
+pub fn decide(
+    pod: &Value,
+    namespace: &str,
+    store: Option<&OdooSessionStore>,
+    defaults: &Defaults,
+) -> Decision {
+    let Some(name) = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(STORE_LABEL))
+        .and_then(Value::as_str)
+    else {
         return Decision::Allow;
     };
     let Some(store) = store else {
@@ -58,7 +67,10 @@ pub fn decide(pod: &Value, namespace: &str, store: Option<&OdooSessionStore>, de
     let valid = match validate(store) {
         Ok(v) => v,
         Err(problems) => {
-            return Decision::Deny(format!("OdooSessionStore {namespace}/{name} is invalid: {}", problems.join("; ")));
+            return Decision::Deny(format!(
+                "OdooSessionStore {namespace}/{name} is invalid: {}",
+                problems.join("; ")
+            ));
         }
     };
     let native = sidecar::use_native(valid.spec.sidecar.native_sidecar, defaults.server_version);
@@ -70,7 +82,11 @@ pub fn decide(pod: &Value, namespace: &str, store: Option<&OdooSessionStore>, de
     }
 }
 
-async fn lookup(state: &WebhookState, namespace: &str, name: &str) -> Result<Option<OdooSessionStore>> {
+async fn lookup(
+    state: &WebhookState,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<OdooSessionStore>> {
     if let Some(s) = state.stores.get(&ObjectRef::new(name).within(namespace)) {
         return Ok(Some((*s).clone()));
     }
@@ -91,24 +107,45 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     };
     let review: AdmissionReview<DynamicObject> = match serde_json::from_value(raw.clone()) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not an AdmissionReview: {e}"),
+            )
+                .into_response()
+        }
     };
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("AdmissionReview without request: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("AdmissionReview without request: {e}"),
+            )
+                .into_response()
+        }
     };
     let resp = AdmissionResponse::from(&req);
     if req.operation != Operation::Create {
-        state.metrics.webhook_answered("unchanged", started.elapsed());
+        state
+            .metrics
+            .webhook_answered("unchanged", started.elapsed());
         return review_response(resp);
     }
     let pod = &raw["request"]["object"];
     let namespace = req
         .namespace
         .clone()
-        .or_else(|| pod.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from))
+        .or_else(|| {
+            pod.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .unwrap_or_default();
-    let store_name = pod.pointer("/metadata/labels").and_then(|l| l.get(STORE_LABEL)).and_then(Value::as_str);
+    let store_name = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(STORE_LABEL))
+        .and_then(Value::as_str);
     let store = match store_name {
         Some(name) => match lookup(&state, &namespace, name).await {
             Ok(s) => s,
@@ -116,7 +153,9 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
                 warn!(error = %e, namespace, store = name, "store lookup failed");
                 state.metrics.webhook_answered("error", started.elapsed());
                 // Let the failure policy decide, with a message saying why.
-                return review_response(resp.deny(format!("odoo-session-operator could not read the OdooSessionStore: {e}")));
+                return review_response(resp.deny(format!(
+                    "odoo-session-operator could not read the OdooSessionStore: {e}"
+                )));
             }
         },
         None => None,
@@ -129,7 +168,11 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
         }
         Decision::Patch(plan) => {
             let warnings = plan.warnings.clone();
-            match plan.into_patch().map_err(|e| e.to_string()).and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string())) {
+            match plan
+                .into_patch()
+                .map_err(|e| e.to_string())
+                .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()))
+            {
                 Ok(mut r) => {
                     if !warnings.is_empty() {
                         r.warnings = Some(warnings);
@@ -137,7 +180,10 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
                     debug!(namespace, store = ?store_name, "injected session sidecar");
                     ("injected", r)
                 }
-                Err(e) => ("error", resp.deny(format!("cannot serialise the patch: {e}"))),
+                Err(e) => (
+                    "error",
+                    resp.deny(format!("cannot serialise the patch: {e}")),
+                ),
             }
         }
     };
@@ -146,7 +192,9 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
 }
 
 pub fn router(state: Arc<WebhookState>) -> Router {
-    Router::new().route(MUTATE_PATH, post(mutate)).with_state(state)
+    Router::new()
+        .route(MUTATE_PATH, post(mutate))
+        .with_state(state)
 }
 
 /// Binds the webhook's address (separate from serving so startup fails early on a taken port).
@@ -210,30 +258,52 @@ mod tests {
 
     #[test]
     fn missing_store_is_denied_with_a_clear_message() {
-        let Decision::Deny(msg) = decide(&pod(), "shop", None, &Defaults::default()) else { panic!("must deny") };
-        assert!(msg.contains("\"sessions\"") && msg.contains("does not exist") && msg.contains("\"shop\""), "{msg}");
+        let Decision::Deny(msg) = decide(&pod(), "shop", None, &Defaults::default()) else {
+            panic!("must deny")
+        };
+        assert!(
+            msg.contains("\"sessions\"")
+                && msg.contains("does not exist")
+                && msg.contains("\"shop\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn invalid_store_is_denied() {
         let s = store(json!({"driver": "redis", "backend": {"cloudNativePG": {}}}));
-        let Decision::Deny(msg) = decide(&pod(), "shop", Some(&s), &Defaults::default()) else { panic!("must deny") };
+        let Decision::Deny(msg) = decide(&pod(), "shop", Some(&s), &Defaults::default()) else {
+            panic!("must deny")
+        };
         assert!(msg.contains("driver: db"), "{msg}");
     }
 
     #[test]
     fn native_on_new_servers_regular_on_old() {
         let s = store(json!({"driver": "redis", "backend": {"managed": {}}}));
-        let old = Defaults { server_version: Some((1, 20)), ..Defaults::default() };
-        let Decision::Patch(plan) = decide(&pod(), "shop", Some(&s), &old) else { panic!("must patch") };
+        let old = Defaults {
+            server_version: Some((1, 20)),
+            ..Defaults::default()
+        };
+        let Decision::Patch(plan) = decide(&pod(), "shop", Some(&s), &old) else {
+            panic!("must patch")
+        };
         assert!(plan.ops.iter().any(|o| o["path"] == "/spec/containers/0"));
-        let new = Defaults { server_version: Some((1, 31)), ..Defaults::default() };
-        let Decision::Patch(plan) = decide(&pod(), "shop", Some(&s), &new) else { panic!("must patch") };
+        let new = Defaults {
+            server_version: Some((1, 31)),
+            ..Defaults::default()
+        };
+        let Decision::Patch(plan) = decide(&pod(), "shop", Some(&s), &new) else {
+            panic!("must patch")
+        };
         assert!(plan.ops.iter().any(|o| o["path"] == "/spec/initContainers"));
     }
 
     #[test]
     fn unlabelled_pods_pass() {
-        assert!(matches!(decide(&json!({"spec": {}}), "shop", None, &Defaults::default()), Decision::Allow));
+        assert!(matches!(
+            decide(&json!({"spec": {}}), "shop", None, &Defaults::default()),
+            Decision::Allow
+        ));
     }
 }

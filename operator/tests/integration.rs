@@ -1,0 +1,830 @@
+//! Integration tests against a real kube-apiserver + etcd + controller-manager (Kubernetes
+//! 1.20.2 from tests/k8s/cluster.sh, no node). The operator binary runs on the host; the API
+//! server reaches its webhook on 127.0.0.1.
+//!
+//! Run with `tests/operator-integration.sh`, or by hand:
+//! `ODOO_HA_KUBECONFIG=/tmp/odoo-ha-k8s/kubeconfig cargo test -p odoo-session-operator --test integration -- --ignored --test-threads=1`
+//! Without a cluster these tests are ignored (cargo reports them as such).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use odoo_session_operator::crd::{
+    OdooSessionStore, CONFIG_HASH_ANNOTATION, SIDECAR_CONTAINER, STORE_LABEL,
+};
+use serde_json::{json, Value};
+
+const OPERATOR_NS: &str = "odoo-ha-system";
+const WEBHOOK_PORT: u16 = 18443;
+const METRICS_PORT: u16 = 18080;
+
+fn kubeconfig() -> PathBuf {
+    PathBuf::from(std::env::var("ODOO_HA_KUBECONFIG").expect(
+        "ODOO_HA_KUBECONFIG must name the admin kubeconfig of a test cluster (tests/operator-integration.sh sets it)",
+    ))
+}
+
+async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig readable");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig valid");
+    Client::try_from(config).expect("client")
+}
+
+fn kubectl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `secs`.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The operator process; killed when dropped.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/odoosessionstores.odoo-ha.io.yaml"
+    );
+    let (ok, out) = kubectl(&["apply", "-f", path]);
+    assert!(ok, "kubectl apply of the committed CRD failed: {out}");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually("CRD Established", 30, || async {
+        let crd = crds.get_opt("odoosessionstores.odoo-ha.io").await.ok()??;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+async fn start_operator(client: &Client) -> Operator {
+    install_crd(client).await;
+    ensure_namespace(client, OPERATOR_NS).await;
+    let log = std::fs::File::create(std::env::temp_dir().join("odoo-session-operator-it.log"))
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_odoo-session-operator"))
+        .env("KUBECONFIG", kubeconfig())
+        .env("RUST_LOG", "info,odoo_session_operator=debug")
+        .args([
+            "--namespace",
+            OPERATOR_NS,
+            "--pod-name",
+            "it-operator",
+            "--log-format",
+            "text",
+        ])
+        .args(["--webhook-listen", &format!("127.0.0.1:{WEBHOOK_PORT}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{METRICS_PORT}")])
+        .args([
+            "--webhook-url",
+            &format!("https://127.0.0.1:{WEBHOOK_PORT}/mutate-pods"),
+        ])
+        .args([
+            "--default-sidecar-image",
+            "localhost/odoo-session-sidecar:test",
+        ])
+        .args(["--lease-duration-seconds", "6"])
+        .stdout(Stdio::from(log.try_clone().expect("log fd")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("operator binary starts");
+    let op = Operator(child);
+    eventually("operator /readyz", 60, || async {
+        let out = Command::new("curl")
+            .args(["-fsS", &format!("http://127.0.0.1:{METRICS_PORT}/readyz")])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
+    op
+}
+
+async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("cannot create namespace {name}: {e}"),
+    }
+    // Pods need the namespace's default ServiceAccount (made by the controller-manager).
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), name);
+    eventually("default ServiceAccount", 30, || async {
+        sas.get_opt("default").await.ok()?.map(|_| ())
+    })
+    .await;
+}
+
+/// A fresh namespace per test, so tests do not see each other's objects.
+async fn fresh_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await.expect("get ns").is_some() {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        eventually("old namespace gone", 90, || async {
+            api.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+    ensure_namespace(client, name).await;
+}
+
+async fn create_store(client: &Client, ns: &str, name: &str, spec: Value) -> OdooSessionStore {
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    let obj: OdooSessionStore = serde_json::from_value(json!({
+        "apiVersion": "odoo-ha.io/v1alpha1", "kind": "OdooSessionStore",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec
+    }))
+    .expect("store json");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("store created")
+}
+
+fn condition<'a>(
+    store: &'a OdooSessionStore,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    store
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> OdooSessionStore {
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    eventually(
+        &format!("{ns}/{name} {type_}={status} ({reason})"),
+        60,
+        || async {
+            let s = api.get(name).await.ok()?;
+            let c = condition(&s, type_)?;
+            (c.status == status && c.reason == reason).then_some(s.clone())
+        },
+    )
+    .await
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, store: &OdooSessionStore) -> bool {
+    meta.owner_references.as_ref().is_some_and(|o| {
+        o.iter().any(|r| {
+            r.kind == "OdooSessionStore"
+                && Some(&r.uid) == store.metadata.uid.as_ref()
+                && r.controller == Some(true)
+        })
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn crd_installs_and_kubectl_explain_reads_the_descriptions() {
+    let client = client().await;
+    install_crd(&client).await;
+    let (ok, out) = kubectl(&["explain", "odoosessionstores.spec.backend"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Where the sessions are kept"), "{out}");
+    assert!(out.contains("managed"), "{out}");
+    let (ok, out) = kubectl(&["explain", "oss.spec.sidecar.nativeSidecar"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("native sidecar"), "{out}");
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn managed_redis_store_creates_owned_objects_status_and_cleans_up() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-managed";
+    fresh_namespace(&client, ns).await;
+    let store = create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi"}}}),
+    )
+    .await;
+
+    // No node in this cluster: the backend cannot become ready, and the status says so.
+    let s = wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "False",
+        "BackendStarting",
+    )
+    .await;
+    assert_eq!(
+        condition(&s, "Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        condition(&s, "BackendReady").and_then(|c| c.observed_generation),
+        Some(1)
+    );
+    let status = s.status.clone().expect("status");
+    assert_eq!(status.backend.as_deref(), Some("managed-redis"));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("sessions-redis.it-managed.svc:6379")
+    );
+
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get("sessions-redis")
+        .await
+        .expect("statefulset");
+    assert!(owned_by(&sts.metadata, &store));
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .get("sessions-redis")
+        .await
+        .expect("service");
+    assert!(owned_by(&svc.metadata, &store));
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .get("sessions-redis")
+        .await
+        .expect("networkpolicy");
+    assert!(owned_by(&np.metadata, &store));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get("sessions-redis").await.expect("secret");
+    assert!(owned_by(&secret.metadata, &store));
+    let password = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .expect("password")
+        .0
+        .clone();
+    assert_eq!(password.len(), 32);
+
+    // A spec change: new generation observed, the password stays.
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        "sessions",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"expirySeconds": 3600}})),
+    )
+    .await
+    .expect("spec patched");
+    eventually("observedGeneration 2", 60, || async {
+        let s = api.get("sessions").await.ok()?;
+        (condition(&s, "Ready")?.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+    let again = secrets.get("sessions-redis").await.expect("secret");
+    assert_eq!(
+        again
+            .data
+            .as_ref()
+            .and_then(|d| d.get("password"))
+            .map(|p| p.0.clone()),
+        Some(password)
+    );
+
+    // The StatefulSet controller made the claim; deleting the store removes it and the rest.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    eventually("claim data-sessions-redis-0", 60, || async {
+        pvcs.get_opt("data-sessions-redis-0")
+            .await
+            .ok()?
+            .map(|_| ())
+    })
+    .await;
+    api.delete("sessions", &DeleteParams::default())
+        .await
+        .expect("store deleted");
+    eventually("store gone (finalizer ran)", 60, || async {
+        api.get_opt("sessions").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually("claim deleted", 60, || async {
+        let pvc = pvcs.get_opt("data-sessions-redis-0").await.ok()?;
+        pvc.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    eventually("owned objects garbage-collected", 90, || async {
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt("sessions-redis")
+            .await
+            .ok()?;
+        let secret = secrets.get_opt("sessions-redis").await.ok()?;
+        (sts.is_none() && secret.is_none()).then_some(())
+    })
+    .await;
+}
+
+fn deployment(name: &str, store: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, STORE_LABEL: store}},
+                "spec": {"containers": [
+                    {"name": "odoo", "image": "localhost/odoo:test", "env": [{"name": "PGHOST", "value": "db"}]},
+                    {"name": "nginx", "image": "localhost/nginx:test"}
+                ]}
+            }
+        }
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn deployment_pods_come_back_with_the_sidecar_and_settings_changes_roll_them() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-inject";
+    fresh_namespace(&client, ns).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "redis-uri"}, "stringData": {"uri": "redis://:pw@redis.example:6379/0"}})).expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
+    create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "redis-uri"}}},
+               "injection": {"containers": ["odoo"]}}),
+    )
+    .await;
+    let s = wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "True",
+        "SecretFound",
+    )
+    .await;
+    let first_hash = s
+        .status
+        .and_then(|s| s.config_hash)
+        .expect("config hash in status");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments
+        .create(&PostParams::default(), &deployment("odoo", "sessions"))
+        .await
+        .expect("deployment");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = eventually("a Pod of the Deployment", 60, || async {
+        pods.list(&ListParams::default().labels("app=odoo"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let spec = pod.spec.clone().expect("pod spec");
+    // Kubernetes 1.20: no native sidecars, so a regular container placed first.
+    assert_eq!(
+        spec.containers[0].name,
+        SIDECAR_CONTAINER,
+        "{:?}",
+        spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
+    );
+    assert!(spec.init_containers.is_none());
+    let sidecar = &spec.containers[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("localhost/odoo-session-sidecar:test")
+    );
+    let env: BTreeMap<_, _> = sidecar
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    assert_eq!(env["DKN_AUTH_DRIVER"].value.as_deref(), Some("redis"));
+    let uri = env["DKN_AUTH_REDIS_URI"]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("URI from the Secret");
+    assert_eq!((uri.name.as_str(), uri.key.as_str()), ("redis-uri", "uri"));
+    assert!(env["DKN_AUTH_REDIS_URI"].value.is_none());
+    let sc = sidecar.security_context.as_ref().expect("security context");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(
+        sidecar
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.as_deref()),
+        Some("/readyz")
+    );
+    let odoo = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "odoo")
+        .expect("odoo container");
+    let odoo_env: Vec<_> = odoo
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        odoo_env,
+        [
+            "PGHOST",
+            "DKN_AUTH_URL",
+            "DKN_AUTH_EXPIRY",
+            "DKN_AUTH_ANONYMOUS_EXPIRY"
+        ]
+    );
+    let nginx = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "nginx")
+        .expect("nginx container");
+    assert!(
+        nginx.env.is_none(),
+        "only the named containers get the variables"
+    );
+    let ann = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        ann.get("odoo-ha.io/injected").map(String::as_str),
+        Some("sessions")
+    );
+    assert_eq!(ann.get(CONFIG_HASH_ANNOTATION), Some(&first_hash));
+
+    // A settings change rolls the Deployment: its template gets the new hash.
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        "sessions",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"prefix": "shop:"}})),
+    )
+    .await
+    .expect("spec patched");
+    let new_hash = eventually("deployment template with a new hash", 60, || async {
+        let d = deployments.get("odoo").await.ok()?;
+        let h = d
+            .spec
+            .template
+            .metadata?
+            .annotations?
+            .get(CONFIG_HASH_ANNOTATION)?
+            .clone();
+        (h != first_hash).then_some(h)
+    })
+    .await;
+    let s = api.get("sessions").await.expect("store");
+    assert_eq!(s.status.and_then(|s| s.config_hash), Some(new_hash.clone()));
+    eventually("a Pod with the new settings", 60, || async {
+        let pods = pods
+            .list(&ListParams::default().labels("app=odoo"))
+            .await
+            .ok()?;
+        pods.items
+            .iter()
+            .find(|p| {
+                p.annotations().get(CONFIG_HASH_ANNOTATION) == Some(&new_hash)
+                    && p.spec.as_ref().is_some_and(|s| {
+                        s.containers[0].env.as_ref().is_some_and(|e| {
+                            e.iter().any(|v| {
+                                v.name == "DKN_AUTH_PREFIX" && v.value.as_deref() == Some("shop:")
+                            })
+                        })
+                    })
+            })
+            .map(|_| ())
+    })
+    .await;
+}
+
+fn labelled_pod(name: &str, store: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {STORE_LABEL: store}},
+        "spec": {"containers": [{"name": "odoo", "image": "localhost/odoo:test"}]}
+    }))
+    .expect("pod")
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn a_pod_naming_a_missing_store_is_denied_and_unlabelled_pods_are_untouched() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-deny";
+    fresh_namespace(&client, ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let err = pods
+        .create(&PostParams::default(), &labelled_pod("orphan", "nope"))
+        .await
+        .expect_err("must be denied");
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
+    assert!(
+        status.message.contains("\"nope\"") && status.message.contains("does not exist"),
+        "{}",
+        status.message
+    );
+
+    let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})).expect("pod");
+    let created = pods
+        .create(&PostParams::default(), &plain)
+        .await
+        .expect("unlabelled pod created");
+    assert_eq!(created.spec.expect("spec").containers.len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn invalid_specs_are_rejected_or_reported() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-invalid";
+    fresh_namespace(&client, ns).await;
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    let raw = |name: &str, spec: Value| -> OdooSessionStore {
+        // Build through Value so the client does not refuse before the API server sees it.
+        serde_json::from_value(json!({"apiVersion": "odoo-ha.io/v1alpha1", "kind": "OdooSessionStore", "metadata": {"name": name}, "spec": spec}))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+
+    // Schema: exactly one backend (oneOf) and ranges are enforced by the API server.
+    let dyn_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::erase::<OdooSessionStore>(&()),
+    );
+    for (name, spec, needle) in [
+        (
+            "two-backends",
+            json!({"driver": "redis", "backend": {"managed": {}, "external": {"uriSecretRef": {"name": "x"}}}}),
+            "backend",
+        ),
+        (
+            "bad-driver",
+            json!({"driver": "memcached", "backend": {"managed": {}}}),
+            "driver",
+        ),
+        (
+            "short-expiry",
+            json!({"driver": "redis", "expirySeconds": 5, "backend": {"managed": {}}}),
+            "expirySeconds",
+        ),
+    ] {
+        let mut obj = kube::api::DynamicObject::new(
+            name,
+            &kube::api::ApiResource::erase::<OdooSessionStore>(&()),
+        );
+        obj.data = json!({"spec": spec});
+        let err = dyn_api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(name);
+        assert!(err.to_string().contains(needle), "{name}: {err}");
+    }
+
+    // Semantic problems the schema cannot express: reported in status, nothing created.
+    api.create(
+        &PostParams::default(),
+        &raw(
+            "cnpg-redis",
+            json!({"driver": "redis", "backend": {"cloudNativePG": {}}}),
+        ),
+    )
+    .await
+    .expect("accepted by the schema");
+    let s = wait_condition(&client, ns, "cnpg-redis", "Ready", "False", "InvalidSpec").await;
+    assert!(condition(&s, "Ready").is_some_and(|c| c.message.contains("driver: db")));
+
+    // CloudNativePG is not installed in this cluster: a clear condition.
+    api.create(
+        &PostParams::default(),
+        &raw(
+            "cnpg",
+            json!({"driver": "db", "backend": {"cloudNativePG": {}}}),
+        ),
+    )
+    .await
+    .expect("created");
+    let s = wait_condition(
+        &client,
+        ns,
+        "cnpg",
+        "BackendReady",
+        "False",
+        "CloudNativePGNotInstalled",
+    )
+    .await;
+    assert!(condition(&s, "BackendReady")
+        .is_some_and(|c| c.message.contains("clusters.postgresql.cnpg.io")));
+
+    // External Secret missing, then created: the status follows.
+    api.create(&PostParams::default(), &raw("ext", json!({"driver": "db", "backend": {"external": {"uriSecretRef": {"name": "pg", "key": "dsn"}}}})))
+        .await
+        .expect("created");
+    wait_condition(
+        &client,
+        ns,
+        "ext",
+        "BackendReady",
+        "False",
+        "SecretNotFound",
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "pg"}, "stringData": {"other": "x"}}))
+            .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    wait_condition(
+        &client,
+        ns,
+        "ext",
+        "BackendReady",
+        "False",
+        "SecretKeyMissing",
+    )
+    .await;
+    secrets
+        .patch(
+            "pg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"dsn": "postgresql://u:p@db/sessions"}})),
+        )
+        .await
+        .expect("key added");
+    wait_condition(&client, ns, "ext", "BackendReady", "True", "SecretFound").await;
+
+    // Events were written for the transitions.
+    let (ok, out) = kubectl(&["-n", ns, "get", "events.events.k8s.io", "-o", "json"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("SecretNotFound"),
+        "no event for the missing Secret: {out}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn pods_created_while_the_webhook_was_down_are_reported() {
+    let client = client().await;
+    let ns = "it-missed";
+    // Run once so the webhook configuration and the store's finalizer exist, then stop:
+    // failurePolicy Ignore lets Pods through without the sidecar.
+    let op = start_operator(&client).await;
+    fresh_namespace(&client, ns).await;
+    create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "none"}}}}),
+    )
+    .await;
+    wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "False",
+        "SecretNotFound",
+    )
+    .await;
+    drop(op);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = pods
+        .create(&PostParams::default(), &labelled_pod("missed", "sessions"))
+        .await
+        .expect("pod created while webhook down");
+    assert_eq!(
+        created.spec.expect("spec").containers.len(),
+        1,
+        "webhook was down: no sidecar"
+    );
+
+    let _op = start_operator(&client).await;
+    let s = wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "InjectionReady",
+        "False",
+        "PodsWithoutSidecar",
+    )
+    .await;
+    assert!(condition(&s, "InjectionReady").is_some_and(|c| c.message.contains("missed")));
+    assert_eq!(s.status.and_then(|s| s.pods_without_sidecar), Some(1));
+
+    pods.delete(
+        "missed",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("pod deleted");
+    wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "InjectionReady",
+        "True",
+        "WebhookReady",
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn metrics_and_the_lease_are_served() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), OPERATOR_NS);
+    eventually("lease held by the operator", 30, || async {
+        let l = leases.get_opt("odoo-session-operator").await.ok()??;
+        (l.spec?.holder_identity.as_deref() == Some("it-operator")).then_some(())
+    })
+    .await;
+    let out = Command::new("curl")
+        .args(["-fsS", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("odoo_session_operator_leader 1"), "{text}");
+    assert!(
+        text.contains("odoo_session_operator_webhook_duration_seconds"),
+        "{text}"
+    );
+}
