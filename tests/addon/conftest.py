@@ -82,16 +82,16 @@ class Sidecar:
 
     def healthy(self):
         if self.unix_socket:
-            from dkn_auth.client.transport import UnixHTTPConnection
+            from dkn_auth.client.config import Settings
+            from dkn_auth.client.transport import Transport, TransportError
 
-            conn = UnixHTTPConnection(str(self.unix_socket), timeout=0.5)
+            transport = Transport(Settings(socket=str(self.unix_socket), timeout=0.5))
             try:
-                conn.request("GET", "/healthz")
-                return conn.getresponse().status == 200
-            except OSError:
+                return transport.request("GET", "/healthz")[0] == 200
+            except TransportError:
                 return False
             finally:
-                conn.close()
+                transport.close()
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=0.5) as resp:
                 return resp.status == 200
