@@ -421,6 +421,9 @@ def test_soft_rotation(odoo, monkeypatch):
     new_data = raw(odoo, new).data
     assert new_data["gc_previous_sessions"] is True and "next_sid" not in new_data
     assert new_data["session_token"] == fake_odoo.compute_session_token(loaded, odoo.fake_env)
+    # Reading the old sid during the grace period does not extend it.
+    s.get(old)
+    assert raw(odoo, old).ttl <= 120
     # A parallel request on the old sid follows the rotation instead of making another.
     s.rotate(concurrent, odoo.fake_env, soft=True)
     assert concurrent.sid == new

@@ -175,6 +175,8 @@ class DknSessionStoreBase:
 
     def _maybe_refresh(self, session, record):
         """Slide the TTL at most once per refresh interval, not on every request."""
+        if "deletion_time" in record.data:
+            return  # Odoo 19: a soft-rotated sid must die at the end of its grace period
         target = (
             self._user_ttl(record.data.get("db"))
             if record.data.get("uid")
