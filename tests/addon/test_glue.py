@@ -317,19 +317,21 @@ def test_rotate_of_never_stored_session(odoo):
     assert raw(odoo, session.sid).data["session_token"]
 
 
-@versions(16, 18)
-def test_rotate_keeps_a_concurrent_change(odoo):
+@versions(16, 18, 19)
+def test_logout_does_not_carry_keys_added_meanwhile(odoo):
     s = store(odoo)
     session = s.new()
-    session["a"] = 1
+    session["uid"] = 2
     s.save(session)
     loaded = s.get(session.sid)
     other = s.get(session.sid)
-    other["b"] = 2
+    other["sale_order_id"] = 42  # a concurrent request of the same user
     s.save(other)
-    loaded["uid"] = 2
+    logout(loaded)
     s.rotate(loaded, odoo.fake_env)
-    assert raw(odoo, loaded.sid).data["b"] == 2
+    new = raw(odoo, loaded.sid).data
+    assert "sale_order_id" not in new and new["uid"] is None
+    assert raw(odoo, session.sid) is None
 
 
 @versions(14, 15)
@@ -412,8 +414,11 @@ def test_soft_rotation(odoo, monkeypatch):
     old = session.sid
     loaded = s.get(old)
     concurrent = s.get(old)
+    concurrent["from_other_request"] = 1
+    s.save(concurrent)
     s.rotate(loaded, odoo.fake_env, soft=True)
     new = loaded.sid
+    assert raw(odoo, new).data["from_other_request"] == 1  # same user: carried over
     assert new != old and new[:42] == old[:42]
     old_rec = raw(odoo, old)
     assert old_rec.data["next_sid"] == new and old_rec.ttl <= 120

@@ -272,12 +272,17 @@ class DknSessionStoreBase:
         ttl = self._ttl_for(session, env)
         stored = snap is not None and snap.sid == old_sid and not snap.gone
         try:
-            if stored:
+            if soft and stored:
+                # Same user, same identifier: apply this request's changes to the
+                # stored copy, which must still exist (a revoked session stays gone).
                 set_, remove = changes(snap, data)
                 version = self._call(
                     "rotate", old_sid, new_sid, set_=set_, remove=remove, ttl=ttl, keep_old=keep_old
                 )
             else:
+                # Login/logout: the new session is exactly this request's copy, as
+                # in core; a key another request added meanwhile must not survive
+                # a logout into the anonymous session.
                 version = self._call("rotate", old_sid, new_sid, data=data, ttl=ttl, keep_old=keep_old)
         except (NotFound, Gone):
             if soft:
