@@ -180,6 +180,13 @@ def test_max_inactivity_parameter_honoured(odoo):
 
     r = call(odoo, set_uid)
     assert 880 <= raw(odoo, r["json"]["sid"]).ttl <= 900
+    odoo.fake_env.params["sessions.max_inactivity_seconds"] = str(10 * 31536000)
+    r = call(odoo, set_uid)
+    assert 31535000 <= raw(odoo, r["json"]["sid"]).ttl <= 31536000  # clamped, not refused
+    odoo.fake_env.params["sessions.max_inactivity_seconds"] = "not a number"
+    r = call(odoo, set_uid)
+    assert r["status"].startswith("200")
+    assert 600000 <= raw(odoo, r["json"]["sid"]).ttl <= 604800  # back to DKN_AUTH_EXPIRY
 
 
 @versions(14, 15, 16, 17)

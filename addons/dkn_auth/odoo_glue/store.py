@@ -17,6 +17,7 @@ from . import wsgi
 _logger = logging.getLogger("odoo.addons.dkn_auth")
 
 STORED_SESSION_BYTES = 42  # Odoo 18+: sid[:42] is the device identifier
+MAX_TTL = 31536000  # one year, the longest TTL the sidecar accepts
 _identifier_re = re.compile(r"^[A-Za-z0-9_-]{42}$")
 _SNAP = "_dkn_snapshot"
 
@@ -122,13 +123,24 @@ class DknSessionStoreBase:
         if env is not None:
             try:
                 if not getattr(env.cr, "_closed", False):
-                    raw = env["ir.config_parameter"].sudo().get_param("sessions.max_inactivity_seconds")
-                    value = int(raw) if raw else None
-                    self._max_inactivity[env.cr.dbname] = value if value and value > 0 else None
                     db = env.cr.dbname
-            except Exception as exc:  # noqa: BLE001 - a bad parameter must not break the save
-                _logger.warning("cannot use sessions.max_inactivity_seconds (%s), using DKN_AUTH_EXPIRY", exc)
+                    raw = env["ir.config_parameter"].sudo().get_param("sessions.max_inactivity_seconds")
+                    self._max_inactivity[db] = self._parse_max_inactivity(raw)
+            except Exception as exc:  # noqa: BLE001 - e.g. an aborted transaction: keep the last value
+                _logger.warning("cannot read sessions.max_inactivity_seconds (%s)", exc)
         return self._max_inactivity.get(db) or self.settings.expiry
+
+    @staticmethod
+    def _parse_max_inactivity(raw):
+        if not raw:
+            return None
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            _logger.warning("invalid sessions.max_inactivity_seconds %r, using DKN_AUTH_EXPIRY", raw)
+            return None
+        # The sidecar refuses TTLs over a year; non-positive means "not set".
+        return min(value, MAX_TTL) if value > 0 else None
 
     def _request_env(self):
         try:
