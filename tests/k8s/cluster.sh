@@ -55,27 +55,44 @@ start() {
     log "started $name (pid $!)"
 }
 
+# stop NAME...: TERM to all, then KILL what is left after 10 s (they stop in parallel).
 stop() {
-    local name=$1 pid i t0=$SECONDS
-    pid=$(pid_of "$name") || {
+    local name pid i t0=$SECONDS
+    local -A pids=()
+    for name; do
+        if pid=$(pid_of "$name"); then
+            pids[$name]=$pid
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
         rm -f "$RUN/$name.pid"
-        return 0
-    }
-    kill -TERM "$pid" 2>/dev/null || true
+    done
+    ((${#pids[@]})) || return 0
     for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
+        for name in "${!pids[@]}"; do
+            # A zombie is dead too (whoever adopted it may reap it late).
+            if ! kill -0 "${pids[$name]}" 2>/dev/null ||
+                [[ $(awk '{print $3}' "/proc/${pids[$name]}/stat" 2>/dev/null) == Z ]]; then
+                unset "pids[$name]"
+            fi
+        done
+        ((${#pids[@]})) || break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$RUN/$name.pid"
-    log "stopped $name ($((SECONDS - t0))s)"
+    for name in "${!pids[@]}"; do
+        log "$name ignored TERM; killing it"
+        kill -KILL "${pids[$name]}" 2>/dev/null || true
+    done
+    log "stopped $* ($((SECONDS - t0))s)"
 }
 
 # wait_up SECONDS NAME COMMAND...: waits for NAME to answer, or exits with its log tail.
 wait_up() {
-    local timeout=$1 name=$2
+    local timeout=$1 name=$2 t0=$SECONDS
     shift 2
-    wait_for "$timeout" "$name" "$@" && return 0
+    if wait_for "$timeout" "$name" "$@"; then
+        log "$name ready (+$((SECONDS - t0))s)"
+        return 0
+    fi
     log "$name is not ready; last lines of $LOGS/$name.log:"
     tail -n 30 "$LOGS/$name.log" >&2 || true
     exit 1
@@ -358,13 +375,21 @@ state = "$STATE/containerd/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-    start containerd containerd --config "$STATE/containerd/config.toml"
+    # Images come from local archives only. Should a pod name an image that is not
+    # there, the pull goes to a proxy that does not exist and fails at once, instead of
+    # reaching a public registry.
+    start containerd env HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 \
+        NO_PROXY= containerd --config "$STATE/containerd/config.toml"
     wait_up 30 containerd containerd_up
 }
 
+# Imports the cached image archives in the background (postgres alone is 40 MB to
+# unpack); up_node waits for it before it reports the cluster up.
+IMPORT_PID=""
 load_images() {
     [[ -f $IMAGE_CACHE/pause_3.2.oci.tar ]] || "$K8S_DIR/image.sh" --preset pause
-    "$K8S_DIR/image.sh" --import-cached
+    "$K8S_DIR/image.sh" --import-cached 8>&- &
+    IMPORT_PID=$!
 }
 
 dns_listening() {
@@ -436,6 +461,8 @@ clusterDomain: $CLUSTER_DOMAIN
 resolvConf: $STATE/dns/pod-resolv.conf
 podCIDR: $POD_CIDR
 maxPods: 110
+# Reported Ready within ~2 s of registering instead of the default 10 s.
+nodeStatusUpdateFrequency: 2s
 serializeImagePulls: false
 # Images come from local archives and cannot be pulled again: never collect them.
 imageGCHighThresholdPercent: 100
@@ -452,16 +479,18 @@ EOF
         --root-dir "$STATE/kubelet/root" --cert-dir "$STATE/kubelet/pki" \
         --container-runtime remote \
         --container-runtime-endpoint "unix://$CONTAINERD_SOCK" \
-        --pod-infra-container-image "$PAUSE_IMAGE" \
         --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
         --volume-plugin-dir "$STATE/kubelet/volume-plugins"
-    wait_for 120 "node $NODE_NAME Ready" node_ready || {
+    local t0=$SECONDS
+    if wait_for 120 "node $NODE_NAME Ready" node_ready; then
+        log "node $NODE_NAME Ready (+$((SECONDS - t0))s)"
+    else
         check_alive kubelet
         log "kubelet runs but the node is not Ready:"
         kubectl_admin get node -o wide >&2 || true
         tail -n 30 "$LOGS/kubelet.log" >&2
         exit 1
-    }
+    fi
 }
 
 node_ready() {
@@ -606,6 +635,7 @@ up_node() {
     start refresher "$0" _refresher
     apply_storage_class
     wait_up 30 refresher busybox nslookup "kubernetes.default.svc.$CLUSTER_DOMAIN" "$NODE_IP"
+    wait "$IMPORT_PID" || die "importing the cached images failed"
     check_alive containerd dnsmasq api-forwarder kubelet kube-proxy refresher
 }
 
@@ -699,12 +729,10 @@ cmd_down() {
     mkdir -p "$STATE/net" "$RUN"
     exec 8>"$STATE/.lock"
     flock 8
-    stop refresher
-    stop kube-proxy
+    stop refresher kube-proxy kubelet
     if [[ -x $K8S_BIN/kube-proxy ]]; then
         kube-proxy --cleanup >/dev/null 2>&1 || true
     fi
-    stop kubelet
     kill_pods
     stop containerd
     kill_shims
@@ -721,8 +749,7 @@ cmd_down() {
         done <"$STATE/net/netns"
     fi
     remove_cgroups
-    stop api-forwarder
-    stop dnsmasq
+    stop api-forwarder dnsmasq
     clean_iptables
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link delete "$BRIDGE"
@@ -730,8 +757,7 @@ cmd_down() {
     if [[ -f $STATE/net/ip_forward.orig ]]; then
         cat "$STATE/net/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
     fi
-    stop kube-scheduler
-    stop kube-controller-manager
+    stop kube-scheduler kube-controller-manager
     stop kube-apiserver
     stop etcd
     # Keep the last logs for post-mortems; everything else goes.

@@ -167,6 +167,10 @@ mapfile -t POD_IPS < <(k get pods -l app=web -o jsonpath='{range .items[*]}{.sta
 # Host side: the path the API server uses to call webhook Services.
 check "host -> ClusterIP $CLUSTER_IP:80" "hello from web-" \
     retry 20 curl -fsS --max-time 3 "http://$CLUSTER_IP/"
+check "host -> kubernetes Service $API_SERVICE_IP:443 (TLS verified, SAN)" '"gitVersion": "v1.20.2"' \
+    curl -fsS --max-time 5 --cacert "$STATE/pki/ca.crt" \
+    -H "Authorization: Bearer $(awk -F, '$2 == "odoo-ha-admin" {print $1}' "$STATE/pki/tokens.csv")" \
+    "https://$API_SERVICE_IP/version"
 check "host DNS $FQDN" "$CLUSTER_IP" \
     retry 20 busybox nslookup "$FQDN" "$NODE_IP"
 
@@ -197,6 +201,11 @@ check "exec into a Deployment's pod" "hello" \
     k exec deploy/web -- busybox cat /tmp/www/index.html
 check "container runs as the image's non-root user" "uid=65532" \
     k exec client -- id
+check "a missing image is not pulled from a registry" "ErrImagePull" \
+    retry 30 bash -c "kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n $NS run nopull --image=docker.io/library/not-here:1 \
+        --image-pull-policy=IfNotPresent --restart=Never >/dev/null 2>&1; \
+        kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n $NS get pod nopull -o jsonpath='{.status.containerStatuses[0].state.waiting.reason}' | grep -E 'ErrImagePull|ImagePullBackOff' && \
+        kubectl --kubeconfig '$KUBECONFIG_ADMIN' -n $NS get events --field-selector involvedObject.name=nopull -o jsonpath='{.items[*].message}' | grep -q 127.0.0.1:9 && echo ErrImagePull"
 
 # A PVC-backed pod writes, a second pod on the same claim reads it back.
 k apply -f - >/dev/null <<'EOF'
