@@ -3,9 +3,9 @@ from . import client  # noqa: F401  (importable without Odoo)
 
 
 def post_load():
-    from .odoo_glue import install
+    from .odoo_glue import install_or_fail_closed
 
-    install()
+    install_or_fail_closed()
 
 
 # Imported by Odoo as a server-wide module: install before the first request.

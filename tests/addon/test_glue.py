@@ -514,6 +514,21 @@ def test_misconfiguration_is_critical_and_fails_closed(memory_sidecar, monkeypat
     assert r["status"].startswith("503")
 
 
+def test_install_failure_fails_closed(caplog, monkeypatch):
+    from dkn_auth import odoo_glue
+
+    http = fake_odoo.build(13)  # unsupported: install() raises
+    odoo_glue.uninstall_for_tests()
+    try:
+        with caplog.at_level(logging.INFO):
+            assert odoo_glue.install_or_fail_closed() is None
+        assert any(r.levelno == logging.CRITICAL for r in caplog.records)
+        r = call(http)
+        assert r["status"].startswith("503") and r["body"] == b"session store unavailable\n"
+    finally:
+        fake_odoo.remove()
+
+
 @versions(16, 18)
 def test_odoo_conf_keys(odoo, monkeypatch, memory_sidecar):
     from dkn_auth import odoo_glue

@@ -114,6 +114,30 @@ def install():
     return store_class
 
 
+def install_or_fail_closed():
+    """``install()``, and if it breaks, make Odoo answer 503 rather than use files.
+
+    Odoo only logs an exception raised while loading a server-wide module and
+    carries on with its filesystem store: that silent fallback is what this
+    prevents.
+    """
+    try:
+        return install()
+    except Exception:
+        _logger.critical(
+            "dkn_auth: cannot install the session store, every request answers 503", exc_info=True
+        )
+        from odoo import http
+
+        from . import wsgi
+
+        def refuse(self, environ, start_response):
+            return wsgi.unavailable_response(start_response)
+
+        type(http.root).__call__ = refuse
+        return None
+
+
 def uninstall_for_tests():
     """Forget the installation (tests build a fresh fake Odoo each time)."""
     _installed.clear()

@@ -5,7 +5,9 @@ from facts found on ``odoo.http`` (its Session class, its key format), so one
 code path serves Odoo 14 to 19. See docs/odoo-addon.md for the behaviour.
 """
 
+import hashlib
 import logging
+import os
 import re
 import time
 
@@ -19,6 +21,7 @@ _logger = logging.getLogger("odoo.addons.dkn_auth")
 STORED_SESSION_BYTES = 42  # Odoo 18+: sid[:42] is the device identifier
 MAX_TTL = 31536000  # one year, the longest TTL the sidecar accepts
 _identifier_re = re.compile(r"^[A-Za-z0-9_-]{42}$")
+_sha1_re = re.compile(r"^[a-f0-9]{40}$")
 _SNAP = "_dkn_snapshot"
 
 
@@ -362,26 +365,37 @@ class SoftRotationMethods:
                 self.save(session)
 
 
-def make_store_class(http, major):
-    """Build the store class for the running Odoo (``http`` = ``odoo.http``)."""
-    try:
-        from odoo.tools._vendor import sessions as vendored  # 14.0 (late) to 19
-    except ImportError:  # early 14.0 builds still used werkzeug's copy
-        from werkzeug.contrib import sessions as vendored
+def _sha1_key(self, salt=None):
+    # Odoo 14 to 17 (werkzeug's SessionStore): 40 lowercase hex characters.
+    return hashlib.sha1(os.urandom(32) + str(time.time()).encode()).hexdigest()
 
-    core_store = getattr(http, "FilesystemSessionStore", None) or vendored.FilesystemSessionStore
+
+def _sha1_valid(self, key):
+    return _sha1_re.match(key) is not None
+
+
+def make_store_class(http, major):
+    """Build the store class for the running Odoo (``http`` = ``odoo.http``).
+
+    Nothing is inherited from Odoo's stores: a method this class lacks must
+    fail loudly, never fall through to the filesystem. Only the key functions
+    come from Odoo (16+), so each version keeps its own key format.
+    """
+    core_store = getattr(http, "FilesystemSessionStore", None)
+    core_generate = getattr(core_store, "generate_key", None) or _sha1_key
+    core_valid = getattr(core_store, "is_valid_key", None) or _sha1_valid
     bases = []
     if major >= 19:
         bases.append(SoftRotationMethods)
     if major >= 18:
         bases.append(DeviceMethods)
-    bases += [DknSessionStoreBase, vendored.SessionStore]
+    bases.append(DknSessionStoreBase)
 
     def generate_key(self, salt=None):
-        return core_store.generate_key(self, salt)
+        return core_generate(self, salt)
 
     def is_valid_key(self, key):
-        return isinstance(key, str) and bool(core_store.is_valid_key(self, key))
+        return isinstance(key, str) and bool(core_valid(self, key))
 
     attrs = {
         "major": major,
