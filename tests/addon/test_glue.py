@@ -189,6 +189,27 @@ def test_max_inactivity_parameter_honoured(odoo):
     assert 600000 <= raw(odoo, r["json"]["sid"]).ttl <= 604800  # back to DKN_AUTH_EXPIRY
 
 
+@versions(16, 18)
+def test_refresh_keeps_the_ttl_the_session_was_written_with(odoo):
+    odoo.fake_env.params["sessions.max_inactivity_seconds"] = "900"
+
+    def set_uid(session):
+        session["uid"] = 2
+        session["db"] = "db1"
+
+    sid = call(odoo, set_uid)["json"]["sid"]
+    # Another worker, which never read the parameter, serves the next request
+    # of this session once it has been idle for a while.
+    from dkn_auth import odoo_glue
+
+    other = odoo_glue._installed["store_class"](
+        store(odoo).client, store(odoo).settings, type(store(odoo).new())
+    )
+    other.client.patch(sid, ttl=300)
+    other.get(sid)
+    assert 880 <= raw(odoo, sid).ttl <= 900  # refreshed to 900, not to DKN_AUTH_EXPIRY
+
+
 @versions(14, 15, 16, 17)
 def test_pickle_era_types_round_trip(odoo):
     s = store(odoo)
@@ -198,6 +219,7 @@ def test_pickle_era_types_round_trip(odoo):
     session["day"] = datetime.date(2024, 1, 2)
     s.save(session)
     assert raw(odoo, session.sid).data["ids"] == {"_type": "set", "value": [1, 2, 3]}
+    assert raw(odoo, session.sid).data["_dkn_ttl"] == 10800
     back = s.get(session.sid)
     assert back["ids"] == {1, 2, 3} and isinstance(back["ids"], set)
     assert back["when"] == datetime.datetime(2024, 1, 2, 3, 4, 5)
@@ -371,8 +393,8 @@ def test_slots_do_not_leak_into_data(odoo):
     session["a"] = 1
     s.save(session)
     loaded = s.get(session.sid)
-    assert set(raw(odoo, session.sid).data) == {"a"}
-    assert set(dict(loaded)) == {"a"}
+    assert set(raw(odoo, session.sid).data) == {"a", "_dkn_ttl"}
+    assert set(dict(loaded)) == {"a"}  # the TTL key is the store's, not Odoo's
 
 
 # -- Odoo 18+ devices, 19 soft rotation ------------------------------------------

@@ -20,6 +20,11 @@ _logger = logging.getLogger("odoo.addons.dkn_auth")
 
 STORED_SESSION_BYTES = 42  # Odoo 18+: sid[:42] is the device identifier
 MAX_TTL = 31536000  # one year, the longest TTL the sidecar accepts
+# Stored next to the session's keys, hidden from Odoo: the TTL the session was
+# last written with, so a read in any process refreshes it to the same value
+# (Odoo's sessions.max_inactivity_seconds cannot be read before the request has
+# a database cursor).
+TTL_KEY = "_dkn_ttl"
 _identifier_re = re.compile(r"^[A-Za-z0-9_-]{42}$")
 _sha1_re = re.compile(r"^[a-f0-9]{40}$")
 _SNAP = "_dkn_snapshot"
@@ -160,8 +165,10 @@ class DknSessionStoreBase:
             return self._user_ttl(session.get("db"), env if env is not None else self._request_env())
         return self.settings.anonymous_expiry
 
-    def _encode(self, session):
-        return encode(dict(session), tagged=self.tagged)
+    def _encode(self, session, ttl):
+        data = encode(dict(session), tagged=self.tagged)
+        data[TTL_KEY] = ttl
+        return data
 
     # -- the store interface ------------------------------------------------
 
@@ -179,7 +186,9 @@ class DknSessionStoreBase:
         if record is None:
             return self.new()
         try:
-            data = decode(record.data) if self.tagged else record.data
+            data = {k: v for k, v in record.data.items() if k != TTL_KEY}
+            if self.tagged:
+                data = decode(data)
             session = self.session_class(data, sid, False)
         except Exception as exc:  # noqa: BLE001 - unreadable stored data: core's stores reset too
             _logger.warning("session %s... is unreadable (%s), starting a new one", sid[:8], exc)
@@ -192,11 +201,14 @@ class DknSessionStoreBase:
         """Slide the TTL at most once per refresh interval, not on every request."""
         if "deletion_time" in record.data:
             return  # Odoo 19: a soft-rotated sid must die at the end of its grace period
-        target = (
-            self._user_ttl(record.data.get("db"))
-            if record.data.get("uid")
-            else self.settings.anonymous_expiry
-        )
+        target = record.data.get(TTL_KEY)
+        if not isinstance(target, int) or not 0 < target <= MAX_TTL:
+            # Written by an older version or by hand: use the current settings.
+            target = (
+                self._user_ttl(record.data.get("db"))
+                if record.data.get("uid")
+                else self.settings.anonymous_expiry
+            )
         interval = min(self.settings.refresh_interval, target // 2)
         if record.ttl >= target - interval:
             return
@@ -206,8 +218,8 @@ class DknSessionStoreBase:
             pass  # deleted meanwhile: the request sees it as loaded, saves are refused
 
     def save(self, session):
-        data = self._encode(session)
         ttl = self._ttl_for(session)
+        data = self._encode(session, ttl)
         snap = get_snapshot(session)
         if snap is None or snap.sid != session.sid:
             self._create(session, data, ttl)
@@ -283,8 +295,8 @@ class DknSessionStoreBase:
             session.should_rotate = False
         if self.major >= 19:
             session["create_time"] = time.time()
-        data = self._encode(session)
         ttl = self._ttl_for(session, env)
+        data = self._encode(session, ttl)
         stored = snap is not None and snap.sid == old_sid and not snap.gone
         try:
             if soft and stored:
