@@ -13,13 +13,18 @@ import fake_odoo
 VERSIONS = [14, 15, 16, 17, 18, 19]
 
 
+@pytest.fixture(params=["memory", "redis"])
+def driver_sidecar(request):
+    return request.getfixturevalue(f"{request.param}_sidecar")
+
+
 @pytest.fixture
-def odoo(request, memory_sidecar, monkeypatch):
+def odoo(request, driver_sidecar, monkeypatch):
     major = request.param
     for key in list(__import__("os").environ):
         if key.startswith("DKN_AUTH_"):
             monkeypatch.delenv(key)
-    monkeypatch.setenv("DKN_AUTH_URL", memory_sidecar.url)
+    monkeypatch.setenv("DKN_AUTH_URL", driver_sidecar.url)
     http = fake_odoo.build(major)
     from dkn_auth import odoo_glue
 
