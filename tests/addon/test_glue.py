@@ -148,6 +148,25 @@ def test_new_and_get_missing(odoo):
         assert got.new and fresh.new
 
 
+@versions(16, 18)
+def test_unreadable_session_starts_fresh(odoo, monkeypatch, caplog):
+    s = store(odoo)
+    sid = s.generate_key()
+    s.client.put(sid, {"uid": 2, "broken": 1}, create_only=True)
+    real = s.session_class
+
+    def picky(data, sid, new=False):
+        if "broken" in data:
+            raise ValueError("cannot rebuild this session")
+        return real(data, sid, new)
+
+    monkeypatch.setattr(s, "session_class", picky)
+    with caplog.at_level(logging.WARNING):
+        session = s.get(sid)
+    assert session.sid != sid and not session.get("uid") and session.is_new
+    assert "unreadable" in caplog.text
+
+
 @versions()
 def test_request_cycle_saves_only_dirty_sessions(odoo):
     r = call(odoo)  # anonymous, untouched: nothing stored
