@@ -75,17 +75,28 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    durable: bool,
 }
 
 impl RedisServer {
     /// Starts redis-server with append-only persistence (fsync every write) so a restart
     /// keeps every acknowledged write.
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Without persistence, as a cache-only Redis: for benchmarks of the request path.
+    pub fn start_plain() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = RedisServer {
             port: free_port(),
             dir,
             child: None,
+            durable,
         };
         s.launch();
         s
@@ -104,7 +115,7 @@ impl RedisServer {
             "--save",
             "",
             "--appendonly",
-            "yes",
+            if self.durable { "yes" } else { "no" },
             "--appendfsync",
             "always",
             "--protected-mode",
