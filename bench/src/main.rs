@@ -214,7 +214,7 @@ async fn run(target: Target, addr: &str, workers: usize, duration: Duration) -> 
                             errors += 1;
                         }
                         reads.saturating_record(t.elapsed().as_micros() as u64);
-                        let set = if n % 2 == 0 {
+                        let set = if n.is_multiple_of(2) {
                             json!({"set": {"last_seen": n}})
                         } else {
                             json!({"set": {"last_seen": n, "debug": if n % 4 == 1 { "1" } else { "" }}})
