@@ -131,12 +131,17 @@ def test_identifier_batches(client, monkeypatch):
     monkeypatch.setattr(client, "_call", counting)
     live = sid84()
     client.put(live, {}, create_only=True)
-    ids = [sid84()[:42] for _ in range(45000)] + [live[:42]]
+    # One Odoo cron batch (100,000 identifiers), split into calls of IDENTIFIER_BATCH.
+    ids = [sid84()[:42] for _ in range(99999)] + [live[:42]]
     calls.clear()
     missing = client.missing_identifiers(ids)
-    assert len(missing) == 45000 and live[:42] not in missing
-    assert calls.count("/v1/identifiers/missing") == 3  # 20,000 per call
-    assert api_module.IDENTIFIER_BATCH * 45 < 1024 * 1024
+    assert len(missing) == len(ids) - 1 and live[:42] not in missing
+    assert calls.count("/v1/identifiers/missing") == -(-len(ids) // api_module.IDENTIFIER_BATCH)
+    monkeypatch.setattr(api_module, "IDENTIFIER_BATCH", 20000)
+    calls.clear()
+    assert client.delete_identifiers(ids[-45000:]) == 1
+    assert calls.count("/v1/identifiers/delete") == 3
+    assert client.get(live) is None
 
 
 def test_bad_input_is_bad_request(client):
