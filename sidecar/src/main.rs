@@ -61,49 +61,59 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
+        Err(Failure::Config(e)) => {
+            eprintln!("odoo-session-sidecar: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Serve(e)) => {
             eprintln!("odoo-session-sidecar: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
-    let store = store::open(&settings)?;
-    let state = AppState {
-        store: Arc::new(store),
-        metrics: Arc::new(Metrics::default()),
-        default_ttl: settings.expiry,
-        max_body_bytes: settings.max_body_bytes,
-        backend_timeout: settings.backend_timeout,
-    };
+enum Failure {
+    /// A setting the backend driver refused: same exit code as other setting errors.
+    Config(String),
+    Serve(String),
+}
+
+async fn run(settings: Settings) -> Result<(), Failure> {
+    let store = store::open(&settings).map_err(Failure::Config)?;
+    let state = AppState::new(store, &settings);
     let driver = state.store.driver_name();
     let app = router(state);
     match &settings.listen {
         Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("DKN_AUTH_LISTEN={addr}: cannot listen: {e}"))?;
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Failure::Serve(format!("DKN_AUTH_LISTEN={addr}: cannot listen: {e}"))
+            })?;
             tracing::info!(%addr, driver, "serving");
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Failure::Serve(e.to_string()))
         }
         Listen::Unix(path) => {
             if path.exists() {
                 std::fs::remove_file(path).map_err(|e| {
-                    format!("DKN_AUTH_SOCKET={}: cannot replace: {e}", path.display())
+                    Failure::Serve(format!(
+                        "DKN_AUTH_SOCKET={}: cannot replace: {e}",
+                        path.display()
+                    ))
                 })?;
             }
-            let listener = UnixListener::bind(path)
-                .map_err(|e| format!("DKN_AUTH_SOCKET={}: cannot listen: {e}", path.display()))?;
+            let listener = UnixListener::bind(path).map_err(|e| {
+                Failure::Serve(format!(
+                    "DKN_AUTH_SOCKET={}: cannot listen: {e}",
+                    path.display()
+                ))
+            })?;
             tracing::info!(socket = %path.display(), driver, "serving");
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| Failure::Serve(e.to_string()));
             let _ = std::fs::remove_file(path);
             served
         }

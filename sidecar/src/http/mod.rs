@@ -7,6 +7,7 @@ mod ops;
 mod sessions;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,23 @@ pub struct AppState {
     pub default_ttl: Duration,
     pub max_body_bytes: usize,
     pub backend_timeout: Duration,
+    /// Whether the last backend call reached the backend: logs say "down" and "back" once
+    /// per outage instead of once per failed request.
+    pub backend_up: Arc<AtomicBool>,
 }
 
 impl AppState {
+    pub fn new(store: Store, settings: &crate::config::Settings) -> Self {
+        AppState {
+            store: Arc::new(store),
+            metrics: Arc::new(Metrics::default()),
+            default_ttl: settings.expiry,
+            max_body_bytes: settings.max_body_bytes,
+            backend_timeout: settings.backend_timeout,
+            backend_up: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
     /// Runs one backend operation within the time limit, counting its failures.
     pub async fn call<T>(&self, op: impl Future<Output = StoreResult<T>>) -> Result<T, ApiError> {
         self.call_within(self.backend_timeout, op).await
@@ -61,7 +76,13 @@ impl AppState {
                     .backend_errors
                     .get_or_create(&KindLabels { kind })
                     .inc();
-                tracing::warn!(error = %e, "backend operation failed");
+                if kind == "unexpected" {
+                    tracing::error!(error = %e, "backend answered unexpectedly");
+                } else if self.backend_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "backend unavailable: answering 503 until it is back");
+                } else {
+                    tracing::debug!(error = %e, "backend still unavailable");
+                }
             }
             let conflict = match e {
                 ApiError::Store(StoreError::Precondition { .. }) => Some("precondition"),

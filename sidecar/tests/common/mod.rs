@@ -74,13 +74,7 @@ impl Harness {
             .with_test_writer()
             .try_init();
         let store = store::open(&settings).expect("store");
-        let state = AppState {
-            store: Arc::new(store),
-            metrics: Arc::new(Metrics::default()),
-            default_ttl: settings.expiry,
-            max_body_bytes: settings.max_body_bytes,
-            backend_timeout: settings.backend_timeout,
-        };
+        let state = AppState::new(store, &settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
