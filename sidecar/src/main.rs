@@ -1,5 +1,4 @@
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener};

@@ -2,13 +2,12 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use clap::Parser;
 use odoo_ha_testkit::{Client, PostgresServer, RedisServer};
 use odoo_session_sidecar::config::{Args, Settings};
 use odoo_session_sidecar::http::{router, AppState};
-use odoo_session_sidecar::metrics::Metrics;
 use odoo_session_sidecar::store;
 use serde_json::Value;
 
