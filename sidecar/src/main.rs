@@ -5,7 +5,6 @@ use tokio::net::{TcpListener, UnixListener};
 
 use odoo_session_sidecar::config::{Args, Listen, LogFormat, Settings};
 use odoo_session_sidecar::http::{router, AppState};
-use odoo_session_sidecar::metrics::Metrics;
 use odoo_session_sidecar::store;
 
 fn init_tracing(settings: &Settings) {
