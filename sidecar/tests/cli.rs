@@ -127,12 +127,12 @@ async fn sigterm_drains_requests_in_flight() {
     assert!(status.success(), "clean exit after draining: {status:?}");
 }
 
-unsafe fn libc_kill(pid: i32) {
-    // SIGTERM through the shell's kill: no libc dependency for one call.
-    let _ = Command::new("kill")
+fn send_sigterm(pid: u32) {
+    let status = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
         .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -TERM {pid}");
 }
 
 #[tokio::test]
