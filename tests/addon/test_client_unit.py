@@ -93,6 +93,30 @@ def test_codec_round_trips_tagged_types():
     assert decoded["plain"] == value["plain"]
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2024, 2, 29, 23, 59, 59, 999999),
+        datetime.datetime(2024, 1, 1),
+        datetime.datetime(
+            2024, 1, 1, 5, 6, 7, tzinfo=datetime.timezone(datetime.timedelta(hours=-3, minutes=-30))
+        ),
+        datetime.date(1999, 12, 31),
+    ],
+)
+def test_iso_parsing_without_fromisoformat(value):
+    tagged = codec.encode(value)
+    back = codec.decode(tagged)
+    assert back == value and type(back) is type(value)
+    if isinstance(value, datetime.datetime):
+        assert back.utcoffset() == value.utcoffset()
+    # camptocamp's encoder writes the same tags; a date is not a datetime.
+    assert codec.decode({"_type": "datetime_isoformat", "value": "2024-01-01"}) == {
+        "_type": "datetime_isoformat",
+        "value": "2024-01-01",
+    }
+
+
 def test_codec_documented_type_changes():
     decoded = codec.decode(codec.encode({"t": (1, 2), "k": {1: "a", 2.5: "b", None: "c"}, "b": {True: "d"}}))
     assert decoded["t"] == [1, 2]

@@ -2,7 +2,6 @@
 
 import json
 import urllib.parse
-from dataclasses import dataclass
 
 from .transport import Transport, TransportError
 
@@ -52,12 +51,19 @@ class Unavailable(SidecarError):
 _BY_STATUS = {404: NotFound, 410: Gone, 412: PreconditionFailed}
 
 
-@dataclass
 class SessionRecord:
-    sid: str
-    version: int
-    data: dict
-    ttl: int
+    """A stored session: its data, version and seconds of TTL left."""
+
+    __slots__ = ("sid", "version", "data", "ttl")
+
+    def __init__(self, sid, version, data, ttl):
+        self.sid = sid
+        self.version = version
+        self.data = data
+        self.ttl = ttl
+
+    def __repr__(self):
+        return f"SessionRecord(sid={self.sid[:8]!r}..., version={self.version}, ttl={self.ttl})"
 
 
 def _dumps(obj):

@@ -21,6 +21,7 @@ tag is left alone.
 
 import datetime
 import json
+import re
 
 SET = "set"
 DATETIME = "datetime_isoformat"
@@ -84,14 +85,47 @@ def decode(value):
                 if tag == SET:
                     return {_hashable(decode(v)) for v in inner}
                 if tag == DATETIME:
-                    return datetime.datetime.fromisoformat(inner)
-                return datetime.date.fromisoformat(inner)
+                    return _parse_datetime(inner)
+                return _parse_date(inner)
             except (TypeError, ValueError):
                 pass  # not one of ours: keep the dict as it is
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
     return value
+
+
+_ISO_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?"
+    r"(?:([+-])(\d{2}):(\d{2})(?::(\d{2}))?)?)?$"
+)
+
+
+def _parse_iso(text, with_time):
+    # datetime.fromisoformat only exists from Python 3.7 (Odoo 14 runs on 3.6).
+    if not isinstance(text, str):
+        raise TypeError("not a string")
+    m = _ISO_RE.match(text)
+    if not m or (m.group(4) is None) == with_time:
+        raise ValueError(f"not an ISO {'datetime' if with_time else 'date'}: {text!r}")
+    y, mo, d, hh, mm, ss, frac, sign, tzh, tzm, tzs = m.groups()
+    if not with_time:
+        return datetime.date(int(y), int(mo), int(d))
+    tz = None
+    if sign:
+        offset = datetime.timedelta(hours=int(tzh), minutes=int(tzm), seconds=int(tzs or 0))
+        tz = datetime.timezone(-offset if sign == "-" else offset)
+    micro = int((frac or "0").ljust(6, "0"))
+    return datetime.datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss or 0), micro, tz)
+
+
+def _parse_datetime(text):
+    return _parse_iso(text, True)
+
+
+def _parse_date(text):
+    return _parse_iso(text, False)
 
 
 def _hashable(v):

@@ -7,7 +7,6 @@ case. The environment wins over the file, the file over the default.
 
 import os
 import urllib.parse
-from dataclasses import dataclass
 
 DEFAULT_URL = "http://127.0.0.1:7070"
 
@@ -20,14 +19,37 @@ class ConfigError(ValueError):
         self.setting = setting
 
 
-@dataclass(frozen=True)
 class Settings:
-    url: str = DEFAULT_URL
-    socket: str = ""
-    expiry: int = 604800
-    anonymous_expiry: int = 10800
-    timeout: float = 2.0
-    refresh_interval: int = 3600
+    """The addon's settings (no dataclass: Odoo 14 still runs on Python 3.6)."""
+
+    __slots__ = ("url", "socket", "expiry", "anonymous_expiry", "timeout", "refresh_interval")
+
+    def __init__(
+        self,
+        url=DEFAULT_URL,
+        socket="",
+        expiry=604800,
+        anonymous_expiry=10800,
+        timeout=2.0,
+        refresh_interval=3600,
+    ):
+        self.url = url
+        self.socket = socket
+        self.expiry = expiry
+        self.anonymous_expiry = anonymous_expiry
+        self.timeout = timeout
+        self.refresh_interval = refresh_interval
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Settings({fields})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None
 
     @property
     def host(self):

@@ -6,19 +6,21 @@ JSON, not Python objects, catches in-place changes (``session['x'].append``)
 and type changes that ``==`` misses (``1`` vs ``True``).
 """
 
-from dataclasses import dataclass, field
-
 from .codec import canonical
 
 
-@dataclass
 class Snapshot:
-    sid: str
-    data: dict
-    version: int = 0
-    ttl: int = 0
-    gone: bool = False
-    _canon: dict = field(default_factory=dict, repr=False)
+    """The session as loaded (``data``: the stored JSON) and what became of it."""
+
+    __slots__ = ("sid", "data", "version", "ttl", "gone", "_canon")
+
+    def __init__(self, sid, data, version=0, ttl=0, gone=False):
+        self.sid = sid
+        self.data = data
+        self.version = version
+        self.ttl = ttl
+        self.gone = gone
+        self._canon = {}
 
     def canonical(self, key):
         try:
