@@ -44,6 +44,7 @@ fi
 
 WORK=$(mktemp -d)
 PID=
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
   if [ -n "$PID" ]; then
     kill "$PID" 2>/dev/null || true
