@@ -495,6 +495,58 @@ mod cases {
         assert_eq!(r.json()["missing"], json!([b]));
     }
 
+    /// Odoo's device clean-up sends up to 100,000 identifiers at once.
+    pub async fn identifier_batches_of_100k(h: &Harness) {
+        let mut c = h.client();
+        let live: Vec<String> = (0..2_000).map(|_| identifier()).collect();
+        for id in &live {
+            let r = c
+                .json(
+                    Method::PUT,
+                    &s("", &modern_sid(id)),
+                    &[],
+                    &json!({"data": {}}),
+                )
+                .await
+                .unwrap();
+            assert!(r.status.is_success());
+        }
+        let mut batch: Vec<String> = (0..98_000).map(|i| format!("{i:040}zz")).collect();
+        batch.extend(live.iter().cloned());
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": batch}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["missing"].as_array().map(Vec::len), Some(98_000));
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/delete",
+                &[],
+                &json!({"identifiers": batch}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["deleted"], 2_000);
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": live}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.json()["missing"].as_array().map(Vec::len), Some(2_000));
+    }
+
     pub async fn leases(h: &Harness) {
         let mut c = h.client();
         let name = format!("/v1/leases/cron.{}", legacy_sid());
@@ -677,6 +729,7 @@ macro_rules! all_cases {
             rotate_given_and_soft,
             ttl_expires_and_refreshes,
             identifiers,
+            identifier_batches_of_100k,
             leases,
             concurrent_patches_keep_every_key,
         );

@@ -256,12 +256,22 @@ fn identifiers(raw: Vec<String>) -> Result<Vec<Identifier>, ApiError> {
         .collect()
 }
 
+/// A batch of identifiers is many backend calls: its time limit grows with its size, one
+/// backend timeout per 5,000 identifiers. Each call inside stays bounded by the connection
+/// timeouts, so an outage still fails fast.
+fn batch_limit(state: &AppState, n: usize) -> Duration {
+    state.backend_timeout * (1 + u32::try_from(n / 5_000).unwrap_or(u32::MAX))
+}
+
 pub async fn delete_identifiers(
     State(state): State<AppState>,
     LargeJsonBody(body): LargeJsonBody<IdentifiersBody>,
 ) -> Result<Response, ApiError> {
     let ids = identifiers(body.identifiers)?;
-    let deleted = state.call(state.store.delete_identifiers(&ids)).await?;
+    let limit = batch_limit(&state, ids.len());
+    let deleted = state
+        .call_within(limit, state.store.delete_identifiers(&ids))
+        .await?;
     state.wrote("delete_identifiers");
     Ok(Json(json!({"deleted": deleted})).into_response())
 }
@@ -271,7 +281,10 @@ pub async fn missing_identifiers(
     LargeJsonBody(body): LargeJsonBody<IdentifiersBody>,
 ) -> Result<Response, ApiError> {
     let ids = identifiers(body.identifiers)?;
-    let missing = state.call(state.store.missing_identifiers(&ids)).await?;
+    let limit = batch_limit(&state, ids.len());
+    let missing = state
+        .call_within(limit, state.store.missing_identifiers(&ids))
+        .await?;
     let missing: Vec<&str> = missing.iter().map(Identifier::as_str).collect();
     Ok(Json(json!({"missing": missing})).into_response())
 }
