@@ -326,7 +326,7 @@ class DknSessionStoreBase:
         """Expiry is the backend's TTL: nothing to collect."""
         return None
 
-    # Odoo 14/15 name of the same thing, kept for callers of the werkzeug API.
+    # Part of werkzeug's store API that some addons call: refuse it plainly.
     def list(self):
         raise NotImplementedError("dkn_auth does not list sessions (they are keyed in the sidecar's backend)")
 
