@@ -387,7 +387,11 @@ EOF
 # unpack); up_node waits for it before it reports the cluster up.
 IMPORT_PID=""
 load_images() {
-    [[ -f $IMAGE_CACHE/pause_3.2.oci.tar ]] || "$K8S_DIR/image.sh" --preset pause
+    local preset
+    # What the e2e suites need; built once into the cache (ODOO_HA_K8S_PRESETS to choose).
+    for preset in pause:pause_3.2 ${ODOO_HA_K8S_PRESETS-busybox:busybox_odoo-ha redis:redis_7 postgres:postgres_15}; do
+        [[ -f $IMAGE_CACHE/${preset#*:}.oci.tar ]] || "$K8S_DIR/image.sh" --preset "${preset%%:*}"
+    done
     "$K8S_DIR/image.sh" --import-cached 8>&- &
     IMPORT_PID=$!
 }

@@ -349,7 +349,7 @@ else
 fi
 
 kubectl_admin delete namespace "$NS" --wait=false >/dev/null
-log "checks took $((SECONDS - T0))s (up node: ${UP_SECONDS}s)"
+log "up + checks took $((SECONDS - T0))s (up node: ${UP_SECONDS}s)"
 
 if [[ $STARTED == true && $KEEP == false ]]; then
     STARTED=false
