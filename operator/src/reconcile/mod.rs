@@ -5,6 +5,9 @@ pub mod dereference;
 pub mod status;
 pub mod validate;
 
+#[cfg(test)]
+mod mock_tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -304,7 +307,16 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    let mut published: Vec<(String, String)> = Vec::new();
     for t in transitions {
+        // An invalid spec flips all three conditions for one cause: say it once.
+        if published
+            .iter()
+            .any(|(r, m)| *r == t.reason && *m == t.message)
+        {
+            continue;
+        }
+        published.push((t.reason.clone(), t.message.clone()));
         let (kind, reason) = if t.status {
             (EventType::Normal, format!("{}True", t.type_))
         } else {
