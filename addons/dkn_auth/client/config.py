@@ -70,7 +70,10 @@ def _lookup(name, options):
     if value is not None and value.strip() != "":
         return value.strip()
     if options is not None:
-        value = options.get(name.lower())
+        try:
+            value = options.get(name.lower())
+        except (AttributeError, KeyError, TypeError):
+            value = None
         # odoo.conf values are strings; unset options are often None/False.
         if value not in (None, False, ""):
             return str(value).strip()
