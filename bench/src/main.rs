@@ -33,6 +33,9 @@ struct Args {
     /// Identifiers per look-up request.
     #[arg(long, default_value_t = 10_000)]
     lookup: usize,
+    /// DKN_AUTH_REDIS_MAX_CONN of the Redis sidecar.
+    #[arg(long, default_value_t = 64)]
+    redis_max_conn: usize,
     /// Skip the PostgreSQL scenarios.
     #[arg(long)]
     no_postgres: bool,
