@@ -477,7 +477,9 @@ evictionHard:
   nodefs.inodesFree: 1%
   imagefs.available: 1%
 EOF
-    start kubelet kubelet \
+    # kubelet 1.20 links the AWS image-credential provider even with `providerless`; its
+    # credential chain would ask the EC2 metadata address (169.254.169.254). Forbid it.
+    start kubelet env AWS_EC2_METADATA_DISABLED=true kubelet \
         --config "$STATE/kubelet/config.yaml" \
         --kubeconfig "$STATE/kubeconfigs/kubelet" \
         --root-dir "$STATE/kubelet/root" --cert-dir "$STATE/kubelet/pki" \
