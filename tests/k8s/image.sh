@@ -227,8 +227,7 @@ build_busybox() {
 build_redis() {
     local root
     [[ -x /usr/bin/redis-server && -x /usr/bin/redis-cli ]] || {
-        log "installing redis-server redis-tools (for their binaries)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+        apt_install redis-server redis-tools
     }
     root=$(new_root)
     stage_base "$root" redis:999
@@ -248,8 +247,7 @@ build_redis() {
 build_postgres() {
     local root f pgbin=/usr/lib/postgresql/15/bin pglib=/usr/lib/postgresql/15/lib
     [[ -x $pgbin/postgres && -x $pgbin/psql ]] || {
-        log "installing postgresql-15 postgresql-client-15 (for their binaries)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-client-15 >/dev/null
+        apt_install postgresql-15 postgresql-client-15
     }
     root=$(new_root)
     stage_base "$root" postgres:999

@@ -72,12 +72,28 @@ ensure_packages() {
         [[ -e ${probe[$pkg]} ]] || missing+=("$pkg")
     done
     ((${#missing[@]} == 0)) && return 0
-    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+}
+
+# apt_install PACKAGE...: installs without starting the packages' services (etcd,
+# containerd, redis, postgresql): the harness runs its own instances on its own ports.
+apt_install() {
+    local rc=0 policy=/usr/sbin/policy-rc.d created=false
+    log "installing $*"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# odoo-ha-session test harness: no service starts during its installs\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        created=true
     fi
+    if ! apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+        apt-get update -qq || rc=$?
+        ((rc)) || apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+    fi
+    if [[ $created == true ]]; then
+        rm -f "$policy"
+    fi
+    return "$rc"
 }
 
 kubectl_admin() {

@@ -347,6 +347,9 @@ if k wait --for=condition=Ready pod/redis pod/postgres --timeout=90s >/dev/null;
 else
     fail "redis/postgres pods not ready"
 fi
+k run pg-nopass --image=localhost/postgres:15 --image-pull-policy=Never --restart=Never >/dev/null
+check "postgres without POSTGRES_PASSWORD stops with a clear error" "POSTGRES_PASSWORD is not set" \
+    retry 30 k logs pg-nopass
 
 kubectl_admin delete namespace "$NS" --wait=false >/dev/null
 log "up + checks took $((SECONDS - T0))s (up node: ${UP_SECONDS}s)"
