@@ -19,7 +19,7 @@ export CARGO_TERM_COLOR=never
 mkdir -p "$CARGO_TARGET_DIR"
 
 stages=("$@")
-((${#stages[@]})) || stages=(rust addon operator)
+((${#stages[@]})) || stages=(rust addon operator chart)
 
 passed=0
 failed=0
@@ -53,12 +53,16 @@ stage_operator() {
     tests/operator-integration.sh
 }
 
+stage_chart() {
+    tests/chart/run.sh
+}
+
 tests/install-deps.sh
 for s in "${stages[@]}"; do
     case $s in
-        rust | addon | operator) run_stage "$s" "stage_$s" ;;
+        rust | addon | operator | chart) run_stage "$s" "stage_$s" ;;
         *)
-            echo "unknown stage $s (rust, addon, operator)" >&2
+            echo "unknown stage $s (rust, addon, operator, chart)" >&2
             exit 2
             ;;
     esac
