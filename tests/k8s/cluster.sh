@@ -638,7 +638,7 @@ up_node() {
     start_api_forwarder
     start_kubelet
     start_kube_proxy
-    start refresher "$0" _refresher
+    start refresher "$K8S_DIR/cluster.sh" _refresher
     apply_storage_class
     wait_up 30 refresher busybox nslookup "kubernetes.default.svc.$CLUSTER_DOMAIN" "$NODE_IP"
     wait "$IMPORT_PID" || die "importing the cached images failed"
