@@ -145,6 +145,23 @@ async fn start_operator(client: &Client) -> Operator {
         out.status.success().then_some(())
     })
     .await;
+    // The API server picks up a new webhook configuration a moment later: probe it with a
+    // dry-run Pod that the webhook must deny.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let probe = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the API server to call the webhook", 60, || async {
+        match pods
+            .create(&probe, &labelled_pod("webhook-probe", "no-such-store"))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("does not exist") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
     op
 }
 
@@ -238,8 +255,12 @@ fn owned_by(meta: &kube::api::ObjectMeta, store: &OdooSessionStore) -> bool {
 async fn crd_installs_and_kubectl_explain_reads_the_descriptions() {
     let client = client().await;
     install_crd(&client).await;
-    let (ok, out) = kubectl(&["explain", "odoosessionstores.spec.backend"]);
-    assert!(ok, "{out}");
+    // The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    let out = eventually("kubectl explain to know the CRD", 60, || async {
+        let (ok, out) = kubectl(&["explain", "odoosessionstores.spec.backend"]);
+        ok.then_some(out)
+    })
+    .await;
     assert!(out.contains("Where the sessions are kept"), "{out}");
     assert!(out.contains("managed"), "{out}");
     let (ok, out) = kubectl(&["explain", "oss.spec.sidecar.nativeSidecar"]);
