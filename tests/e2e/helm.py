@@ -1,0 +1,63 @@
+"""`helm install` / `helm uninstall` for machines without a helm binary, through Helm's
+own Go library (PyPI helm-python-sdk). Used by tests/e2e/run-local.sh; the kind suite
+runs the real `helm` with the same arguments.
+
+    helm.py install RELEASE CHART --namespace NS [-f values.yaml]...
+    helm.py uninstall RELEASE --namespace NS
+
+KUBECONFIG names the cluster.
+"""
+
+import argparse
+import os
+import sys
+
+import helm_python as helm
+import yaml
+
+
+def deep_merge(base, extra):
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=["install", "uninstall"])
+    parser.add_argument("release")
+    parser.add_argument("chart", nargs="?")
+    parser.add_argument("--namespace", "-n", required=True)
+    parser.add_argument("--values", "-f", action="append", default=[])
+    parser.add_argument("--timeout", type=int, default=300)
+    args = parser.parse_args()
+    cfg = helm.Config(kubeconfig_path=os.environ.get("KUBECONFIG"), namespace=args.namespace)
+    try:
+        if args.action == "install":
+            values = {}
+            for path in args.values:
+                with open(path) as fh:
+                    deep_merge(values, yaml.safe_load(fh) or {})
+            release = cfg.install(
+                helm.Chart.load(args.chart),
+                args.release,
+                values,
+                namespace=args.namespace,
+                create_namespace=True,
+                timeout=args.timeout,
+                wait="watcher",
+            )
+            info = release.get("info", {}) if isinstance(release, dict) else {}
+            print(f"installed {args.release}: {info.get('status', release)}")
+        else:
+            cfg.uninstall(args.release, timeout=args.timeout, wait="watcher")
+            print(f"uninstalled {args.release}")
+    except helm.HelmError as err:
+        sys.exit(f"helm {args.action} failed: {err}")
+
+
+if __name__ == "__main__":
+    main()
