@@ -629,6 +629,20 @@ refresher() {
     done
 }
 
+NODE_OWNER=/run/odoo-ha-k8s-node.owner
+
+# One node per machine (fixed bridge, addresses, kubelet port).
+claim_node() {
+    local owner
+    if [[ -f $NODE_OWNER ]]; then
+        owner=$(<"$NODE_OWNER")
+        if [[ $owner != "$STATE" && -d $owner ]]; then
+            die "the node part is held by the cluster in $owner (ODOO_HA_K8S_STATE=$owner tests/k8s/cluster.sh down)"
+        fi
+    fi
+    echo "$STATE" >"$NODE_OWNER"
+}
+
 up_node() {
     [[ -d /sys/fs/cgroup ]] || die "no cgroup filesystem"
     setup_network
@@ -655,6 +669,9 @@ cmd_up() {
     mkdir -p "$STATE"
     exec 8>"$STATE/.lock"
     flock 8
+    if [[ $mode == node ]]; then
+        claim_node
+    fi
     up_api
     if [[ $mode == node ]]; then
         up_node
@@ -726,15 +743,17 @@ remove_cgroups() {
     done < <(find /sys/fs/cgroup -depth -type d -path '*kubepods*' 2>/dev/null)
 }
 
-cmd_down() {
-    require_root
-    [[ -d $STATE ]] || {
-        log "nothing to do ($STATE does not exist)"
-        return 0
-    }
-    mkdir -p "$STATE/net" "$RUN"
-    exec 8>"$STATE/.lock"
-    flock 8
+node_is_ours() {
+    if [[ -f $NODE_OWNER ]]; then
+        [[ $(<"$NODE_OWNER") == "$STATE" ]]
+        return
+    fi
+    [[ -d $STATE/containerd || -d $STATE/kubelet || -d $STATE/cni ]]
+}
+
+down_node() {
+    local ns m
+    mkdir -p "$STATE/net"
     stop refresher kube-proxy kubelet
     if [[ -x $K8S_BIN/kube-proxy ]]; then
         kube-proxy --cleanup >/dev/null 2>&1 || true
@@ -743,7 +762,6 @@ cmd_down() {
     stop containerd
     kill_shims
     sleep 0.5
-    local ns m
     while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done < <(findmnt -rn -o TARGET | grep -F "$STATE/" | sort -r)
@@ -763,6 +781,22 @@ cmd_down() {
     if [[ -f $STATE/net/ip_forward.orig ]]; then
         cat "$STATE/net/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward
     fi
+}
+
+cmd_down() {
+    require_root
+    [[ -d $STATE ]] || {
+        log "nothing to do ($STATE does not exist)"
+        return 0
+    }
+    mkdir -p "$RUN"
+    exec 8>"$STATE/.lock"
+    flock 8
+    # The machine-wide cleanup (pods, iptables, bridge, cgroups) belongs to the state dir
+    # that runs the node; an `up api` cluster's down must not touch another suite's node.
+    if node_is_ours; then
+        down_node
+    fi
     stop kube-scheduler kube-controller-manager
     stop kube-apiserver
     stop etcd
@@ -772,6 +806,9 @@ cmd_down() {
         mv "$LOGS" "$STATE.last-logs"
     fi
     rm -rf "$STATE"
+    if [[ -f $NODE_OWNER && $(<"$NODE_OWNER") == "$STATE" ]]; then
+        rm -f "$NODE_OWNER"
+    fi
     log "down; logs kept in $STATE.last-logs"
 }
 
