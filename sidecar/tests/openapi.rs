@@ -660,7 +660,6 @@ async fn media_type_and_size_errors_are_listed() {
 /// The contract says every error is JSON. A path parameter that percent-decodes to invalid
 /// UTF-8 is refused by axum's `Path` extractor before the handler runs, as `text/plain`.
 #[tokio::test]
-#[ignore = "sidecar answers 400 text/plain for invalid UTF-8 in a path parameter (reported)"]
 async fn invalid_utf8_in_path_is_a_json_error() {
     let d = doc();
     let h = Harness::start(Backend::Memory).await;

@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::JsonBody;
+use super::body::{JsonBody, LeaseParam};
 use super::{ApiError, AppState};
-use crate::model::{InputError, LeaseGrant, LeaseName, Owner};
+use crate::model::{InputError, LeaseGrant, Owner};
 
 /// Longest lease or wait: one day / one minute.
 const MAX_LEASE_MS: u64 = 86_400_000;
@@ -53,10 +53,9 @@ fn granted(g: LeaseGrant) -> Response {
 
 pub async fn acquire(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LeaseParam(name): LeaseParam,
     JsonBody(body): JsonBody<AcquireBody>,
 ) -> Result<Response, ApiError> {
-    let name = LeaseName::parse(&name)?;
     let owner = Owner::parse(&body.owner)?;
     let ttl = lease_ttl(body.ttl_ms)?;
     if body.wait_ms > MAX_WAIT_MS {
@@ -75,10 +74,9 @@ pub async fn acquire(
 
 pub async fn refresh(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LeaseParam(name): LeaseParam,
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<Response, ApiError> {
-    let name = LeaseName::parse(&name)?;
     let owner = Owner::parse(&body.owner)?;
     let ttl = lease_ttl(body.ttl_ms)?;
     let grant = state
@@ -89,10 +87,9 @@ pub async fn refresh(
 
 pub async fn release(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    LeaseParam(name): LeaseParam,
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> Result<StatusCode, ApiError> {
-    let name = LeaseName::parse(&name)?;
     let owner = Owner::parse(&body.owner)?;
     state.call(state.store.release_lease(&name, &owner)).await?;
     Ok(StatusCode::NO_CONTENT)

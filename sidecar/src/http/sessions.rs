@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::body::{JsonBody, LargeJsonBody};
+use super::body::{JsonBody, LargeJsonBody, SidParam};
 use super::{ApiError, AppState};
 use crate::config::MAX_TTL_SECS;
 use crate::model::{
@@ -119,9 +119,8 @@ fn versioned(status: StatusCode, version: u64) -> Response {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(sid): Path<String>,
+    SidParam(sid): SidParam,
 ) -> Result<Response, ApiError> {
-    let sid = Sid::parse(&sid)?;
     let Some(session) = state.call(state.store.get(&sid)).await? else {
         return Err(crate::store::StoreError::NotFound.into());
     };
@@ -149,11 +148,10 @@ pub async fn get(
 
 pub async fn put(
     State(state): State<AppState>,
-    Path(sid): Path<String>,
+    SidParam(sid): SidParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
-    let sid = Sid::parse(&sid)?;
     let cond = condition(&headers)?;
     let ttl = ttl_or_default(body.ttl, &state)?;
     let fields = fields_from_object(body.data)?;
@@ -169,11 +167,10 @@ pub async fn put(
 
 pub async fn patch(
     State(state): State<AppState>,
-    Path(sid): Path<String>,
+    SidParam(sid): SidParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<Response, ApiError> {
-    let sid = Sid::parse(&sid)?;
     let if_match = match condition(&headers)? {
         Condition::Unconditional => None,
         Condition::IfMatch(v) => Some(v),
@@ -195,9 +192,8 @@ pub async fn patch(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(sid): Path<String>,
+    SidParam(sid): SidParam,
 ) -> Result<StatusCode, ApiError> {
-    let sid = Sid::parse(&sid)?;
     state.call(state.store.delete(&sid)).await?;
     state.wrote("delete");
     Ok(StatusCode::NO_CONTENT)
@@ -205,10 +201,10 @@ pub async fn delete(
 
 pub async fn rotate(
     State(state): State<AppState>,
-    Path(sid): Path<String>,
+    SidParam(sid): SidParam,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> Result<Response, ApiError> {
-    let old = Sid::parse(&sid)?;
+    let old = sid;
     let new_sid = Sid::parse(&body.new_sid)?;
     let ttl = ttl_or_default(body.ttl, &state)?;
     let source = match body.data {
