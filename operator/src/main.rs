@@ -184,19 +184,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn tls_config(
-    args: &Args,
-    client: &Client,
-) -> Result<(std::sync::Arc<rustls::ServerConfig>, Option<String>)> {
+/// Current serving certificate, key and (when the operator owns the caBundle) CA.
+async fn load_certs(args: &Args, client: &Client) -> Result<(String, String, Option<String>)> {
     match args.cert_mode {
         CertMode::Generate => {
             let names = certs::service_names(&args.webhook_service, &args.namespace);
             let bundle =
                 certs::ensure(client, &args.namespace, &args.webhook_tls_secret, &names).await?;
-            Ok((
-                certs::server_config(&bundle.cert_pem, &bundle.key_pem)?,
-                Some(bundle.ca_pem),
-            ))
+            Ok((bundle.cert_pem, bundle.key_pem, Some(bundle.ca_pem)))
         }
         CertMode::Files => {
             let read = |f: &str| {
@@ -207,16 +202,85 @@ async fn tls_config(
                     ))
                 })
             };
-            let ca = read("ca.crt").ok();
-            Ok((
-                certs::server_config(&read("tls.crt")?, &read("tls.key")?)?,
-                ca.filter(|_| args.cert_manager_certificate.is_none()),
-            ))
+            let ca = read("ca.crt")
+                .ok()
+                .filter(|_| args.cert_manager_certificate.is_none());
+            Ok((read("tls.crt")?, read("tls.key")?, ca))
+        }
+    }
+}
+
+async fn apply_webhook_config(
+    args: &Args,
+    client: &Client,
+    ca_bundle: Option<String>,
+) -> Result<()> {
+    let params = config::Params {
+        name: args.webhook_config_name.clone(),
+        target: match &args.webhook_url {
+            Some(u) => config::Target::Url(u.clone()),
+            None => config::Target::Service {
+                namespace: args.namespace.clone(),
+                name: args.webhook_service.clone(),
+                port: args.webhook_service_port,
+            },
+        },
+        ca_bundle,
+        failure_policy: args.webhook_failure_policy.clone(),
+        operator_namespace: args.namespace.clone(),
+        cert_manager_certificate: args.cert_manager_certificate.clone(),
+        timeout_seconds: args.webhook_timeout_seconds,
+    };
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.patch(
+        &args.webhook_config_name,
+        &ssa(),
+        &Patch::Apply(&config::build(&params)),
+    )
+    .await?;
+    info!(name = %args.webhook_config_name, "applied MutatingWebhookConfiguration");
+    Ok(())
+}
+
+/// Picks up renewed certificates (our own renewal, another replica's, or cert-manager's)
+/// without a restart, and keeps the caBundle in step.
+async fn refresh_certs(
+    args: Arc<Args>,
+    client: Client,
+    cert: Arc<certs::ReloadableCert>,
+    mut applied_ca: Option<String>,
+) {
+    let period = match args.cert_mode {
+        CertMode::Generate => Duration::from_secs(600),
+        CertMode::Files => Duration::from_secs(60),
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let (crt, key, ca) = match load_certs(&args, &client).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "could not refresh the webhook certificate");
+                continue;
+            }
+        };
+        if !args.unmanaged_webhook_config && ca.is_some() && ca != applied_ca {
+            match apply_webhook_config(&args, &client, ca.clone()).await {
+                Ok(()) => applied_ca = ca,
+                Err(e) => warn!(error = %e, "could not update the caBundle"),
+            }
+        }
+        match cert.set(&crt, &key) {
+            Ok(true) => info!("serving a renewed webhook certificate"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "renewed webhook certificate unusable; keeping the current one")
+            }
         }
     }
 }
 
 async fn run(args: Args) -> Result<()> {
+    let args = Arc::new(args);
     let client = Client::try_default().await?;
     let server_version = match client.apiserver_version().await {
         Ok(info) => sidecar::parse_version(&info.major, &info.minor),
@@ -272,7 +336,9 @@ async fn run(args: Args) -> Result<()> {
                 }
             }
         });
-        let (tls, ca_bundle) = tls_config(&args, &client).await?;
+        let (crt, key, ca_bundle) = load_certs(&args, &client).await?;
+        let cert = certs::ReloadableCert::new(&crt, &key)?;
+        let tls = certs::server_config(cert.clone())?;
         let state = Arc::new(server::WebhookState {
             client: client.clone(),
             stores: reader.clone(),
@@ -282,31 +348,9 @@ async fn run(args: Args) -> Result<()> {
         let listener = server::bind(args.webhook_listen).await?;
         tokio::spawn(server::serve_tls(listener, tls, server::router(state)));
         if !args.unmanaged_webhook_config {
-            let params = config::Params {
-                name: args.webhook_config_name.clone(),
-                target: match &args.webhook_url {
-                    Some(u) => config::Target::Url(u.clone()),
-                    None => config::Target::Service {
-                        namespace: args.namespace.clone(),
-                        name: args.webhook_service.clone(),
-                        port: args.webhook_service_port,
-                    },
-                },
-                ca_bundle,
-                failure_policy: args.webhook_failure_policy.clone(),
-                operator_namespace: args.namespace.clone(),
-                cert_manager_certificate: args.cert_manager_certificate.clone(),
-                timeout_seconds: args.webhook_timeout_seconds,
-            };
-            let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-            api.patch(
-                &args.webhook_config_name,
-                &ssa(),
-                &Patch::Apply(&config::build(&params)),
-            )
-            .await?;
-            info!(name = %args.webhook_config_name, "applied MutatingWebhookConfiguration");
+            apply_webhook_config(&args, &client, ca_bundle.clone()).await?;
         }
+        tokio::spawn(refresh_certs(args.clone(), client.clone(), cert, ca_bundle));
         // Pods created before the cache filled would be looked up one by one: wait for it.
         if tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready())
             .await

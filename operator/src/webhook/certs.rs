@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,6 +14,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
@@ -100,6 +102,14 @@ pub fn generate(dns_names: &[String], now: OffsetDateTime) -> Result<Bundle> {
     })
 }
 
+/// The first certificate of a PEM bundle.
+fn first_cert_pem(pem: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = pem.find(END)? + END.len();
+    let start = pem[..end].find("-----BEGIN CERTIFICATE-----")?;
+    Some(format!("{}\n", &pem[start..end]))
+}
+
 fn get(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone())
@@ -177,7 +187,16 @@ pub async fn ensure(
         if let Some(bundle) = existing.as_ref().and_then(|s| usable(s, names, now)) {
             return Ok(bundle);
         }
-        let bundle = generate(names, now)?;
+        let mut bundle = generate(names, now)?;
+        // Keep trusting the previous CA for a while: replicas still serving the old
+        // certificate stay valid until they reload the new one.
+        if let Some(previous_ca) = existing
+            .as_ref()
+            .and_then(|s| get(s, CA_KEY))
+            .and_then(|pem| first_cert_pem(&pem))
+        {
+            bundle.ca_pem = format!("{}{previous_ca}", bundle.ca_pem);
+        }
         let mut secret = to_secret(&bundle, secret_name, namespace, names, now);
         let result = match existing {
             None => api.create(&PostParams::default(), &secret).await,
@@ -204,8 +223,7 @@ pub async fn ensure(
     )))
 }
 
-/// rustls server configuration for a PEM certificate chain and key.
-pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>> {
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Tls(format!("bad certificate PEM: {e}")))?;
@@ -214,13 +232,58 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::Server
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| Error::Tls(format!("bad key PEM: {e}")))?;
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| Error::Tls(format!("certificate and key do not fit: {e}")))
+}
+
+/// The serving certificate, swappable while the server runs (renewal, cert-manager rotation).
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: RwLock<(String, Arc<CertifiedKey>)>,
+}
+
+impl ReloadableCert {
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>> {
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        Ok(Arc::new(ReloadableCert {
+            current: RwLock::new((cert_pem.to_string(), key)),
+        }))
+    }
+
+    /// Installs a new certificate; returns false when it is the one already served.
+    pub fn set(&self, cert_pem: &str, key_pem: &str) -> Result<bool> {
+        if self
+            .current
+            .read()
+            .map(|c| c.0 == cert_pem)
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        let mut guard = self
+            .current
+            .write()
+            .map_err(|_| Error::Tls("certificate lock poisoned".into()))?;
+        *guard = (cert_pem.to_string(), key);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.1.clone())
+    }
+}
+
+/// rustls server configuration serving whatever `cert` currently holds.
+pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(e.to_string()))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -236,7 +299,14 @@ mod tests {
         let b = generate(&names, now).expect("generate");
         assert!(b.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(b.key_pem.contains("PRIVATE KEY"));
-        server_config(&b.cert_pem, &b.key_pem).expect("rustls accepts it");
+        let cert = ReloadableCert::new(&b.cert_pem, &b.key_pem).expect("rustls accepts it");
+        server_config(cert.clone()).expect("server config");
+        assert!(
+            !cert.set(&b.cert_pem, &b.key_pem).expect("same cert"),
+            "same certificate is not a change"
+        );
+        let other = generate(&names, now).expect("generate");
+        assert!(cert.set(&other.cert_pem, &other.key_pem).expect("new cert"));
         let secret = to_secret(&b, "tls", "ns", &names, now);
         assert_eq!(usable(&secret, &names, now), Some(b.clone()));
         // Renewal is due 30 days before expiry; other names mean a new certificate.
@@ -253,6 +323,19 @@ mod tests {
 
     #[test]
     fn garbage_pem_is_an_error() {
-        assert!(server_config("nope", "nope").is_err());
+        assert!(ReloadableCert::new("nope", "nope").is_err());
+    }
+
+    #[test]
+    fn first_certificate_of_a_bundle() {
+        let now = OffsetDateTime::now_utc();
+        let a = generate(&["a".to_string()], now).expect("a");
+        let b = generate(&["b".to_string()], now).expect("b");
+        let both = format!("{}{}", a.ca_pem, b.ca_pem);
+        assert_eq!(
+            first_cert_pem(&both).map(|p| p.trim().to_string()),
+            Some(a.ca_pem.trim().to_string())
+        );
+        assert_eq!(first_cert_pem("junk"), None);
     }
 }
