@@ -26,7 +26,6 @@ use crate::model::{
 const COMMON: &str = include_str!("lua/common.lua");
 
 struct Scripts {
-    get: Script,
     put: Script,
     patch: Script,
     delete: Script,
@@ -40,7 +39,6 @@ impl Scripts {
     fn load() -> Self {
         let with_common = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
         Scripts {
-            get: Script::new(include_str!("lua/get.lua")),
             put: with_common(include_str!("lua/put.lua")),
             patch: with_common(include_str!("lua/patch.lua")),
             delete: Script::new(include_str!("lua/delete.lua")),
@@ -329,14 +327,22 @@ impl RedisStore {
 
     pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
         let k = self.keys(sid);
-        let mut inv = self.scripts.get.prepare_invoke();
-        inv.key(&k.session);
-        let v = self.run(inv).await?;
-        let mut it = v.into_iter();
-        let Some(ttl) = it.next() else {
-            return Ok(None);
-        };
+        // Two plain commands in one round trip cost Redis less than a script. If the key
+        // expires between them, HGETALL finds nothing and the session reads as missing.
+        let mut c = self.pool.checkout().await?;
+        let (ttl, v): (Value, Vec<Value>) = redis::pipe()
+            .cmd("PTTL")
+            .arg(&k.session)
+            .cmd("HGETALL")
+            .arg(&k.session)
+            .query_async(&mut c.conn)
+            .await
+            .map_err(|e| self.pool.fail(c.slot, e))?;
         let ttl = int(&ttl)?;
+        if ttl < 0 {
+            return Ok(None);
+        }
+        let mut it = v.into_iter();
         let mut fields = Fields::new();
         let mut version = None;
         while let (Some(f), Some(val)) = (it.next(), it.next()) {
