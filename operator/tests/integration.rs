@@ -614,3 +614,69 @@ async fn metrics_and_the_lease_are_served() {
         "{text}"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn two_replicas_one_leader_and_failover() {
+    let client = client().await;
+    let ns = "it-leader";
+    let a = start_named_operator(&client, "replica-a", 18444, 18081).await;
+    fresh_namespace(&client, ns).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), OPERATOR_NS);
+    let holder = || async {
+        leases
+            .get_opt("odoo-session-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+    };
+    eventually("replica-a to lead", 30, || async {
+        (holder().await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+
+    let b = start_named_operator(&client, "replica-b", 18445, 18082).await;
+    // Both serve the webhook; only one reconciles.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("replica-a"),
+        "the lease must not move while its holder renews"
+    );
+    assert!(metrics_text(18081).contains("odoo_session_operator_leader 1"));
+    assert!(metrics_text(18082).contains("odoo_session_operator_leader 0"));
+    assert!(
+        metrics_text(18082).contains("odoo_session_operator_reconciles_total 0"),
+        "a follower must not reconcile"
+    );
+
+    // The leader dies without releasing: the follower takes over once the lease expires.
+    let mut a = a;
+    a.0.kill().expect("kill replica-a");
+    let _ = a.0.wait();
+    drop(a);
+    eventually("replica-b to lead", 30, || async {
+        (holder().await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    create_store(
+        &client,
+        ns,
+        "after-failover",
+        json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "x"}}}}),
+    )
+    .await;
+    wait_condition(
+        &client,
+        ns,
+        "after-failover",
+        "BackendReady",
+        "False",
+        "SecretNotFound",
+    )
+    .await;
+    assert!(metrics_text(18082).contains("odoo_session_operator_leader 1"));
+    drop(b);
+}

@@ -97,10 +97,31 @@ pub async fn install_crd(client: &Client) {
 }
 
 pub async fn start_operator(client: &Client) -> Operator {
+    start_named_operator(client, "it-operator", WEBHOOK_PORT, METRICS_PORT).await
+}
+
+/// Fetches the operator's /metrics text.
+pub fn metrics_text(metrics_port: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-fsS", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An operator replica with its own identity and ports.
+pub async fn start_named_operator(
+    client: &Client,
+    name: &str,
+    webhook_port: u16,
+    metrics_port: u16,
+) -> Operator {
     install_crd(client).await;
     ensure_namespace(client, OPERATOR_NS).await;
-    let log = std::fs::File::create(std::env::temp_dir().join("odoo-session-operator-it.log"))
-        .expect("log file");
+    let log = std::fs::File::create(
+        std::env::temp_dir().join(format!("odoo-session-operator-{name}.log")),
+    )
+    .expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_odoo-session-operator"))
         .env("KUBECONFIG", kubeconfig())
         .env("RUST_LOG", "info,odoo_session_operator=debug")
@@ -108,15 +129,15 @@ pub async fn start_operator(client: &Client) -> Operator {
             "--namespace",
             OPERATOR_NS,
             "--pod-name",
-            "it-operator",
+            name,
             "--log-format",
             "text",
         ])
-        .args(["--webhook-listen", &format!("127.0.0.1:{WEBHOOK_PORT}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{METRICS_PORT}")])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args([
             "--webhook-url",
-            &format!("https://127.0.0.1:{WEBHOOK_PORT}/mutate-pods"),
+            &format!("https://127.0.0.1:{webhook_port}/mutate-pods"),
         ])
         .args([
             "--default-sidecar-image",
@@ -130,7 +151,7 @@ pub async fn start_operator(client: &Client) -> Operator {
     let op = Operator(child);
     eventually("operator /readyz", 60, || async {
         let out = Command::new("curl")
-            .args(["-fsS", &format!("http://127.0.0.1:{METRICS_PORT}/readyz")])
+            .args(["-fsS", &format!("http://127.0.0.1:{metrics_port}/readyz")])
             .output()
             .ok()?;
         out.status.success().then_some(())
