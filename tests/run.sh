@@ -19,7 +19,7 @@ export CARGO_TERM_COLOR=never
 mkdir -p "$CARGO_TARGET_DIR"
 
 stages=("$@")
-((${#stages[@]})) || stages=(rust addon operator chart)
+((${#stages[@]})) || stages=(rust addon operator chart e2e)
 
 passed=0
 failed=0
@@ -57,12 +57,16 @@ stage_chart() {
     tests/chart/run.sh
 }
 
+stage_e2e() {
+    tests/e2e/run-local.sh
+}
+
 tests/install-deps.sh
 for s in "${stages[@]}"; do
     case $s in
-        rust | addon | operator | chart) run_stage "$s" "stage_$s" ;;
+        rust | addon | operator | chart | e2e) run_stage "$s" "stage_$s" ;;
         *)
-            echo "unknown stage $s (rust, addon, operator, chart)" >&2
+            echo "unknown stage $s (rust, addon, operator, chart, e2e)" >&2
             exit 2
             ;;
     esac

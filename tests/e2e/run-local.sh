@@ -144,7 +144,7 @@ build_standin() {
     "$IMAGE" "odoo-standin:$key" --binary /usr/bin/python3.11 \
         --add "$stage/python3.11:/usr/local/lib/python3.11" \
         --add "$stage/app:/app" "${libs[@]}" \
-        --arg -B --arg /app/app.py
+        --arg /app/app.py
     rm -rf "$stage"
 }
 build_standin
