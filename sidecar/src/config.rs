@@ -73,6 +73,10 @@ pub struct Args {
     /// Redis password, used when the URI carries none (for Kubernetes Secrets).
     #[arg(long, env = "DKN_AUTH_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// PEM file of the CA that signed the Redis server certificate (rediss://); default: the
+    /// system's roots.
+    #[arg(long, env = "DKN_AUTH_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<String>,
     /// Redis connections at most. Default 64.
     #[arg(long, env = "DKN_AUTH_REDIS_MAX_CONN")]
     pub redis_max_conn: Option<String>,
@@ -116,6 +120,7 @@ pub struct Settings {
     pub backend_timeout: Duration,
     pub redis_uri: String,
     pub redis_password: Option<String>,
+    pub redis_ca_file: Option<String>,
     pub redis_max_conn: usize,
     pub db_uri: Option<String>,
     pub db_password: Option<String>,
@@ -374,6 +379,7 @@ impl Settings {
             backend_timeout: Duration::from_millis(timeout_ms),
             redis_uri,
             redis_password: r.pick(&args.redis_password, "DKN_AUTH_REDIS_PASSWORD"),
+            redis_ca_file: r.pick(&args.redis_ca_file, "DKN_AUTH_REDIS_CA_FILE"),
             redis_max_conn,
             db_uri,
             db_password: r.pick(&args.db_password, "DKN_AUTH_DB_PASSWORD"),

@@ -193,9 +193,19 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
     match settings.driver {
         Driver::Memory => Ok(Store::Memory(memory::MemoryStore::new(common))),
         Driver::Redis => {
-            let target =
-                redis::Target::from_uri(&settings.redis_uri, settings.redis_password.as_deref())
-                    .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
+            let ca = match &settings.redis_ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .map_err(|e| format!("DKN_AUTH_REDIS_CA_FILE={path}: cannot read: {e}"))?,
+                ),
+                None => None,
+            };
+            let target = redis::Target::from_uri(
+                &settings.redis_uri,
+                settings.redis_password.as_deref(),
+                ca,
+            )
+            .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
             let pool =
                 redis::RedisPool::new(target, settings.redis_max_conn, settings.backend_timeout);
             Ok(Store::Redis(Box::new(redis::RedisStore::new(pool, common))))

@@ -4,6 +4,7 @@
 //! invisible at once and deleted in batches by whichever sidecar holds an advisory lock.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,6 +184,9 @@ pub struct PgStore {
     sql: Arc<Sql>,
     table: Arc<str>,
     settings: StoreSettings,
+    /// Set once this sidecar has created or checked the schema; until then every
+    /// operation answers 503 (a newer schema it does not know stays unset for good).
+    schema_ready: Arc<AtomicBool>,
 }
 
 /// tokio-postgres prints "db error" alone; say what the server said.
@@ -289,6 +293,7 @@ impl PgStore {
             sql: Arc::new(Sql::new(&pg.table)),
             table: pg.table.as_str().into(),
             settings,
+            schema_ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -385,6 +390,7 @@ impl PgStore {
             loop {
                 match store.migrate(unlogged).await {
                     Ok(()) => {
+                        store.schema_ready.store(true, Ordering::Release);
                         tracing::info!(table = %store.table, "session schema ready");
                         return;
                     }
@@ -400,6 +406,9 @@ impl PgStore {
 
     /// Deletes expired rows in batches while this sidecar holds the clean-up lock.
     pub async fn collect_garbage(&self) -> StoreResult<u64> {
+        if !self.schema_ready.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         let mut total = 0;
         loop {
             let mut client = self.pool.get().await.map_err(pool_err)?;
@@ -451,15 +460,19 @@ impl PgStore {
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        if !self.schema_ready.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(format!(
+                "the session table {} is not prepared yet (see the sidecar's log)",
+                self.table
+            )));
+        }
         self.pool.get().await.map_err(pool_err)
     }
 
-    /// Ready means reachable and the schema in place.
+    /// Ready means the schema is prepared and PostgreSQL answers.
     pub async fn ping(&self) -> StoreResult<()> {
         let c = self.client().await?;
-        c.simple_query(&format!("SELECT 1 FROM {}_meta LIMIT 1", self.table))
-            .await
-            .map_err(pg_err)?;
+        c.simple_query("SELECT 1").await.map_err(pg_err)?;
         Ok(())
     }
 

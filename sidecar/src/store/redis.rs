@@ -61,7 +61,11 @@ pub enum Target {
 impl Target {
     /// `redis://`, `rediss://`, or `redis+sentinel://[user:pass@]h1:p1,h2:p2/master[/db]`
     /// (`rediss+sentinel://` for TLS to the nodes).
-    pub fn from_uri(uri: &str, password: Option<&str>) -> Result<Self, String> {
+    pub fn from_uri(
+        uri: &str,
+        password: Option<&str>,
+        ca: Option<Vec<u8>>,
+    ) -> Result<Self, String> {
         if let Some(rest) = uri
             .strip_prefix("redis+sentinel://")
             .map(|r| (r, false))
@@ -81,7 +85,17 @@ impl Target {
                     .map_err(|_| "cannot set a password on this URL".to_string())?;
             }
         }
-        Client::open(url.as_str())
+        let client = match ca {
+            Some(pem) => Client::build_with_tls(
+                url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            ),
+            None => Client::open(url.as_str()),
+        };
+        client
             .map(|c| Target::Direct(Box::new(c)))
             .map_err(|e| e.to_string())
     }

@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod servers;
+pub mod tls;
 
 pub use client::{Client, Reply};
 pub use servers::{free_port, PostgresServer, RedisServer};
+pub use tls::TestCa;

@@ -76,6 +76,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     durable: bool,
+    /// Arguments replacing the plain-TCP port (TLS) or the mode (Sentinel).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -97,6 +99,59 @@ impl RedisServer {
             dir,
             child: None,
             durable,
+            extra: Vec::new(),
+        };
+        s.launch();
+        s
+    }
+
+    /// A Redis answering only TLS on its port, with a certificate for 127.0.0.1 and
+    /// localhost signed by `tls`'s CA.
+    pub fn start_tls(tls: &crate::tls::TestCa) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
+        let mut s = RedisServer {
+            port,
+            dir,
+            child: None,
+            durable: false,
+            extra: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                p(&tls.server_cert),
+                "--tls-key-file".into(),
+                p(&tls.server_key),
+                "--tls-ca-cert-file".into(),
+                p(&tls.ca_cert),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
+        s.launch();
+        s
+    }
+
+    /// A Sentinel watching the master at `master_port` under the name `mymaster`.
+    pub fn start_sentinel(master_port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        let mut s = RedisServer {
+            port,
+            dir,
+            child: None,
+            durable: false,
+            extra: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
         };
         s.launch();
         s
@@ -105,11 +160,22 @@ impl RedisServer {
     fn launch(&mut self) {
         let bin = find_binary("redis-server", &[]);
         let mut cmd = Command::new(bin);
+        let sentinel = self.extra.iter().any(|a| a == "--sentinel");
+        if sentinel {
+            // The config file must come first; it carries port and bind.
+            cmd.args(&self.extra);
+        }
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let plain_port = if tls {
+            "0".to_string()
+        } else {
+            self.port.to_string()
+        };
+        cmd.args(["--bind", "127.0.0.1"]);
+        if !sentinel {
+            cmd.args(["--port", &plain_port]);
+        }
         cmd.args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &self.port.to_string(),
             "--dir",
             self.dir.path().to_str().unwrap_or("."),
             "--save",
@@ -127,6 +193,9 @@ impl RedisServer {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+        if !sentinel {
+            cmd.args(&self.extra);
+        }
         self.child = Some(spawn_owned(cmd, None));
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
