@@ -162,3 +162,39 @@ async fn serves_on_a_unix_socket() {
         Err(e) => panic!("curl is needed for this test (tests/install-deps.sh installs it): {e}"),
     }
 }
+
+#[tokio::test]
+async fn json_logs_on_request() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    let mut child = clean_env(&mut cmd)
+        .args([
+            "--driver=memory",
+            &format!("--listen={addr}"),
+            "--log-format=json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidecar");
+    wait_ready(&addr).await;
+    send_sigterm(child.id());
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut s = String::new();
+        use std::io::Read;
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    })
+    .await
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 2, "{out}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+}
