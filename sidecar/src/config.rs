@@ -58,6 +58,10 @@ pub struct Args {
     /// Unix socket path; replaces the TCP listener.
     #[arg(long, env = "DKN_AUTH_SOCKET")]
     pub socket: Option<String>,
+    /// A second TCP listener serving only /healthz, /readyz and /metrics, for Kubernetes
+    /// probes (the kubelet probes the Pod IP, not its loopback). Default: none.
+    #[arg(long, env = "DKN_AUTH_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
     /// Accept a non-loopback listen address (true/false). Default false.
     #[arg(long, env = "DKN_AUTH_ALLOW_REMOTE")]
     pub allow_remote: Option<String>,
@@ -116,6 +120,7 @@ pub struct Settings {
     pub expiry: Duration,
     pub tombstone_ttl: Duration,
     pub listen: Listen,
+    pub health_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub backend_timeout: Duration,
     pub redis_uri: String,
@@ -302,6 +307,14 @@ impl Settings {
                 Listen::Tcp(addr)
             }
         };
+        let health_listen = match r.pick(&args.health_listen, "DKN_AUTH_HEALTH_LISTEN") {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError(format!(
+                    "DKN_AUTH_HEALTH_LISTEN={text:?} is invalid: expected an address like 0.0.0.0:7071"
+                ))
+            })?),
+        };
         let max_body_bytes = r.number(
             &args.max_body_bytes,
             "DKN_AUTH_MAX_BODY_BYTES",
@@ -375,6 +388,7 @@ impl Settings {
             expiry: Duration::from_secs(expiry),
             tombstone_ttl: Duration::from_secs(tombstone),
             listen,
+            health_listen,
             max_body_bytes,
             backend_timeout: Duration::from_millis(timeout_ms),
             redis_uri,

@@ -4,7 +4,7 @@ use clap::Parser;
 use tokio::net::{TcpListener, UnixListener};
 
 use odoo_session_sidecar::config::{Args, Listen, LogFormat, Settings};
-use odoo_session_sidecar::http::{router, AppState};
+use odoo_session_sidecar::http::{health_router, router, AppState};
 use odoo_session_sidecar::store;
 
 fn init_tracing(settings: &Settings) {
@@ -80,6 +80,18 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     let store = store::open(&settings).map_err(Failure::Config)?;
     let state = AppState::new(store, &settings);
     let driver = state.store.driver_name();
+    if let Some(addr) = settings.health_listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Serve(format!("DKN_AUTH_HEALTH_LISTEN={addr}: cannot listen: {e}"))
+        })?;
+        tracing::info!(%addr, "serving health, readiness and metrics");
+        let health = health_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, health).await {
+                tracing::error!(error = %e, "health listener stopped");
+            }
+        });
+    }
     let app = router(state);
     match &settings.listen {
         Listen::Tcp(addr) => {

@@ -198,3 +198,27 @@ async fn json_logs_on_request() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+/// Probes reach a second listener; the session API is not on it.
+#[tokio::test]
+async fn health_listener_serves_probes_only() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let mut child = spawn(&[
+        "--driver=memory".into(),
+        format!("--listen={addr}"),
+        format!("--health-listen={health}"),
+    ]);
+    wait_ready(&addr).await;
+    let mut c = Client::new(health.clone());
+    assert_eq!(c.get("/readyz").await.unwrap().status, 200);
+    assert_eq!(c.get("/metrics").await.unwrap().status, 200);
+    let r = c
+        .get(&format!("/v1/sessions/{}", "a".repeat(40)))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no_route");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -137,6 +137,17 @@ async fn wrong_method() -> Response {
     ApiError::Method.into_response()
 }
 
+/// Health, readiness and metrics only: what may listen beyond loopback for probes.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .method_not_allowed_fallback(wrong_method)
+        .fallback(no_route)
+        .with_state(state)
+}
+
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route(
