@@ -680,3 +680,71 @@ async fn two_replicas_one_leader_and_failover() {
     assert!(metrics_text(18082).contains("odoo_session_operator_leader 1"));
     drop(b);
 }
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn changing_the_backend_removes_what_the_old_one_created() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-switch";
+    fresh_namespace(&client, ns).await;
+    create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"managed": {}}}),
+    )
+    .await;
+    wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "False",
+        "BackendStarting",
+    )
+    .await;
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    assert!(sts.get_opt("sessions-redis").await.expect("get").is_some());
+
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        "sessions",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backend": {"managed": null, "external": {"uriSecretRef": {"name": "ext"}}}}})),
+    )
+    .await
+    .expect("backend switched");
+    wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "False",
+        "SecretNotFound",
+    )
+    .await;
+    eventually("the managed Redis objects to go", 60, || async {
+        let s = sts.get_opt("sessions-redis").await.ok()?;
+        let svc = Api::<Service>::namespaced(client.clone(), ns)
+            .get_opt("sessions-redis")
+            .await
+            .ok()?;
+        let sec = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt("sessions-redis")
+            .await
+            .ok()?;
+        let gone =
+            |d: Option<&kube::api::ObjectMeta>| d.is_none_or(|m| m.deletion_timestamp.is_some());
+        (gone(s.as_ref().map(|o| &o.metadata))
+            && gone(svc.as_ref().map(|o| &o.metadata))
+            && gone(sec.as_ref().map(|o| &o.metadata)))
+        .then_some(())
+    })
+    .await;
+    let s = api.get("sessions").await.expect("store");
+    assert_eq!(
+        s.status.and_then(|s| s.backend).as_deref(),
+        Some("external")
+    );
+}

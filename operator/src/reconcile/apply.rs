@@ -110,3 +110,31 @@ pub async fn roll_workloads(
     }
     Ok(rolled)
 }
+
+/// Deletes `name` if it exists and this store (uid) controls it: what a previous backend
+/// created, after the store moved to another backend or driver.
+pub async fn prune<K>(client: &Client, namespace: &str, name: &str, owner_uid: &str) -> Result<bool>
+where
+    K: Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let ours = obj.meta().owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.uid == owner_uid && r.controller == Some(true))
+    });
+    if !ours {
+        return Ok(false);
+    }
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

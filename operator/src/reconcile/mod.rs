@@ -234,6 +234,16 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
     let injection = injection_condition(&observed, ctx.webhook_ready.load(Ordering::Relaxed));
     let ready = status::ready(&backend, &injection);
 
+    let kind = valid.spec.backend.kind_name(valid.spec.driver);
+    if let Some(previous) = store
+        .status
+        .as_ref()
+        .and_then(|s| s.backend.as_deref())
+        .filter(|p| *p != kind)
+    {
+        prune_previous_backend(&valid, previous, ctx).await?;
+    }
+
     let conn = connection(&valid);
     let inj = sidecar::build(&valid, &ctx.defaults, false);
     let previous_hash = store.status.as_ref().and_then(|s| s.config_hash.clone());
@@ -256,7 +266,7 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
     }
     let all_ready = ready.status;
     let extra = OdooSessionStoreStatus {
-        backend: Some(valid.spec.backend.kind_name(valid.spec.driver).to_string()),
+        backend: Some(kind.to_string()),
         endpoint: conn.endpoint,
         credentials_secret: Some(conn.secret_name),
         config_hash: Some(inj.config_hash),
@@ -271,6 +281,57 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
     } else {
         REQUEUE_PENDING
     }))
+}
+
+/// Removes what the previous backend kind created (objects controlled by this store only).
+async fn prune_previous_backend(valid: &ValidStore, previous: &str, ctx: &Context) -> Result<()> {
+    let client = &ctx.client;
+    let ns = &valid.namespace;
+    let uid = &valid.uid;
+    let mut removed = Vec::new();
+    let managed_name = match previous {
+        "managed-redis" => Some(format!("{}-redis", valid.name)),
+        "managed-postgres" => Some(format!("{}-postgres", valid.name)),
+        _ => None,
+    };
+    if let Some(name) = managed_name {
+        if apply::prune::<StatefulSet>(client, ns, &name, uid).await? {
+            removed.push(format!("statefulset/{name}"));
+        }
+        if apply::prune::<Service>(client, ns, &name, uid).await? {
+            removed.push(format!("service/{name}"));
+        }
+        if apply::prune::<NetworkPolicy>(client, ns, &name, uid).await? {
+            removed.push(format!("networkpolicy/{name}"));
+        }
+        if apply::prune::<Secret>(client, ns, &name, uid).await? {
+            removed.push(format!("secret/{name}"));
+        }
+    }
+    if previous == "cloudnativepg" {
+        let name = crate::builders::connection::cnpg_cluster_name(valid);
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &cnpg::api_resource());
+        let owned = match api.get_opt(&name).await {
+            Ok(obj) => obj.is_some_and(|o| {
+                o.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|r| r.iter().any(|r| &r.uid == uid))
+            }),
+            // The CRD may be gone with CloudNativePG: nothing to remove then.
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(e.into()),
+        };
+        if owned {
+            api.delete(&name, &DeleteParams::background()).await?;
+            removed.push(format!("cluster/{name}"));
+        }
+    }
+    if !removed.is_empty() {
+        info!(store = %valid.name, namespace = %ns, ?removed, "backend changed: removed the previous backend's objects");
+    }
+    Ok(())
 }
 
 async fn write_status(
