@@ -18,8 +18,8 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import helm_python, p
 fi
 [[ -x $VENV/bin/ruff ]] || "$VENV/bin/pip" install -q ruff
 
-"$VENV/bin/ruff" format --check --line-length 120 tests/chart
-"$VENV/bin/ruff" check --line-length 120 tests/chart
+"$VENV/bin/ruff" format --check --line-length 120 tests/chart tests/e2e
+"$VENV/bin/ruff" check --line-length 120 tests/chart tests/e2e
 # The chart's CRDs are the generated ones (the test also compares them with crds/).
 if command -v cargo >/dev/null; then
     cargo run -q -p odoo-session-operator --bin crdgen -- --check charts/odoo-ha-session/crds

@@ -171,21 +171,21 @@ def test_webhook_excludes_the_release_namespace_it_is_installed_in():
 EXPECTED_CLUSTER = {
     ("odoo-ha.io", "odoosessionstores"): {"get", "list", "watch", "patch"},
     ("odoo-ha.io", "odoosessionstores/status"): {"patch"},
-    ("apps", "statefulsets"): {"list", "watch", "patch"},
+    ("apps", "statefulsets"): {"list", "watch", "patch", "create"},
     ("apps", "deployments"): {"list", "patch"},
-    ("", "services"): {"list", "watch", "patch"},
-    ("", "secrets"): {"get", "list", "watch", "patch"},
-    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "patch"},
+    ("", "services"): {"list", "watch", "patch", "create"},
+    ("", "secrets"): {"get", "list", "watch", "patch", "create"},
+    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "patch", "create"},
     ("", "pods"): {"list", "watch"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
-    ("postgresql.cnpg.io", "clusters"): {"patch"},
+    ("postgresql.cnpg.io", "clusters"): {"patch", "create"},
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"patch"},
 }
 EXPECTED_NAMESPACED = {
     ("coordination.k8s.io", "leases"): {"create", "get", "update"},
-    ("", "secrets"): {"create", "update"},
+    ("", "secrets"): {"update"},
 }
 
 # Kinds the operator builds an Api<...> for, and their resource.

@@ -50,8 +50,8 @@ def main():
                 timeout=args.timeout,
                 wait="watcher",
             )
-            info = release.get("info", {}) if isinstance(release, dict) else {}
-            print(f"installed {args.release}: {info.get('status', release)}")
+            status = release.get("status") if isinstance(release, dict) else None
+            print(f"installed {args.release} in {args.namespace}: {status}")
         else:
             cfg.uninstall(args.release, timeout=args.timeout, wait="watcher")
             print(f"uninstalled {args.release}")

@@ -72,6 +72,7 @@ dump_logs() {
     kubectl get events -n "$OPNS" --sort-by=.lastTimestamp | tail -20
     kubectl get pv
 }
+# shellcheck disable=SC2154 # rc is set inside the trap
 trap 'rc=$?; trap - ERR; dump_logs >&2; exit $rc' ERR
 
 # until_ok SECONDS WHAT COMMAND...: polls COMMAND (quietly) until it succeeds.

@@ -28,7 +28,7 @@ from socketserver import ThreadingMixIn
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from dkn_client import Client, load_settings
+from dkn_client import Client, SidecarError, load_settings
 
 POD = os.environ.get("POD_NAME") or socket.gethostname()
 SETTINGS = load_settings()
@@ -140,7 +140,7 @@ def application(environ, start_response):
         return answer(start_response, "404 Not Found", {"error": "no route"})
     try:
         return handler(environ, start_response)
-    except Exception as exc:  # the test wants the reason in the answer, not a bare 500
+    except (SidecarError, OSError, ValueError) as exc:  # the test wants the reason, not a bare 500
         status = getattr(exc, "status", 0)
         # As dkn_auth's WSGI wrapper: a store outage is a 503.
         code = "503 Service Unavailable" if status == 0 or status >= 500 else "500 Internal Server Error"
