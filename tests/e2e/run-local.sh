@@ -38,7 +38,7 @@ log() { printf '[e2e-local %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 phase_start=0
 phase() {
     local now=$SECONDS
-    ((phase_start > 0)) && timings+=("$(printf '%-10s %4ss' "$PHASE" "$((now - phase_start))")")
+    [[ -n ${PHASE:-} ]] && timings+=("$(printf '%-10s %4ss' "$PHASE" "$((now - phase_start))")")
     PHASE=$1
     phase_start=$now
     log "=== $1"

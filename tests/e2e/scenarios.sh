@@ -249,7 +249,7 @@ until_ok "$TIMEOUT" "a leader among the operator replicas" leader
 log "operator up: $(kubectl get leases -n "$OPNS" -o jsonpath='{.items[0].spec.holderIdentity}') leads"
 
 scenario() {
-    local driver=$1 backend_pod sid uid out a b a2 old_backend_uid old_pods sid2 uid2
+    local driver=$1 backend_pod sid uid out a b a2 pods old_backend_uid old_pods sid2 uid2
     NS=e2e-$driver
     case $driver in
     redis) backend_pod=$STORE-redis-0 ;;
@@ -270,7 +270,9 @@ scenario() {
     check_injected 3600 "$driver"
 
     step "[$driver] a session created through pod A is valid through pod B"
-    read -r a b < <(ready_pods | tr '\n' ' ')
+    mapfile -t pods < <(ready_pods)
+    a=${pods[0]:-} b=${pods[1]:-}
+    [[ -n $a && -n $b ]] || fail "expected two ready stand-in pods, got: ${pods[*]}"
     out=$(http POST "$a" /web/login - "alice-$driver")
     [[ $(jq -r .status <<<"$out") == 200 ]] || fail "login through $a: $out"
     sid=$(jq -r .sid <<<"$out")
@@ -332,7 +334,9 @@ scenario() {
     [[ -n $(kubectl get deploy -n "$NS" "$APP" -o jsonpath='{.spec.template.metadata.annotations.odoo-ha\.io/config-hash}') ]] ||
         fail "the Deployment's template has no odoo-ha.io/config-hash annotation"
     check_injected 7200 "$driver"
-    read -r a b < <(ready_pods | tr '\n' ' ')
+    mapfile -t pods < <(ready_pods)
+    a=${pods[0]:-} b=${pods[1]:-}
+    [[ -n $a && -n $b ]] || fail "expected two ready stand-in pods, got: ${pods[*]}"
     expect_session "$a" "$sid2" "$uid2"
     out=$(http POST "$a" /web/login - "carol-$driver")
     local ttl
