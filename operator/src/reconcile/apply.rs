@@ -119,7 +119,11 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let Some(obj) = api.get_opt(name).await? else {
+    // A list by name needs only the `list` verb the controller's watches already have.
+    let found = api
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await?;
+    let Some(obj) = found.items.into_iter().next() else {
         return Ok(false);
     };
     let ours = obj.meta().owner_references.as_ref().is_some_and(|refs| {

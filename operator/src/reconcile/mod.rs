@@ -312,7 +312,10 @@ async fn prune_previous_backend(valid: &ValidStore, previous: &str, ctx: &Contex
         let name = crate::builders::connection::cnpg_cluster_name(valid);
         let api: Api<kube::api::DynamicObject> =
             Api::namespaced_with(client.clone(), ns, &cnpg::api_resource());
-        let owned = match api.get_opt(&name).await {
+        let found = api
+            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+            .await;
+        let owned = match found.map(|l| l.items.into_iter().next()) {
             Ok(obj) => obj.is_some_and(|o| {
                 o.metadata
                     .owner_references
