@@ -376,6 +376,21 @@ mod tests {
         assert!(err.is_err());
     }
 
+    /// CI fails when `crds/` differs from these types (regenerate with `crdgen`).
+    #[test]
+    fn committed_crd_is_up_to_date() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/odoosessionstores.odoo-ha.io.yaml"
+        );
+        let committed =
+            std::fs::read_to_string(path).expect("crds/odoosessionstores.odoo-ha.io.yaml exists");
+        assert!(
+            committed == crd_yaml().expect("CRD serialises"),
+            "{path} differs from operator/src/crd.rs: run `cargo run -p odoo-session-operator --bin crdgen`"
+        );
+    }
+
     #[test]
     fn crd_shape() {
         let crd = OdooSessionStore::crd();
