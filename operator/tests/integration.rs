@@ -748,3 +748,49 @@ async fn changing_the_backend_removes_what_the_old_one_created() {
         Some("external")
     );
 }
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn retained_claims_survive_the_store() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-retain";
+    fresh_namespace(&client, ns).await;
+    create_store(
+        &client,
+        ns,
+        "kept",
+        json!({"driver": "db", "backend": {"managed": {"pvcRetention": "Retain", "storageSize": "64Mi"}}}),
+    )
+    .await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    eventually("claim data-kept-postgres-0", 60, || async {
+        pvcs.get_opt("data-kept-postgres-0").await.ok()?.map(|_| ())
+    })
+    .await;
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    api.delete("kept", &DeleteParams::default())
+        .await
+        .expect("store deleted");
+    eventually("store gone", 60, || async {
+        api.get_opt("kept").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually("StatefulSet garbage-collected", 90, || async {
+        Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .get_opt("kept-postgres")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let pvc = pvcs
+        .get("data-kept-postgres-0")
+        .await
+        .expect("the claim is retained");
+    assert!(
+        pvc.metadata.deletion_timestamp.is_none(),
+        "a retained claim must not be deleted"
+    );
+}
