@@ -307,3 +307,178 @@ mod tests {
         ));
     }
 }
+
+/// The HTTP handler end to end (no TLS): status codes, the AdmissionReview answer, the
+/// patch as the API server receives it, and the API look-up on a cache miss.
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use axum::body::Body as AxumBody;
+    use base64::Engine;
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher;
+    use serde_json::json;
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    type ApiHandle = mock::Handle<Request<kube::client::Body>, Response<kube::client::Body>>;
+
+    fn state_with(stores: Vec<OdooSessionStore>) -> (Arc<WebhookState>, ApiHandle) {
+        let (service, handle) =
+            mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
+        let (reader, mut writer) = reflector::store::<OdooSessionStore>();
+        for s in stores {
+            writer.apply_watcher_event(&watcher::Event::Apply(s));
+        }
+        let state = WebhookState {
+            client: Client::new(service, "default"),
+            stores: reader,
+            defaults: Defaults {
+                server_version: Some((1, 20)),
+                ..Defaults::default()
+            },
+            metrics: Arc::new(Metrics::default()),
+        };
+        (Arc::new(state), handle)
+    }
+
+    fn store() -> OdooSessionStore {
+        serde_json::from_value(json!({
+            "apiVersion": "odoo-ha.io/v1alpha1", "kind": "OdooSessionStore",
+            "metadata": {"name": "sessions", "namespace": "shop", "uid": "u"},
+            "spec": {"driver": "redis", "backend": {"managed": {}}}
+        }))
+        .expect("store")
+    }
+
+    fn review(operation: &str, label: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "req-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop", "operation": operation,
+                "userInfo": {"username": "u"},
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"generateName": "odoo-", "labels": {STORE_LABEL: label}},
+                           "spec": {"containers": [{"name": "odoo", "image": "odoo"}]}},
+                "dryRun": false
+            }
+        })
+    }
+
+    async fn post(state: Arc<WebhookState>, body: Vec<u8>) -> (StatusCode, Value) {
+        let resp = router(state)
+            .oneshot(
+                Request::post(MUTATE_PATH)
+                    .header("content-type", "application/json")
+                    .body(AxumBody::from(body))
+                    .expect("request"),
+            )
+            .await
+            .expect("handler answers");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn injection_answer_carries_the_json_patch() {
+        let (state, _api) = state_with(vec![store()]);
+        let (status, v) = post(
+            state.clone(),
+            serde_json::to_vec(&review("CREATE", "sessions")).expect("json"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["response"]["uid"], "req-1", "{v}");
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch", "{v}");
+        // kube serialises the bytes as a JSON array of numbers; the API server's decoder
+        // accepts that as well as base64 (the integration tests go through a real one).
+        let raw: Vec<u8> = match &v["response"]["patch"] {
+            Value::String(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64"),
+            other => serde_json::from_value(other.clone()).expect("patch bytes"),
+        };
+        let ops: Value = serde_json::from_slice(&raw).expect("patch JSON");
+        assert!(ops
+            .as_array()
+            .is_some_and(|o| o.iter().any(|op| op["path"] == "/spec/containers/0")));
+        assert!(state
+            .metrics
+            .render()
+            .contains("webhook_requests_total{result=\"injected\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn updates_pass_untouched() {
+        let (state, _api) = state_with(vec![store()]);
+        let (status, v) = post(
+            state,
+            serde_json::to_vec(&review("UPDATE", "sessions")).expect("json"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_400() {
+        let (state, _api) = state_with(vec![]);
+        assert_eq!(
+            post(state.clone(), b"{not json".to_vec()).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(state, br#"{"kind": "AdmissionReview"}"#.to_vec())
+                .await
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn cache_miss_asks_the_api_server_then_denies() {
+        let (state, mut api) = state_with(vec![]);
+        let server = tokio::spawn(async move {
+            let (req, send) = api.next_request().await.expect("a look-up");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/ghost"
+            );
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&body).expect("json"),
+                    ))
+                    .expect("response"),
+            );
+        });
+        let (status, v) = post(
+            state,
+            serde_json::to_vec(&review("CREATE", "ghost")).expect("json"),
+        )
+        .await;
+        server.await.expect("mock API");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["response"]["allowed"], false);
+        let msg = v["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            msg.contains("\"ghost\"") && msg.contains("does not exist"),
+            "{msg}"
+        );
+    }
+}
