@@ -11,7 +11,9 @@
 #   E2E_RELEASE           release name (odoo-ha-session)
 #   E2E_TIMEOUT           seconds each wait may take (240)
 #
-# For each backend (managed Redis, managed PostgreSQL), in its own namespace e2e-<driver>:
+# First the operator: its two replicas are up, its CA is in the webhook configuration, one
+# leads; the leader's Pod deleted, the other replica takes over. Then, for each backend
+# (managed Redis, managed PostgreSQL), in its own namespace e2e-<driver>:
 # the store becomes Ready; a two-replica stand-in labelled for injection gets the sidecar
 # and the variables; a session made through pod A is valid through pod B; pod A deleted:
 # still valid through B and through A's replacement; the backend pod restarted: still
@@ -244,9 +246,24 @@ mwc=$(kubectl get mutatingwebhookconfigurations -l "app.kubernetes.io/instance=$
 [[ -n $mwc ]] || fail "no MutatingWebhookConfiguration of release $RELEASE"
 has_ca() { [[ -n $(kubectl get "$mwc" -o jsonpath='{.webhooks[0].clientConfig.caBundle}') ]]; }
 until_ok "$TIMEOUT" "the operator to put its CA into $mwc" has_ca
-leader() { [[ -n $(kubectl get leases -n "$OPNS" -o jsonpath='{.items[*].spec.holderIdentity}') ]]; }
-until_ok "$TIMEOUT" "a leader among the operator replicas" leader
-log "operator up: $(kubectl get leases -n "$OPNS" -o jsonpath='{.items[0].spec.holderIdentity}') leads"
+lease=$(kubectl get -n "$OPNS" "$deploy" -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="LEASE_NAME")].value}')
+[[ -n $lease ]] || fail "the operator Deployment names no LEASE_NAME (leader election off?)"
+holder() { kubectl get lease -n "$OPNS" "$lease" -o jsonpath='{.spec.holderIdentity}'; }
+holder_set() { [[ -n $(holder) ]]; }
+until_ok "$TIMEOUT" "a leader among the operator replicas" holder_set
+first_leader=$(holder)
+log "operator up: $first_leader leads"
+
+step "operator leader deleted: the other replica takes over, a replacement starts"
+kubectl delete pod -n "$OPNS" "$first_leader" --wait=true --timeout="${TIMEOUT}s" >&2
+new_leader() {
+    local h
+    h=$(holder)
+    [[ -n $h && $h != "$first_leader" ]]
+}
+until_ok "$TIMEOUT" "another replica to take the lease from $first_leader" new_leader
+kubectl rollout status -n "$OPNS" "$deploy" --timeout="${TIMEOUT}s" >&2
+log "$(holder) leads now; the scenarios below run under it"
 
 scenario() {
     local driver=$1 backend_pod sid uid out a b a2 pods old_backend_uid old_pods sid2 uid2
