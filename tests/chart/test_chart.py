@@ -484,3 +484,42 @@ def test_every_schema_property_is_described():
 
     walk(schema, "values")
     assert not missing, missing
+
+
+def test_webhook_matches_the_configuration_the_operator_applies(default_docs):
+    """The operator re-applies its own MutatingWebhookConfiguration (webhook/config.rs) over
+    the chart's in generate mode: the two must agree, or they would fight at each start."""
+    src = (ROOT / "operator" / "src" / "webhook" / "config.rs").read_text()
+    crd = (ROOT / "operator" / "src" / "crd.rs").read_text()
+
+    def const(text, name):
+        m = re.search(rf'pub const {name}: &str = "([^"]+)";', text)
+        assert m, f"{name} not found in the operator source"
+        return m.group(1)
+
+    w = one(default_docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert w["clientConfig"]["service"]["path"] == const(src, "MUTATE_PATH")
+    assert w["objectSelector"]["matchExpressions"][0]["key"] == const(crd, "STORE_LABEL")
+    keys = [e["key"] for e in w["namespaceSelector"]["matchExpressions"]]
+    assert const(src, "NAMESPACE_OPT_OUT_LABEL") in keys
+    assert f'name: "{w["name"]}".into()' in src
+    for field, value in (
+        ("reinvocation_policy", w["reinvocationPolicy"]),
+        ("match_policy", w["matchPolicy"]),
+    ):
+        assert re.search(rf'{field}: Some\("{value}"\.into\(\)\)', src), f"{field} differs from the operator's"
+    assert 'side_effects: "None".into()' in src
+    assert 'operations: Some(vec!["CREATE".into()])' in src
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"webhook": {"certManager": {"enabled": True}}, "replicaCount": 1, "leaderElection": {"enabled": False}}],
+)
+def test_every_operator_variable_is_one_the_operator_reads(values):
+    """A misspelt variable would be ignored silently: each must be a flag's `env` in main.rs."""
+    main_rs = (ROOT / "operator" / "src" / "main.rs").read_text()
+    known = set(re.findall(r'env = "([A-Z_]+)"', main_rs)) | {"RUST_LOG"}
+    c = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"] for e in c["env"]}
+    assert names <= known, f"the operator reads no {sorted(names - known)}"
