@@ -286,6 +286,17 @@ scenario() {
     step "[$driver] both pods got the sidecar and the variables"
     check_injected 3600 "$driver"
 
+    step "[$driver] a Pod naming a store that does not exist is refused, with the reason"
+    if out=$(kubectl run -n "$NS" orphan --image="$E2E_STANDIN_IMAGE" --restart=Never \
+        --labels="odoo-ha.io/session-store=no-such-store" 2>&1); then
+        kubectl delete pod -n "$NS" orphan --wait=false >&2
+        fail "a Pod labelled for a missing store was admitted: $out"
+    fi
+    if ! grep -q '"no-such-store"' <<<"$out" || ! grep -q 'does not exist' <<<"$out"; then
+        fail "refused, but without naming the missing store: $out"
+    fi
+    log "refused: $(grep -o 'OdooSessionStore.*' <<<"$out" | head -c 160)"
+
     step "[$driver] a session created through pod A is valid through pod B"
     mapfile -t pods < <(ready_pods)
     a=${pods[0]:-} b=${pods[1]:-}
