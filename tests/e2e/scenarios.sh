@@ -15,7 +15,8 @@
 # leads; the leader's Pod deleted, the other replica takes over. Then, for each backend
 # (managed Redis, managed PostgreSQL), in its own namespace e2e-<driver>:
 # the store becomes Ready; a two-replica stand-in labelled for injection gets the sidecar
-# and the variables; a session made through pod A is valid through pod B; pod A deleted:
+# and the variables; a Pod naming a missing store is refused with its name; a session
+# made through pod A is valid through pod B; pod A deleted:
 # still valid through B and through A's replacement; the backend pod restarted: still
 # valid; logout through one pod ends the session everywhere; the store's expiry changed:
 # the Deployment rolls and the new pods carry the new value; the store deleted: what the
