@@ -171,16 +171,16 @@ def test_webhook_excludes_the_release_namespace_it_is_installed_in():
 EXPECTED_CLUSTER = {
     ("odoo-ha.io", "odoosessionstores"): {"get", "list", "watch", "patch"},
     ("odoo-ha.io", "odoosessionstores/status"): {"patch"},
-    ("apps", "statefulsets"): {"list", "watch", "patch", "create"},
+    ("apps", "statefulsets"): {"list", "watch", "patch", "create", "delete"},
     ("apps", "deployments"): {"list", "patch"},
-    ("", "services"): {"list", "watch", "patch", "create"},
-    ("", "secrets"): {"get", "list", "watch", "patch", "create"},
-    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "patch", "create"},
+    ("", "services"): {"list", "watch", "patch", "create", "delete"},
+    ("", "secrets"): {"get", "list", "watch", "patch", "create", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "patch", "create", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
-    ("postgresql.cnpg.io", "clusters"): {"patch", "create"},
+    ("postgresql.cnpg.io", "clusters"): {"list", "patch", "create", "delete"},
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"patch"},
 }
 EXPECTED_NAMESPACED = {
