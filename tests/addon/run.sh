@@ -20,6 +20,6 @@ if [ -z "${DKN_SIDECAR_BIN:-}" ]; then
   export DKN_SIDECAR_BIN
 fi
 
-ruff format --check addons tests/addon
-ruff check addons tests/addon
+ruff format --check addons tests/addon tests/realodoo
+ruff check addons tests/addon tests/realodoo
 exec python3 -m pytest -q tests/addon "$@"
