@@ -380,7 +380,7 @@ async fn a_pod_naming_a_missing_store_is_denied_and_unlabelled_pods_are_untouche
         status.message
     );
 
-    let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})).expect("pod");
+    let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "plain"}, "spec": {"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "x"}]}})).expect("pod");
     let created = pods
         .create(&PostParams::default(), &plain)
         .await
