@@ -139,15 +139,10 @@ impl Store {
         let mut pause = Duration::from_millis(5);
         loop {
             match self.try_acquire(name, owner, ttl).await {
-                Err(StoreError::LeaseHeld { owner: holder })
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(StoreError::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     tokio::time::sleep(pause.min(left)).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
-                    if left.is_zero() {
-                        return Err(StoreError::LeaseHeld { owner: holder });
-                    }
                 }
                 other => return other,
             }
