@@ -11,6 +11,17 @@ use serde_json::json;
 mod cases {
     use super::*;
 
+    async fn lease(
+        c: &mut odoo_ha_testkit::Client,
+        name: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> odoo_ha_testkit::Reply {
+        c.json(Method::POST, &format!("{name}/{action}"), &[], &body)
+            .await
+            .unwrap()
+    }
+
     pub async fn create_only_and_read(h: &Harness) {
         let mut c = h.client();
         let sid = legacy_sid();
@@ -550,115 +561,77 @@ mod cases {
     pub async fn leases(h: &Harness) {
         let mut c = h.client();
         let name = format!("/v1/leases/cron.{}", legacy_sid());
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/acquire"),
-                &[],
-                &json!({"owner": "w1", "ttl_ms": 10000}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w1", "ttl_ms": 10000}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{r:?}");
         let t1 = r.json()["token"].as_u64().unwrap();
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/acquire"),
-                &[],
-                &json!({"owner": "w2", "ttl_ms": 10000}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w2", "ttl_ms": 10000}),
+        )
+        .await;
         assert_eq!(r.status, 409);
         assert_eq!(r.json()["error"], "held");
         assert_eq!(r.json()["owner"], "w1");
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/refresh"),
-                &[],
-                &json!({"owner": "w2", "ttl_ms": 10000}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "refresh",
+            json!({"owner": "w2", "ttl_ms": 10000}),
+        )
+        .await;
         assert_eq!(r.status, 409, "not yours");
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/refresh"),
-                &[],
-                &json!({"owner": "w1", "ttl_ms": 10000}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "refresh",
+            json!({"owner": "w1", "ttl_ms": 10000}),
+        )
+        .await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["token"].as_u64(),
             Some(t1),
             "refresh keeps the token"
         );
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/release"),
-                &[],
-                &json!({"owner": "w2"}),
-            )
-            .await
-            .unwrap();
+        let r = lease(&mut c, &name, "release", json!({"owner": "w2"})).await;
         assert_eq!(r.status, 409);
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/release"),
-                &[],
-                &json!({"owner": "w1"}),
-            )
-            .await
-            .unwrap();
+        let r = lease(&mut c, &name, "release", json!({"owner": "w1"})).await;
         assert_eq!(r.status, 204);
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/release"),
-                &[],
-                &json!({"owner": "w1"}),
-            )
-            .await
-            .unwrap();
+        let r = lease(&mut c, &name, "release", json!({"owner": "w1"})).await;
         assert_eq!(r.status, 404);
         assert_eq!(r.json()["error"], "not_held");
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/refresh"),
-                &[],
-                &json!({"owner": "w1", "ttl_ms": 100}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "refresh",
+            json!({"owner": "w1", "ttl_ms": 100}),
+        )
+        .await;
         assert_eq!(r.status, 404);
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/acquire"),
-                &[],
-                &json!({"owner": "w2", "ttl_ms": 300}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w2", "ttl_ms": 300}),
+        )
+        .await;
         let t2 = r.json()["token"].as_u64().unwrap();
         assert!(t2 > t1, "fencing tokens grow: {t1} then {t2}");
-        let r = c
-            .json(
-                Method::POST,
-                &format!("{name}/acquire"),
-                &[],
-                &json!({"owner": "w3", "ttl_ms": 1000, "wait_ms": 3000}),
-            )
-            .await
-            .unwrap();
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w3", "ttl_ms": 1000, "wait_ms": 3000}),
+        )
+        .await;
         assert_eq!(r.status, 200, "waits until w2's lease runs out");
         assert!(r.json()["token"].as_u64().unwrap() > t2);
     }
