@@ -769,10 +769,6 @@ impl PgStore {
             .prepare_cached(&self.sql.lease_acquire)
             .await
             .map_err(pg_err)?;
-        let who = c
-            .prepare_cached(&self.sql.lease_owner)
-            .await
-            .map_err(pg_err)?;
         // The holder may release between the insert and the look-up: try twice.
         for _ in 0..2 {
             let row = c
@@ -798,19 +794,15 @@ impl PgStore {
                     ttl,
                 });
             }
-            if let Some(holder) = c
-                .query_opt(&who, &[&self.ns(), &name.as_str()])
-                .await
-                .map_err(pg_err)?
-            {
-                return Err(StoreError::LeaseHeld {
-                    owner: holder.get(0),
-                });
+            match self.lease_miss(&c, name).await {
+                StoreError::LeaseNotHeld => continue,
+                other => return Err(other),
             }
         }
         Err(StoreError::Unavailable("lease contention, retry".into()))
     }
 
+    /// Why a lease write touched no row: held by someone (who), or not held at all.
     async fn lease_miss(&self, c: &deadpool_postgres::Object, name: &LeaseName) -> StoreError {
         let who = match c.prepare_cached(&self.sql.lease_owner).await {
             Ok(st) => st,
