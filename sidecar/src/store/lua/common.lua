@@ -28,3 +28,17 @@ local function hset_pairs(key, args, first, count)
     i = stop + 1
   end
 end
+
+-- Sets the data keys of `count` key/value pairs from args[first] on, skipping values that
+-- are already stored; true when anything changed.
+local function set_changed(key, args, first, count)
+  local changed = false
+  for i = first, first + 2 * count - 1, 2 do
+    local field = 'd:' .. args[i]
+    if redis.call('HGET', key, field) ~= args[i + 1] then
+      redis.call('HSET', key, field, args[i + 1])
+      changed = true
+    end
+  end
+  return changed
+end

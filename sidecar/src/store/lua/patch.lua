@@ -4,16 +4,9 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
 local cur = redis.call('HGET', KEYS[1], 'v')
 if not cur then return {3} end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return {2, tonumber(cur)} end
-local changed = false
 local nset = tonumber(ARGV[5])
 local last_set = 5 + 2 * nset
-for i = 6, last_set, 2 do
-  local field = 'd:' .. ARGV[i]
-  if redis.call('HGET', KEYS[1], field) ~= ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], field, ARGV[i + 1])
-    changed = true
-  end
-end
+local changed = set_changed(KEYS[1], ARGV, 6, nset)
 for i = last_set + 1, #ARGV do
   if redis.call('HDEL', KEYS[1], 'd:' .. ARGV[i]) == 1 then changed = true end
 end

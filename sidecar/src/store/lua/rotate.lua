@@ -40,15 +40,9 @@ if ARGV[8] == '1' then index_add(KEYS[6], ARGV[4], ttl, now) end
 local keep_ttl = tonumber(ARGV[6])
 if keep_ttl > 0 then
   if oldv then
-    local changed = false
-    for i = keep_at + 1, keep_at + 2 * nkeep, 2 do
-      local field = 'd:' .. ARGV[i]
-      if redis.call('HGET', KEYS[1], field) ~= ARGV[i + 1] then
-        redis.call('HSET', KEYS[1], field, ARGV[i + 1])
-        changed = true
-      end
+    if set_changed(KEYS[1], ARGV, keep_at + 1, nkeep) then
+      redis.call('HINCRBY', KEYS[1], 'v', 1)
     end
-    if changed then redis.call('HINCRBY', KEYS[1], 'v', 1) end
     redis.call('PEXPIRE', KEYS[1], keep_ttl)
     if ARGV[7] == '1' then index_add(KEYS[3], ARGV[3], keep_ttl, now) end
   end
