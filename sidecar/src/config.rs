@@ -84,6 +84,10 @@ pub struct Args {
     /// Redis connections at most. Default 64.
     #[arg(long, env = "DKN_AUTH_REDIS_MAX_CONN")]
     pub redis_max_conn: Option<String>,
+    /// Redis replicas that must hold a delete, rotation or identifier revoke (WAIT) before
+    /// it is acknowledged; fewer within the backend timeout answers 503. Default 0.
+    #[arg(long, env = "DKN_AUTH_REDIS_MIN_REPLICAS")]
+    pub redis_min_replicas: Option<String>,
     /// PostgreSQL URI (multi-host with target_session_attrs=read-write allowed).
     #[arg(long, env = "DKN_AUTH_DB_URI")]
     pub db_uri: Option<String>,
@@ -105,6 +109,11 @@ pub struct Args {
     /// PEM file of CA certificates for PostgreSQL TLS (in addition to the public roots).
     #[arg(long, env = "DKN_AUTH_DB_CA_FILE")]
     pub db_ca_file: Option<String>,
+    /// Seconds the sidecar keeps serving after SIGTERM while clients (the app in the same
+    /// Pod) are still connected; it exits once none has been connected for a moment, at the
+    /// latest after this. Default 0: finish the requests in flight and exit.
+    #[arg(long, env = "DKN_AUTH_DRAIN_SECONDS")]
+    pub drain_seconds: Option<String>,
     /// Log format: text or json. Default text.
     #[arg(long, env = "DKN_AUTH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -127,6 +136,8 @@ pub struct Settings {
     pub redis_password: Option<String>,
     pub redis_ca_file: Option<String>,
     pub redis_max_conn: usize,
+    /// Replicas that must acknowledge an ending write (Redis `WAIT`); 0: none.
+    pub redis_min_replicas: u32,
     pub db_uri: Option<String>,
     pub db_password: Option<String>,
     pub db_max_conn: usize,
@@ -134,6 +145,8 @@ pub struct Settings {
     pub db_unlogged: bool,
     pub db_gc_interval: Duration,
     pub db_ca_file: Option<String>,
+    /// Longest time to keep serving after SIGTERM while clients are connected.
+    pub drain: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -144,6 +157,13 @@ pub struct ConfigError(pub String);
 
 /// Largest TTL a client may ask for: one year.
 pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// Most Redis replicas an ending write may wait for (`DKN_AUTH_REDIS_MIN_REPLICAS`).
+pub const MAX_MIN_REPLICAS: u32 = 16;
+
+/// Longest drain after SIGTERM (`DKN_AUTH_DRAIN_SECONDS`): one hour, Kubernetes' own
+/// grace periods are far shorter.
+pub const MAX_DRAIN_SECS: u64 = 3600;
 
 /// Reads `[options]` of an odoo.conf: `key = value` lines, `;`/`#` comments.
 pub fn read_odoo_conf(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
@@ -342,6 +362,14 @@ impl Settings {
             10_000,
             "a connection count",
         )?;
+        let redis_min_replicas = r.number(
+            &args.redis_min_replicas,
+            "DKN_AUTH_REDIS_MIN_REPLICAS",
+            0u32,
+            0,
+            MAX_MIN_REPLICAS,
+            "a replica count",
+        )?;
         let db_uri = r.pick(&args.db_uri, "DKN_AUTH_DB_URI");
         if driver == Driver::Db && db_uri.is_none() {
             return Err(ConfigError(
@@ -373,6 +401,14 @@ impl Settings {
             86_400,
             "seconds",
         )?;
+        let drain = r.number(
+            &args.drain_seconds,
+            "DKN_AUTH_DRAIN_SECONDS",
+            0u64,
+            0,
+            MAX_DRAIN_SECS,
+            "seconds",
+        )?;
         let log_format = match r.pick(&args.log_format, "DKN_AUTH_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -395,6 +431,7 @@ impl Settings {
             redis_password: r.pick(&args.redis_password, "DKN_AUTH_REDIS_PASSWORD"),
             redis_ca_file: r.pick(&args.redis_ca_file, "DKN_AUTH_REDIS_CA_FILE"),
             redis_max_conn,
+            redis_min_replicas,
             db_uri,
             db_password: r.pick(&args.db_password, "DKN_AUTH_DB_PASSWORD"),
             db_max_conn,
@@ -402,6 +439,7 @@ impl Settings {
             db_unlogged,
             db_gc_interval: Duration::from_secs(gc),
             db_ca_file: r.pick(&args.db_ca_file, "DKN_AUTH_DB_CA_FILE"),
+            drain: Duration::from_secs(drain),
             log_format,
             log_level: r
                 .pick(&args.log_level, "DKN_AUTH_LOG_LEVEL")
@@ -438,6 +476,29 @@ mod tests {
         assert_eq!(s.listen, Listen::Tcp("127.0.0.1:7070".parse().unwrap()));
         assert_eq!(s.redis_max_conn, 64);
         assert_eq!(s.max_body_bytes, 1 << 20);
+        assert_eq!(s.redis_min_replicas, 0);
+        assert_eq!(s.drain, Duration::ZERO);
+    }
+
+    #[test]
+    fn replica_count_and_drain_are_bounded() {
+        let s = Settings::from_args(&args(&[
+            ("driver", "redis"),
+            ("redis-min-replicas", "2"),
+            ("drain-seconds", "25"),
+        ]))
+        .unwrap();
+        assert_eq!(s.redis_min_replicas, 2);
+        assert_eq!(s.drain, Duration::from_secs(25));
+        let e = Settings::from_args(&args(&[("driver", "redis"), ("redis-min-replicas", "17")]))
+            .unwrap_err();
+        assert!(
+            e.0.starts_with("DKN_AUTH_REDIS_MIN_REPLICAS=\"17\" is invalid"),
+            "{e}"
+        );
+        let e = Settings::from_args(&args(&[("driver", "memory"), ("drain-seconds", "-1")]))
+            .unwrap_err();
+        assert!(e.0.starts_with("DKN_AUTH_DRAIN_SECONDS"), "{e}");
     }
 
     #[test]
