@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long, env = "DKN_AUTH_BACKEND_TIMEOUT_MS")]
     pub backend_timeout_ms: Option<String>,
     /// redis://, rediss:// (TLS) or redis+sentinel://host:port,host:port/master[/db].
-    #[arg(long, env = "DKN_AUTH_REDIS_URI")]
+    #[arg(long, env = "DKN_AUTH_REDIS_URI", hide_env_values = true)]
     pub redis_uri: Option<String>,
     /// Redis password, used when the URI carries none (for Kubernetes Secrets).
     #[arg(long, env = "DKN_AUTH_REDIS_PASSWORD", hide_env_values = true)]
@@ -89,7 +89,7 @@ pub struct Args {
     #[arg(long, env = "DKN_AUTH_REDIS_MIN_REPLICAS")]
     pub redis_min_replicas: Option<String>,
     /// PostgreSQL URI (multi-host with target_session_attrs=read-write allowed).
-    #[arg(long, env = "DKN_AUTH_DB_URI")]
+    #[arg(long, env = "DKN_AUTH_DB_URI", hide_env_values = true)]
     pub db_uri: Option<String>,
     /// PostgreSQL password, used when the URI carries none.
     #[arg(long, env = "DKN_AUTH_DB_PASSWORD", hide_env_values = true)]
