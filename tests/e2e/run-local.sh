@@ -117,7 +117,7 @@ BIN=$CARGO_TARGET_DIR/release
 build_standin() {
     local key stage lib libs=()
     key=$( (
-        cat tests/e2e/standin/app.py tests/e2e/standin/client.py addons/dkn_auth/client/*.py
+        cat tests/e2e/standin/app.py tests/e2e/standin/client.py tests/e2e/standin/load.py addons/dkn_auth/client/*.py
         /usr/bin/python3.11 -VV
         sed -n '/^build_standin()/,/^}/p' "$0"
     ) | sha256sum | cut -c1-12)
@@ -135,7 +135,7 @@ build_standin() {
         /usr/lib/python3.11/ "$stage/python3.11/"
     cp -r addons/dkn_auth/client "$stage/app/dkn_client"
     find "$stage/app" -name __pycache__ -prune -exec rm -rf {} +
-    cp tests/e2e/standin/app.py tests/e2e/standin/client.py "$stage/app/"
+    cp tests/e2e/standin/app.py tests/e2e/standin/client.py tests/e2e/standin/load.py "$stage/app/"
     # Libraries of the extension modules (ssl, ctypes, ...), which image.sh does not follow.
     while read -r lib; do
         [[ -n $lib ]] && libs+=(--add "$lib:$lib")

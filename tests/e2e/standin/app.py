@@ -10,8 +10,15 @@ through the dkn_auth client (addons/dkn_auth/client, copied into the image as
   request that touches the session does;
 - ``POST /web/session/logout``: rotated to an anonymous session (Odoo's logout), the old
   sid is tombstoned;
+- ``GET /web/webclient/version_info``: needs no session (``auth="none"`` in Odoo), so it
+  answers while the shared backend is down;
 - ``GET /standin/env``: the ``DKN_AUTH_*`` variables this container received;
-- ``GET /healthz``: 200 when the sidecar answers and reaches its backend.
+- ``GET /healthz``: the readiness probe: 200 when the sidecar's ``/readyz`` answers 200
+  (what that means is the sidecar's business), 503 once SIGTERM arrived.
+
+SIGTERM, as a real app behind a Service: the pod keeps serving its in-flight and new
+requests for ``STANDIN_SIGTERM_GRACE`` seconds (default 5: endpoints and kube-proxy rules
+need a moment to drop the pod), then stops accepting, finishes what is in flight and exits.
 
 The sid travels in the ``session_id`` cookie, as with Odoo. Answers are JSON and name the
 pod, so the tests can tell which replica answered.
@@ -20,8 +27,10 @@ pod, so the tests can tell which replica answered.
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from http.cookies import SimpleCookie
 from socketserver import ThreadingMixIn
@@ -35,6 +44,7 @@ SETTINGS = load_settings()
 CLIENT = Client(SETTINGS)
 # Odoo 18+ sids: 84 URL-safe base64 characters (the first 42 identify the device).
 SID_BYTES = 63
+TERMINATING = threading.Event()
 
 
 def new_sid():
@@ -120,8 +130,12 @@ def env_info(environ, start_response):
     return answer(start_response, "200 OK", {"env": env})
 
 
+def version_info(environ, start_response):
+    return answer(start_response, "200 OK", {"server_version": "stand-in", "server_serie": "18.0"})
+
+
 def healthz(environ, start_response):
-    ok = CLIENT.ready()
+    ok = CLIENT.ready() and not TERMINATING.is_set()
     return answer(start_response, "200 OK" if ok else "503 Service Unavailable", {"sidecar_ready": ok})
 
 
@@ -129,6 +143,7 @@ ROUTES = {
     ("POST", "/web/login"): login,
     ("GET", "/web/session/get_session_info"): session_info,
     ("POST", "/web/session/logout"): logout,
+    ("GET", "/web/webclient/version_info"): version_info,
     ("GET", "/standin/env"): env_info,
     ("GET", "/healthz"): healthz,
 }
@@ -148,7 +163,9 @@ def application(environ, start_response):
 
 
 class Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+    # Not daemon threads: server_close() waits for the requests in flight.
+    daemon_threads = False
+    block_on_close = True
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -159,8 +176,21 @@ class QuietHandler(WSGIRequestHandler):
 def main():
     port = int(os.environ.get("STANDIN_PORT", "8069"))
     sys.stderr.write(f"odoo stand-in on :{port}, sidecar {SETTINGS.describe()}\n")
+    grace = float(os.environ.get("STANDIN_SIGTERM_GRACE", "5"))
     with make_server("0.0.0.0", port, application, server_class=Server, handler_class=QuietHandler) as httpd:
+
+        def on_sigterm(_signum, _frame):
+            if TERMINATING.is_set():
+                return
+            TERMINATING.set()
+            sys.stderr.write(f"SIGTERM: serving {grace:g} s more, then exiting\n")
+            # shutdown() waits for serve_forever() to return: never call it from its thread.
+            threading.Timer(grace, httpd.shutdown).start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         httpd.serve_forever()
+        sys.stderr.write("stopped accepting; finishing the requests in flight\n")
+    sys.stderr.write("exiting\n")
 
 
 if __name__ == "__main__":
