@@ -7,6 +7,19 @@ not copied from Odoo: per version the Session class (dict-based on 14/15,
 (lazy property on ``Root``/``Application``, ``functools.cached_property`` on
 19), and a WSGI entry point that loads, saves and rotates sessions the way
 core does, including swallowing exceptions into its own error responses.
+
+Controllers and routing (for ``/web/health``), per version: 14/15 register
+controllers in ``controllers_per_module`` and keep a method's routing on
+``.routing`` (an override without ``@route`` loses the route); 16+ register in
+``Controller.children_classes`` and keep it on ``.original_routing`` (an
+override without ``@route`` is decorated with a warning), ``route_wrapper``
+drops parameters the endpoint does not take. Both build each top controller's
+leaf subclasses among the given modules into one class, the no-database map
+from ``[''] + server_wide_modules`` and only ``auth='none'`` routes. Core's
+``Home.health``: none on 14 (assumed: no 14.0 tree was read), ``health()`` on
+15 and on the 17.0 snapshot read (early 17.0), ``health(db_server_status=False)``
+on 16 (the later 16.0 read), 18 and 19; ``make_response`` takes a status on
+16+ only.
 """
 
 import base64
@@ -14,6 +27,7 @@ import collections.abc
 import functools
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import pickle
@@ -22,10 +36,17 @@ import sys
 import time
 import types
 from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import parse_qsl
 
 MODULES = (
     "odoo",
     "odoo.addons",
+    "odoo.addons.web",
+    "odoo.addons.web.controllers",
+    "odoo.addons.web.controllers.home",
+    "odoo.addons.web.controllers.main",
+    "odoo.conf",
     "odoo.http",
     "odoo.release",
     "odoo.service",
@@ -37,6 +58,8 @@ MODULES = (
 )
 
 SECRET = b"fake-database-secret"
+ADDONS = Path(__file__).resolve().parents[2] / "addons"
+SERVER_WIDE = ["base", "web", "dkn_auth"]
 
 
 class lazy_property:  # noqa: N801 - the name core uses
@@ -318,6 +341,251 @@ def compute_session_token(session, env):
     return hmac.new(SECRET, f"{session.sid}:{session['uid']}".encode(), hashlib.sha256).hexdigest()
 
 
+# -- controllers and routing ----------------------------------------------------
+
+
+def build_routing(http, major):
+    """``Controller``, ``route``, ``Response`` and the routing rules of ``major``."""
+    import werkzeug.wrappers
+
+    class Response(werkzeug.wrappers.Response):
+        default_mimetype = "text/html"
+
+        @classmethod
+        def load(cls, result):
+            if isinstance(result, Response):
+                return result
+            if isinstance(result, (bytes, str)):
+                return cls(result)
+            raise TypeError(f"{result!r} is not a response")
+
+    http.Response = Response
+    http.warnings = []
+
+    if major < 16:
+
+        class ControllerType(type):
+            def __init__(cls, name, bases, attrs):
+                super().__init__(name, bases, attrs)
+                path = cls.__module__.split(".")
+                module = path[2] if path[:2] == ["odoo", "addons"] else ""
+                if "Controller" in vars(http) and http.Controller in bases:
+                    entry = (f"{cls.__module__}.{name}", cls)
+                    http.controllers_per_module.setdefault(module, []).append(entry)
+
+        http.controllers_per_module = {}
+        http.Controller = ControllerType("Controller", (object,), {"__module__": "odoo.http"})
+
+        def route(route=None, **kw):
+            routing = dict(kw)
+            if route:
+                routing["routes"] = route if isinstance(route, list) else [route]
+
+            def decorator(f):
+                @functools.wraps(f)
+                def response_wrap(*args, **params):
+                    response = f(*args, **params)  # 14/15 pass every parameter
+                    return Response.load(response)
+
+                response_wrap.routing = routing
+                response_wrap.original_func = f
+                return response_wrap
+
+            return decorator
+
+        def generate_routing_rules(modules, nodb_only):
+            def valid(c):
+                return c.__module__.startswith("odoo.addons.") and c.__module__.split(".")[2] in modules
+
+            def get_subclasses(klass):
+                result = []
+                for sub in klass.__subclasses__():
+                    if valid(sub):
+                        result.extend(get_subclasses(sub))
+                if not result and valid(klass):
+                    result = [klass]
+                return result
+
+            for module in modules:
+                for _name, cls in http.controllers_per_module.get(module, []):
+                    subclasses = [c for c in dict.fromkeys(get_subclasses(cls)) if c is not cls]
+                    if subclasses:
+                        cls = type(cls.__name__ + " (extended)", tuple(reversed(subclasses)), {})
+                    ctrl = cls()
+                    for _, mv in inspect.getmembers(ctrl, inspect.ismethod):
+                        if not hasattr(mv, "routing"):
+                            continue
+                        routing = {"type": "http", "auth": "user", "methods": None, "routes": None}
+                        for claz in reversed(type(ctrl).mro()):
+                            fn = vars(claz).get(mv.__name__)
+                            if fn is not None and hasattr(fn, "routing"):
+                                routing.update(fn.routing)
+                        if not nodb_only or routing["auth"] == "none":
+                            for url in routing["routes"]:
+                                yield url, mv, routing
+
+    else:
+
+        class Controller:
+            children_classes = {}
+
+            def __init_subclass__(cls):
+                super().__init_subclass__()
+                if Controller in cls.__bases__:
+                    path = cls.__module__.split(".")
+                    module = path[2] if path[:2] == ["odoo", "addons"] else ""
+                    Controller.children_classes.setdefault(module, []).append(cls)
+
+        Controller.__module__ = "odoo.http"
+        http.Controller = Controller
+
+        def route(route=None, **routing):
+            if route:
+                routing["routes"] = route if isinstance(route, list) else [route]
+
+            def decorator(endpoint):
+                @functools.wraps(endpoint)
+                def route_wrapper(self, *args, **params):
+                    accepted = inspect.signature(endpoint).parameters
+                    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                        ok = params
+                    else:
+                        ok = {k: v for k, v in params.items() if k in accepted}
+                    ignored = set(params) - set(ok)
+                    if ignored:
+                        http.warnings.append(f"{endpoint.__name__} called ignoring args {ignored}")
+                    return Response.load(endpoint(self, *args, **ok))
+
+                route_wrapper.original_routing = routing
+                route_wrapper.original_endpoint = endpoint
+                return route_wrapper
+
+            return decorator
+
+        def generate_routing_rules(modules, nodb_only):
+            def is_valid(cls):
+                path = cls.__module__.split(".")
+                return path[:2] == ["odoo", "addons"] and path[2] in modules
+
+            def get_leaf_classes(cls):
+                result = []
+                for sub in cls.__subclasses__():
+                    if is_valid(sub):
+                        result.extend(get_leaf_classes(sub))
+                if not result and is_valid(cls):
+                    result.append(cls)
+                return result
+
+            for module in modules:
+                for top in Controller.children_classes.get(module, []):
+                    leaves = list(dict.fromkeys(get_leaf_classes(top)))
+                    ctrl = type(top.__name__, tuple(reversed(leaves)), {})()
+                    for name, method in inspect.getmembers(ctrl, inspect.ismethod):
+                        mro = type(ctrl).mro()
+                        if not any(getattr(getattr(c, name, None), "original_routing", None) for c in mro):
+                            continue
+                        merged = {"auth": "user", "methods": None, "routes": []}
+                        for cls in reversed(mro[:-2]):  # ancestors first
+                            if name not in vars(cls):
+                                continue
+                            sub = getattr(cls, name)
+                            if not hasattr(sub, "original_routing"):
+                                http.warnings.append(f"{cls.__name__}.{name} is not decorated by @route()")
+                                sub = route()(sub)
+                            merged.setdefault("type", sub.original_routing.get("type", "http"))
+                            merged.update(sub.original_routing)
+                        if nodb_only and merged["auth"] != "none":
+                            continue
+                        for url in merged["routes"]:
+                            yield url, method, merged
+
+    http.route = route
+    http._generate_routing_rules = generate_routing_rules
+
+
+def build_web(mods, http, major):
+    """``odoo.addons.web``'s ``Home`` controller with core's ``/web/health``."""
+    import json as _json
+
+    def request():
+        return http.request
+
+    attrs = {"__module__": "odoo.addons.web.controllers." + ("home" if major >= 16 else "main")}
+    if major == 15 or major == 17:
+
+        def health(self):
+            data = _json.dumps({"status": "pass"})
+            headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+            return request().make_response(data, headers)
+
+        attrs["health"] = http.route("/web/health", type="http", auth="none", save_session=False)(health)
+    elif major >= 16:
+
+        def health(self, db_server_status=False):
+            info = {"status": "pass"}
+            status = 200
+            if db_server_status:
+                info["db_server_status"] = http.fake_db_up
+                if not http.fake_db_up:
+                    info["status"] = "fail"
+                    status = 500
+            headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+            return request().make_response(_json.dumps(info), headers, status=status)
+
+        attrs["health"] = http.route("/web/health", type="http", auth="none", save_session=False)(health)
+
+    def login(self):
+        return "login page"
+
+    attrs["login"] = http.route("/web/login", type="http", auth="none")(login)
+    Home = type(http.Controller)("Home", (http.Controller,), attrs)
+    module = mods[attrs["__module__"]]
+    module.Home = Home
+    http.fake_db_up = True
+
+
+class FakeHttpRequest:
+    """What a route sees as ``odoo.http.request`` (params, make_response)."""
+
+    def __init__(self, http, major, env, session, params):
+        self.http = http
+        self.major = major
+        self.env = env
+        self.session = session
+        self.params = params
+
+    def make_response(self, data, headers=None, cookies=None, status=200):
+        if self.major < 16 and status != 200:
+            raise TypeError("make_response() got an unexpected keyword argument 'status'")
+        return self.http.Response(data, status=status, headers=headers)
+
+
+def nodb_routes(http):
+    routes = {}
+    modules = [""] + list(sys.modules["odoo.conf"].server_wide_modules)
+    for url, endpoint, routing in http._generate_routing_rules(modules, nodb_only=True):
+        routes[url] = (endpoint, routing)
+    return routes
+
+
+def dispatch(http, major, environ, start_response, session):
+    """Serve a no-database route; ``None`` when the path has none."""
+    routes = vars(http.root).get("nodb_routes")
+    if routes is None:
+        routes = http.root.nodb_routes = nodb_routes(http)  # core: a lazy_property
+    path = environ.get("PATH_INFO", "/")
+    if path not in routes:
+        return None
+    endpoint, _routing = routes[path]
+    params = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+    http.request = FakeHttpRequest(http, major, http.fake_env, session, params)
+    try:
+        response = endpoint(**params)
+    finally:
+        http.request = None
+    return response(environ, start_response)  # save_session=False: nothing saved
+
+
 # -- the WSGI entry points ----------------------------------------------------
 
 
@@ -351,6 +619,8 @@ def build(major):
             parent, _, child = name.rpartition(".")
             setattr(mods[parent], child, mods[name])
         mods[name].__path__ = []
+    mods["odoo.addons"].__path__ = [str(ADDONS)]  # ``import odoo.addons.dkn_auth`` as Odoo does
+    mods["odoo.conf"].server_wide_modules = list(SERVER_WIDE)
     mods["odoo.release"].version_info = (major, 0, 0, "final", 0, "")
     mods["odoo.release"].major_version = f"{major}.0"
     config = {}
@@ -364,6 +634,8 @@ def build(major):
     http.request = None
     env = FakeEnv()
     http.fake_env = env
+    build_routing(http, major)
+    build_web(mods, http, major)
 
     if major < 16:
         build_root(http, major)
@@ -393,6 +665,9 @@ def build_root(http, major):
                 sid = _cookie_sid(environ)
                 store = self.session_store
                 session = store.new() if sid is None else store.get(sid)
+                served = dispatch(http, major, environ, start_response, session)
+                if served is not None:
+                    return served
                 http.request = FakeRequest(http.fake_env)
                 try:
                     result = environ.get("fake.handler", lambda s: None)(session)
@@ -457,6 +732,9 @@ def build_application(http, major):
                 for key, value in default_session(major).items():
                     session.setdefault(key, value)
                 session.is_dirty = False
+                served = dispatch(http, major, environ, start_response, session)
+                if served is not None:
+                    return served
                 http.request = FakeRequest(http.fake_env)
                 try:
                     result = environ.get("fake.handler", lambda s: None)(session)
@@ -480,3 +758,5 @@ def build_application(http, major):
 def remove():
     for name in MODULES:
         sys.modules.pop(name, None)
+    for name in [m for m in sys.modules if m.startswith("odoo.addons.dkn_auth")]:
+        del sys.modules[name]

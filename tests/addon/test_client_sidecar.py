@@ -252,11 +252,14 @@ def test_redis_down_is_503_then_recovers(redis_sidecar, redis_server, settings_f
         with pytest.raises(Unavailable) as info:
             client.get(sid)
         assert info.value.status == 503 and info.value.code == "backend_unavailable"
-        assert not client.ready()
+        # /readyz means "this sidecar is up and configured" (a backend outage must not
+        # take every pod out of its Service); ?backend=1 also pings the backend (older
+        # sidecars ignore the query and always did).
+        assert client.transport.request("GET", "/readyz?backend=1")[0] == 503
     finally:
         redis_server.start()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not client.ready():
+    while time.monotonic() < deadline and client.transport.request("GET", "/readyz?backend=1")[0] != 200:
         time.sleep(0.2)
     assert client.ready()
     assert client.get(sid) is None  # the Redis server restarted empty (no persistence)

@@ -188,10 +188,31 @@ class Client:
 
     # -- operations -------------------------------------------------------
 
-    def ready(self):
-        """True when the sidecar answers and reaches its backend."""
+    def readiness(self):
+        """``(True, "")`` when the sidecar answers ``200`` on ``/readyz``, else ``(False, reason)``.
+
+        ``/readyz`` says the sidecar is up and configured; what it says about
+        the shared backend depends on the sidecar's version (see
+        docs/sidecar-api.md), and callers take its answer as it is.
+        """
         try:
-            status, _headers, _body = self.transport.request("GET", "/readyz")
-        except TransportError:
-            return False
-        return status == 200
+            status, _headers, raw = self.transport.request("GET", "/readyz")
+        except TransportError as exc:
+            return False, str(exc)
+        if status == 200:
+            return True, ""
+        try:
+            err = json.loads(raw) if raw else {}
+            if not isinstance(err, dict):
+                err = {}
+        except ValueError:
+            err = {}
+        detail = ": ".join(str(part) for part in (err.get("error"), err.get("message")) if part)
+        if not detail:
+            detail = raw[:200].decode("utf-8", "replace").strip()
+        reason = f"the sidecar at {self.settings.describe()} answered {status} on /readyz"
+        return False, f"{reason}: {detail}" if detail else reason
+
+    def ready(self):
+        """True when the sidecar answers ``200`` on ``/readyz``."""
+        return self.readiness()[0]

@@ -9,6 +9,8 @@ import functools
 import logging
 import re
 
+from . import health
+
 _logger = logging.getLogger("odoo.addons.dkn_auth")
 
 _installed = {}
@@ -104,12 +106,39 @@ def install():
     if not getattr(root_cls.__call__, "_dkn_auth", False):
         root_cls.__call__ = wsgi.wrap(root_cls.__call__)
 
+    check = health.HealthCheck(settings, config_error)
     _installed["store_class"] = store_class
     _installed["session_class"] = session_class
     _installed["settings"] = settings
+    _installed["health"] = check
     if not config_error:
         _logger.info("dkn_auth: Odoo %s sessions are kept by the sidecar at %s", major, settings.describe())
+        warn_if_sidecar_down(check)
     return store_class
+
+
+def warn_if_sidecar_down(check):
+    """Once at start: a WARNING when the sidecar does not answer ``/readyz``.
+
+    Not fatal: Odoo often starts before its sidecar (a pod's containers start
+    together). Requests needing a session answer 503 and ``/web/health``
+    fails until the sidecar answers.
+    """
+    ok, error = check.probe()
+    if not ok:
+        _logger.warning(
+            "dkn_auth: the sidecar at %s (set by %s) does not answer: %s; requests with a session "
+            "answer 503 and /web/health fails until it does",
+            check.address,
+            health.address_setting(check.settings),
+            error,
+        )
+    return ok
+
+
+def health_check():
+    """The installed :class:`health.HealthCheck`, or ``None`` when not installed."""
+    return _installed.get("health")
 
 
 def install_or_fail_closed():
