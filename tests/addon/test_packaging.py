@@ -47,6 +47,7 @@ def _load_as_addon(addons_dir, monkeypatch, memory_sidecar):
         assert type(store).__name__ == "DknSessionStore"
         assert type(store).__module__ == "odoo.addons.dkn_auth.odoo_glue.store"
         assert Path(module.__file__).parent == Path(addons_dir) / "dkn_auth"
+        assert "odoo.addons.dkn_auth.controllers.health" in sys.modules  # the /web/health override
         module.post_load()  # the manifest hook after the import: a no-op
         assert http.root.session_store is store
     finally:
@@ -83,6 +84,7 @@ def test_wheel(tmp_path, monkeypatch, memory_sidecar):
     names = zipfile.ZipFile(wheel).namelist()
     assert "odoo/addons/dkn_auth/__manifest__.py" in names
     assert "odoo/addons/dkn_auth/client/transport.py" in names
+    assert "odoo/addons/dkn_auth/controllers/health.py" in names
     # odoo/ and odoo/addons/ belong to Odoo: the wheel must not own them.
     assert "odoo/__init__.py" not in names and "odoo/addons/__init__.py" not in names
     target = tmp_path / "site"

@@ -6,13 +6,14 @@ sidecar reachable through ``DKN_AUTH_URL``/``DKN_AUTH_SOCKET``.
 """
 
 import json
+from unittest.mock import patch
 
 from odoo import http, release
 from odoo.tests import HttpCase, tagged
 
 from ..client import Client
 from ..client.config import Settings
-from ..odoo_glue import odoo_major
+from ..odoo_glue import health_check, odoo_major
 
 MAJOR = odoo_major(release)
 
@@ -37,6 +38,16 @@ class TestSessionStore(HttpCase):
         self.assertEqual(type(self.store).__name__, "DknSessionStore")
         self.assertEqual(len(self.store.generate_key()), 84 if MAJOR >= 18 else 40)
         self.assertTrue(self.store.client.ready(), "the sidecar does not answer /readyz")
+
+    def test_health_follows_the_sidecar(self):
+        # Through this database's routing map (installed modules + server-wide ones).
+        response = self.url_open("/web/health")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.json()["status"], "pass")
+        with patch.object(health_check(), "status", return_value=(False, "test: sidecar down")):
+            response = self.url_open("/web/health")
+        self.assertEqual(response.status_code, 503)
+        self.assertEqual(response.json()["error"], "test: sidecar down")
 
     def test_login_is_kept_by_the_sidecar(self):
         admin = self.env.ref("base.user_admin")
