@@ -10,17 +10,41 @@
 #   E2E_OPERATOR_NS       namespace of the chart release (odoo-ha-system)
 #   E2E_RELEASE           release name (odoo-ha-session)
 #   E2E_TIMEOUT           seconds each wait may take (240)
+#   E2E_LOAD_FROM         where tests/e2e/standin/load.py runs: `pod` (the client Pod, default;
+#                         kind) or `host` (this machine: the local node's ClusterIPs and Pod
+#                         IPs are reachable from it; run-local.sh sets it)
+#   E2E_HOST_PYTHON       python for E2E_LOAD_FROM=host (python3)
+#   E2E_LOAD_RATE         authenticated requests per second of the load (20)
+#   E2E_LOAD_SESSIONS     logged-in sessions the load cycles through (8)
+#   E2E_HA                1: the managed Redis runs 3 Pods with Sentinel and its primary is
+#                         deleted under load (graceful, then forced), and the availability
+#                         checks below fail the run; 0 (default until the Sentinel operator
+#                         and the draining sidecar are in): single Redis, and the rollout and
+#                         readiness cases are measured and reported, not enforced
+#   E2E_FAILOVER_RUNS     times each primary deletion (graceful, forced) is repeated (1)
+#   E2E_MAX_FAILURE_WINDOW  seconds of failed requests a primary deletion may cause (5)
+#   E2E_PARALLEL          1 (default): the backends' scenarios run at the same time, each in
+#                         its namespace; the measured parts take turns (a lock); 0: in turn
+#   E2E_RESULTS           folder for the load records and measurements.jsonl
+#                         (default: a new folder under ${TMPDIR:-/tmp}/odoo-ha-e2e-results)
 #
-# First the operator: its two replicas are up, its CA is in the webhook configuration, one
-# leads; the leader's Pod deleted, the other replica takes over. Then, for each backend
-# (managed Redis, managed PostgreSQL), in its own namespace e2e-<driver>:
-# the store becomes Ready; a two-replica stand-in labelled for injection gets the sidecar
-# and the variables; a Pod naming a missing store is refused with its name; a session
-# made through pod A is valid through pod B; pod A deleted:
-# still valid through B and through A's replacement; the backend pod restarted: still
-# valid; logout through one pod ends the session everywhere; the store's expiry changed:
-# the Deployment rolls and the new pods carry the new value; the store deleted: what the
-# operator created is gone. A failed step prints the operator's and the pods' logs.
+# Availability cases, under a steady authenticated load (E2E_LOAD_RATE requests/s, each on
+# a new connection, through the stand-in's ClusterIP Service; load.py records every
+# request's time and outcome):
+#   rollout    `kubectl rollout restart` of the two-replica stand-in (it serves 5 s after
+#              SIGTERM): 0 failed requests, 0 refused sessions, every session valid after;
+#   failover   (E2E_HA=1) the Redis primary deleted, graceful and forced: failures within
+#              E2E_MAX_FAILURE_WINDOW s (first to last), no session refused, every session
+#              valid after, a logout acknowledged just before the kill refused through both
+#              pods after the failover;
+#   outage     the backend down (the single Redis or PostgreSQL Pod deleted; with E2E_HA=1
+#              also every Redis Pod at once): the stand-in Pods stay Ready, the Service keeps
+#              both endpoints, a request that needs no session answers 200, the sidecars'
+#              *_backend_up gauge reads 0; the sessions are there once it is back.
+# Every case appends one line to $E2E_RESULTS/measurements.jsonl; a table of them closes the run.
+
+# The wait predicates (old_gone, promoted, rolled, ...) are called through until_ok.
+# shellcheck disable=SC2317
 set -Eeuo pipefail
 
 : "${E2E_STANDIN_IMAGE:?E2E_STANDIN_IMAGE must name the stand-in image}"
@@ -33,20 +57,60 @@ PY=/usr/local/bin/python3.11
 MANAGER=odoo-session-operator
 SIDECAR=odoo-session-sidecar
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LOAD_FROM=${E2E_LOAD_FROM:-pod}
+HOST_PY=${E2E_HOST_PYTHON:-python3}
+RATE=${E2E_LOAD_RATE:-20}
+SESSIONS=${E2E_LOAD_SESSIONS:-8}
+HA=${E2E_HA:-0}
+FAILOVER_RUNS=${E2E_FAILOVER_RUNS:-1}
+MAX_WINDOW=${E2E_MAX_FAILURE_WINDOW:-5}
+PARALLEL=${E2E_PARALLEL:-1}
+RESULTS=${E2E_RESULTS:-${TMPDIR:-/tmp}/odoo-ha-e2e-results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
+# Name of the primary the managed Redis's Sentinels monitor, and their port.
+SENTINEL_MASTER=odoo-sessions
+SENTINEL_PORT=26379
+
 backends=("$@")
 ((${#backends[@]})) || backends=(redis db)
 
 T0=$SECONDS
 CURRENT="start"
+STEP_T=$SECONDS
 NS=""
 log() { printf '[e2e %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 step() {
+    [[ $CURRENT != start ]] && log "   (took $((SECONDS - STEP_T)) s: $CURRENT)"
     CURRENT="$*"
+    STEP_T=$SECONDS
     log "== $*"
 }
+DUMPED=0
 fail() {
     log "FAILED in step '$CURRENT': $*"
+    stop_load_on_error
+    if ((!DUMPED)); then
+        DUMPED=1
+        dump_logs >&2
+    fi
     exit 1
+}
+# require WHAT COMMAND...: WHAT must hold. With E2E_HA=1 a miss fails the run; with E2E_HA=0
+# (the parts it needs not in yet) it is reported and the run goes on.
+NOT_MET=0
+require() {
+    local what=$1
+    shift
+    if "$@"; then
+        log "ok: $what"
+    elif [[ $HA == 1 ]]; then
+        fail "$what"
+    else
+        log "NOT MET (enforced with E2E_HA=1): $what"
+        NOT_MET=$((NOT_MET + 1))
+        echo "$NS: $what" >>"$RESULTS/not-met.txt"
+    fi
 }
 
 dump_logs() {
@@ -75,8 +139,12 @@ dump_logs() {
     kubectl get events -n "$OPNS" --sort-by=.lastTimestamp | tail -20
     kubectl get pv
 }
+stop_load_on_error() {
+    [[ -n ${LOAD_PID:-} ]] && kill "$LOAD_PID" 2>/dev/null
+    return 0
+}
 # shellcheck disable=SC2154 # rc is set inside the trap
-trap 'rc=$?; trap - ERR; dump_logs >&2; exit $rc' ERR
+trap 'rc=$?; trap - ERR; stop_load_on_error; ((DUMPED)) || dump_logs >&2; exit $rc' ERR
 
 # until_ok SECONDS WHAT COMMAND...: polls COMMAND (quietly) until it succeeds.
 until_ok() {
@@ -133,8 +201,10 @@ apply_namespace() {
     kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
+# apply_store DRIVER EXPIRY [REPLICAS]: REPLICAS only when given (the field is newer than
+# the single-instance stores).
 apply_store() {
-    local driver=$1 expiry=$2
+    local driver=$1 expiry=$2 replicas=${3:-}
     kubectl apply -n "$NS" -f - >/dev/null <<YAML
 apiVersion: odoo-ha.io/v1alpha1
 kind: OdooSessionStore
@@ -146,7 +216,8 @@ spec:
   anonymousExpirySeconds: 600
   backend:
     managed:
-      storageSize: 64Mi
+      storageSize: 64Mi${replicas:+
+      replicas: $replicas}
 YAML
 }
 
@@ -170,6 +241,17 @@ spec:
         readOnlyRootFilesystem: true
         allowPrivilegeEscalation: false
         capabilities: {drop: [ALL]}
+      # load.py's stop files (E2E_LOAD_FROM=pod).
+      volumeMounts: [{name: tmp, mountPath: /tmp}]
+  volumes: [{name: tmp, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: $APP
+spec:
+  selector: {app: $APP}
+  ports: [{name: http, port: 80, targetPort: http}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -186,7 +268,9 @@ spec:
         odoo-ha.io/session-store: $STORE
     spec:
       automountServiceAccountToken: false
-      terminationGracePeriodSeconds: 5
+      # The stand-in serves STANDIN_SIGTERM_GRACE s after SIGTERM (endpoints and kube-proxy
+      # rules drop the Pod meanwhile), then finishes its requests in flight.
+      terminationGracePeriodSeconds: 20
       securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
       containers:
         - name: odoo
@@ -195,6 +279,7 @@ spec:
           env:
             - name: POD_NAME
               valueFrom: {fieldRef: {fieldPath: metadata.name}}
+            - {name: STANDIN_SIGTERM_GRACE, value: "5"}
           ports:
             - {name: http, containerPort: 8069}
           readinessProbe:
@@ -237,6 +322,270 @@ owned() {
         -l "app.kubernetes.io/instance=$STORE,app.kubernetes.io/managed-by=$MANAGER" -o name
 }
 
+# -- load, measurements ---------------------------------------------------------------
+
+# loadpy ARGS...: tests/e2e/standin/load.py from the test machine (E2E_LOAD_FROM=host) or
+# from the client Pod (E2E_LOAD_FROM=pod, the image's /app/load.py).
+loadpy() {
+    if [[ $LOAD_FROM == host ]]; then
+        "$HOST_PY" -B "$ROOT/tests/e2e/standin/load.py" "$@"
+    else
+        kubectl exec -n "$NS" client -- "$PY" -B /app/load.py "$@"
+    fi
+}
+svc_url() { printf 'http://%s:80' "$(kubectl get svc -n "$NS" "$APP" -o jsonpath='{.spec.clusterIP}')"; }
+# pod_urls PORT [SUFFIX]: comma-separated http://IP:PORT[SUFFIX] of the ready stand-in Pods.
+pod_urls() {
+    local pod
+    for pod in $(ready_pods); do
+        printf 'http://%s:%s%s\n' "$(kubectl get pod -n "$NS" "$pod" -o jsonpath='{.status.podIP}')" "$1" "${2:-}"
+    done | paste -sd, -
+}
+endpoints_count() {
+    kubectl get endpoints -n "$NS" "$APP" -o json | jq '[.subsets[]?.addresses[]?] | length'
+}
+
+# The measured parts of parallel scenarios take turns, so one's load or kill does not
+# disturb another's numbers (setup and checks still overlap).
+measure_lock() {
+    local t=$SECONDS
+    exec 9>"$RESULTS/measure.lock"
+    flock 9
+    ((SECONDS - t < 2)) || log "waited $((SECONDS - t)) s for the other scenario's measurement"
+}
+measure_unlock() {
+    flock -u 9
+    exec 9>&-
+}
+
+# load_start NAME: logs E2E_LOAD_SESSIONS users in through the Service, then runs the load
+# in the background (records: $RESULTS/$NS-NAME.jsonl). load_stop ends it and sets
+# LOAD_SUMMARY.
+LOAD_PID="" LOAD_SIDS="" LOAD_FILE="" LOAD_STOP="" LOAD_SUMMARY=""
+load_start() {
+    local name=$1 url out
+    url=$(svc_url)
+    out=$(loadpy login "$url" "$SESSIONS" "$NS-$name")
+    LOAD_SIDS=$(jq -r '.sids // empty | join(",")' <<<"$out")
+    [[ -n $LOAD_SIDS ]] || fail "logins for the load failed: $out"
+    LOAD_FILE=$RESULTS/$NS-$name.jsonl
+    if [[ $LOAD_FROM == host ]]; then
+        LOAD_STOP=$RESULTS/$NS-$name.stop
+    else
+        LOAD_STOP=/tmp/$name.stop
+    fi
+    rm -f "$LOAD_STOP"
+    loadpy run "$url" --sids="$LOAD_SIDS" --rate "$RATE" --max-seconds 400 --stop-file "$LOAD_STOP" >"$LOAD_FILE" &
+    LOAD_PID=$!
+    log "load: $RATE req/s, $SESSIONS sessions, through $url (records $LOAD_FILE)"
+}
+load_stop() {
+    if [[ $LOAD_FROM == host ]]; then
+        touch "$LOAD_STOP"
+    else
+        kubectl exec -n "$NS" client -- "$PY" -c "open('$LOAD_STOP', 'w').close()"
+    fi
+    wait "$LOAD_PID" || fail "the load generator failed (records $LOAD_FILE)"
+    LOAD_PID=""
+    LOAD_SUMMARY=$(tail -n 1 "$LOAD_FILE")
+    jq -e '.type == "summary"' <<<"$LOAD_SUMMARY" >/dev/null 2>&1 ||
+        fail "the load generator printed no summary: $(tail -c 300 "$LOAD_FILE")"
+    log "load: $(jq -r '"\(.requests) requests in \(.seconds) s: \(.ok) ok, \(.failed) failed (window \(.failure_window_s) s), \(.refused) refused; by status \(.by_status | tostring); by pod \(.by_pod | tostring); latency \(.latency_ms | tostring) ms"' <<<"$LOAD_SUMMARY")"
+    [[ $(jq '.failure_errors | length' <<<"$LOAD_SUMMARY") == 0 ]] ||
+        log "load failures: $(jq -c .failure_errors <<<"$LOAD_SUMMARY")"
+}
+# record CASE [JSON]: one line of measurements.jsonl (the load summary, when one was taken,
+# without the bulky parts, plus JSON).
+record() {
+    local case=$1 extra=${2:-"{}"} base=${LOAD_SUMMARY:-"{}"}
+    jq -c --arg case "$case" --arg ns "$NS" --argjson extra "$extra" \
+        'del(.type, .failure_errors, .by_status) + {case: $case, ns: $ns} + $extra' <<<"$base" >>"$RESULTS/measurements.jsonl"
+}
+# bad_sessions EXPECTED SIDS: the sid/pod pairs (through every ready stand-in Pod) whose
+# status is not EXPECTED; empty when all are.
+bad_sessions() {
+    loadpy check "$(pod_urls 8069)" --sids="$2" |
+        jq -r --argjson e "$1" '[to_entries[] | .key as $u | .value | to_entries[]
+            | select(.value != $e) | "\(.key[0:8])... via \($u): \(.value)"] | join("; ")'
+}
+
+# rollout_under_load: `kubectl rollout restart` of the stand-in while the load runs.
+rollout_under_load() {
+    local old failed refused bad pods
+    step "[$NS] rollout restart of the stand-in under load: no failed request, no logout"
+    measure_lock
+    old=$(live_pods | tr '\n' ' ')
+    load_start rollout
+    sleep 5
+    kubectl rollout restart -n "$NS" "deploy/$APP" >&2
+    kubectl rollout status -n "$NS" "deploy/$APP" --timeout="${TIMEOUT}s" >&2
+    # The old Pods serve for their SIGTERM grace: the roll ends when they are gone.
+    old_gone() {
+        local p
+        for p in $old; do
+            kubectl get pod -n "$NS" "$p" >/dev/null 2>&1 && return 1
+        done
+        return 0
+    }
+    until_ok "$TIMEOUT" "the old stand-in pods ($old) to exit" old_gone
+    sleep 3
+    load_stop
+    measure_unlock
+    pods=$(jq '.by_pod | length' <<<"$LOAD_SUMMARY")
+    ((pods >= 3)) || fail "the load reached only $pods pods: it did not span the roll"
+    bad=$(bad_sessions 200 "$LOAD_SIDS")
+    record rollout "$(jq -nc --arg bad "$bad" '{sessions_invalid_after: $bad}')"
+    failed=$(jq .failed <<<"$LOAD_SUMMARY")
+    refused=$(jq .refused <<<"$LOAD_SUMMARY")
+    require "0 failed requests across the roll (got $failed)" test "$failed" -eq 0
+    require "0 refused sessions (logouts) across the roll (got $refused)" test "$refused" -eq 0
+    require "every load session valid through both new pods after the roll${bad:+ (not: $bad)}" test -z "$bad"
+}
+
+# outage_readiness CASE BACK SID: while the backend is down (the caller deleted it) and
+# until BACK succeeds and SID answers 200 again: the stand-in Pods stay Ready, the Service
+# keeps 2 endpoints, a request that needs no session answers 200, the sidecars' backend
+# gauge reads 0 at least once; SID is never refused (401).
+outage_readiness() {
+    local case=$1 back=$2 sid=$3 url metrics t0=$SECONDS deadline probe ready eps
+    local min_ready=9 min_eps=9 anon_bad=0 samples=0 down_seen=0 auth_503=0 back_at=""
+    local file=$RESULTS/$NS-$case.jsonl
+    url=$(svc_url)
+    metrics=$(pod_urls 7071 /metrics)
+    deadline=$((SECONDS + TIMEOUT))
+    : >"$file"
+    while :; do
+        ready=$(ready_pods | wc -l)
+        eps=$(endpoints_count)
+        probe=$(loadpy probe "$url" --sid="$sid" --metrics="$metrics")
+        jq -c --argjson r "$ready" --argjson e "$eps" '. + {ready: $r, endpoints: $e}' <<<"$probe" >>"$file"
+        samples=$((samples + 1))
+        ((ready < min_ready)) && min_ready=$ready
+        ((eps < min_eps)) && min_eps=$eps
+        [[ $(jq .anon <<<"$probe") == 200 ]] || anon_bad=$((anon_bad + 1))
+        jq -e '.backend_up | any(. == 0)' <<<"$probe" >/dev/null && down_seen=1
+        case $(jq .auth <<<"$probe") in
+        401) fail "session refused (401) during the backend outage: $probe" ;;
+        503) auth_503=$((auth_503 + 1)) ;;
+        200) if "$back"; then back_at=$((SECONDS - t0)); fi ;;
+        esac
+        [[ -n $back_at ]] && break
+        ((SECONDS < deadline)) || fail "the backend never came back ($case; last probe $probe)"
+        sleep 1
+    done
+    log "$case: back after ${back_at} s; $samples looks: ready pods >= $min_ready, endpoints >= $min_eps, anonymous not 200: $anon_bad, authenticated 503: $auth_503, backend gauge 0 seen: $down_seen (records $file)"
+    LOAD_SUMMARY=""
+    record "$case" "$(jq -nc --argjson b "$back_at" --argjson s "$samples" --argjson r "$min_ready" \
+        --argjson e "$min_eps" --argjson a "$anon_bad" --argjson u "$auth_503" --argjson d "$down_seen" \
+        '{back_after_s: $b, looks: $s, min_ready_pods: $r, min_endpoints: $e, anonymous_not_200: $a, authenticated_503: $u, backend_down_seen: ($d == 1)}')"
+    require "both stand-in pods stayed Ready while the backend was down (min $min_ready)" test "$min_ready" -eq 2
+    require "the Service kept both endpoints (min $min_eps)" test "$min_eps" -eq 2
+    require "requests that need no session answered 200 throughout ($anon_bad did not)" test "$anon_bad" -eq 0
+    require "the sidecars' metrics said the backend was down (a *_backend_up sample of 0)" test "$down_seen" -eq 1
+}
+
+# -- managed Redis with Sentinel ----------------------------------------------------------
+
+redis_pods() {
+    kubectl get pods -n "$NS" -o json |
+        jq -r --arg re "^$STORE-redis-[0-9]+$" '.items[] | select(.metadata.name | test($re)) | .metadata.name' | sort
+}
+redis_pods_ready() {
+    local want=$1 n
+    n=$(kubectl get pods -n "$NS" -o json | jq --arg re "^$STORE-redis-[0-9]+$" \
+        '[.items[] | select(.metadata.name | test($re)) | select(.metadata.deletionTimestamp == null)
+          | select(all(.status.containerStatuses[]?; .ready))
+          | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length')
+    [[ $n == "$want" ]]
+}
+# sentinel_primary: the Pod the Sentinels name as primary (the first one that answers), by
+# its address (a Pod IP or a <pod>.<headless> name).
+sentinel_primary() {
+    local pod addr
+    for pod in $(redis_pods); do
+        addr=$(kubectl exec -n "$NS" "$pod" -c sentinel -- \
+            redis-cli -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$SENTINEL_MASTER" 2>/dev/null | head -1) || continue
+        [[ -n $addr ]] || continue
+        if [[ $addr =~ ^[0-9.]+$ ]]; then
+            kubectl get pods -n "$NS" -o json | jq -r --arg ip "$addr" \
+                '.items[] | select(.status.podIP == $ip and .metadata.deletionTimestamp == null) | .metadata.name' | head -1
+        else
+            printf '%s\n' "${addr%%.*}"
+        fi
+        return 0
+    done
+    return 1
+}
+# The store's status agrees with the Sentinels and calls the replication healthy.
+replication_healthy() {
+    local st now
+    st=$(kubectl get oss -n "$NS" "$STORE" -o json | jq -c '.status.redis // {}')
+    now=$(sentinel_primary) || return 1
+    [[ -n $now && $(jq -r .primary <<<"$st") == "$now" && $(jq -r .healthy <<<"$st") == true ]]
+}
+
+# failover_under_load MODE RUN: the primary deleted (graceful or forced) under the load.
+failover_under_load() {
+    local mode=$1 run=$2 name url primary out sidx t_logout t_kill t_new="" new="" old_uid failed refused window bad gone pods
+    name=failover-$mode-$run
+    step "[$NS] Redis primary deleted ($mode, run $run) under load: <= ${MAX_WINDOW} s of failures, no session lost, a logout just before stays a logout"
+    until_ok "$TIMEOUT" "a healthy replication named by the store's status and the Sentinels" replication_healthy
+    measure_lock
+    url=$(svc_url)
+    load_start "$name"
+    sleep 5
+    # A logout acknowledged just before the kill.
+    out=$(loadpy login "$url" 1 "$NS-logout-$name")
+    sidx=$(jq -r '.sids[0] // empty' <<<"$out")
+    [[ -n $sidx ]] || fail "login for the logout check: $out"
+    out=$(loadpy logout "$url" --sid="$sidx")
+    [[ $(jq .status <<<"$out") == 200 ]] || fail "logout before the kill not acknowledged: $out"
+    t_logout=$(jq .t <<<"$out")
+    primary=$(sentinel_primary) || fail "no Sentinel names a primary"
+    old_uid=$(kubectl get pod -n "$NS" "$primary" -o jsonpath='{.metadata.uid}')
+    t_kill=$(date +%s.%N)
+    if [[ $mode == forced ]]; then
+        kubectl delete pod -n "$NS" "$primary" --grace-period=0 --force --wait=false >&2
+    else
+        kubectl delete pod -n "$NS" "$primary" --wait=false >&2
+    fi
+    log "deleted the primary $primary ($mode), $(awk -v a="$t_kill" -v b="$t_logout" 'BEGIN {printf "%.2f", a - b}') s after the logout was acknowledged"
+    # Until the Sentinels name a primary again (another Pod, or the old one's replacement),
+    # and all Pods are back and Ready.
+    promoted() {
+        local p uid
+        p=$(sentinel_primary) || return 1
+        [[ -n $p ]] || return 1
+        if [[ $p == "$primary" ]]; then
+            uid=$(kubectl get pod -n "$NS" "$p" -o jsonpath='{.metadata.uid}') || return 1
+            [[ $uid != "$old_uid" ]] || return 1
+        fi
+        new=$p
+    }
+    until_ok "$TIMEOUT" "the Sentinels to name a primary after $primary" promoted
+    t_new=$(date +%s.%N)
+    pods=$(redis_pods | wc -l)
+    until_ok "$TIMEOUT" "the Redis pods to be Ready again" redis_pods_ready "$pods"
+    sleep 10
+    load_stop
+    measure_unlock
+    failed=$(jq .failed <<<"$LOAD_SUMMARY")
+    refused=$(jq .refused <<<"$LOAD_SUMMARY")
+    window=$(jq .failure_window_s <<<"$LOAD_SUMMARY")
+    bad=$(bad_sessions 200 "$LOAD_SIDS")
+    gone=$(bad_sessions 401 "$sidx")
+    log "primary $primary -> $new, named $(awk -v a="$t_new" -v b="$t_kill" 'BEGIN {printf "%.1f", a - b}') s after the kill (as polled)"
+    record "$name" "$(jq -nc --arg mode "$mode" --arg old "$primary" --arg new "$new" --argjson k "$t_kill" \
+        --argjson n "$t_new" --arg bad "$bad" --arg gone "$gone" \
+        '{mode: $mode, old_primary: $old, new_primary: $new, killed_at: $k, primary_named_after_s: (($n - $k) * 10 | round / 10),
+          sessions_invalid_after: $bad, logout_not_refused: $gone}')"
+    require "failed requests within ${MAX_WINDOW} s (window $window s, $failed failed)" \
+        awk -v w="$window" -v m="$MAX_WINDOW" 'BEGIN {exit !(w <= m)}'
+    require "no session refused during the failover (got $refused 401s)" test "$refused" -eq 0
+    require "every load session valid through both pods after the failover${bad:+ (not: $bad)}" test -z "$bad"
+    require "the logout acknowledged before the kill is refused through both pods${gone:+ (not: $gone)}" test -z "$gone"
+}
+
 # -- the operator -----------------------------------------------------------------------
 
 step "operator ready (release $RELEASE in $OPNS)"
@@ -275,9 +624,11 @@ scenario() {
     *) fail "unknown driver $driver (redis, db)" ;;
     esac
 
-    step "[$driver] store and two-replica stand-in"
+    local replicas=""
+    [[ $driver == redis && $HA == 1 ]] && replicas=3
+    step "[$driver] store${replicas:+ ($replicas Redis pods with Sentinel)} and two-replica stand-in"
     apply_namespace
-    apply_store "$driver" 3600
+    apply_store "$driver" 3600 "$replicas"
     kubectl wait -n "$NS" "oss/$STORE" --for=condition=Ready --timeout="${TIMEOUT}s" >&2
     apply_workloads
     kubectl wait -n "$NS" pod/client --for=condition=Ready --timeout="${TIMEOUT}s" >&2
@@ -319,23 +670,35 @@ scenario() {
     check_injected 3600 "$driver"
     expect_session "$a2" "$sid" "$uid"
 
-    step "[$driver] backend pod $backend_pod restarted: sessions still there"
-    old_backend_uid=$(kubectl get pod -n "$NS" "$backend_pod" -o jsonpath='{.metadata.uid}')
-    kubectl delete pod -n "$NS" "$backend_pod" --wait=true --timeout="${TIMEOUT}s" >&2
-    backend_back() {
-        [[ $(kubectl get pod -n "$NS" "$backend_pod" -o jsonpath='{.metadata.uid}') != "$old_backend_uid" ]] &&
-            kubectl wait -n "$NS" "pod/$backend_pod" --for=condition=Ready --timeout=2s
-    }
-    until_ok "$TIMEOUT" "$backend_pod to come back" backend_back
-    # The sidecars reconnect by themselves; 503 meanwhile is fine, 401 (a lost session) is not.
-    local deadline=$((SECONDS + TIMEOUT)) status
-    while :; do
-        status=$(session_status "$b" "$sid")
-        [[ $status == 200 ]] && break
-        [[ $status == 401 ]] && fail "session lost with the backend restart (401 through $b)"
-        ((SECONDS < deadline)) || fail "sidecar of $b never recovered (last status $status)"
-        sleep 1
-    done
+    if [[ $driver == redis && $HA == 1 ]]; then
+        local mode run
+        for run in $(seq 1 "$FAILOVER_RUNS"); do
+            for mode in graceful forced; do
+                failover_under_load "$mode" "$run"
+            done
+        done
+        expect_session "$b" "$sid" "$uid"
+        expect_session "$a2" "$sid" "$uid"
+
+        step "[$driver] every Redis pod deleted: the stand-in stays Ready and answers, the metrics say down; sessions there after"
+        local n_redis
+        n_redis=$(redis_pods | wc -l)
+        all_redis_back() { redis_pods_ready "$n_redis"; }
+        local -a all_redis
+        mapfile -t all_redis < <(redis_pods)
+        kubectl delete pod -n "$NS" "${all_redis[@]}" --wait=false >&2
+        outage_readiness outage-all-redis all_redis_back "$sid"
+    else
+        step "[$driver] backend pod $backend_pod deleted: the stand-in stays Ready and answers, the metrics say down; sessions there after"
+        old_backend_uid=$(kubectl get pod -n "$NS" "$backend_pod" -o jsonpath='{.metadata.uid}')
+        kubectl delete pod -n "$NS" "$backend_pod" --wait=false >&2
+        backend_back() {
+            [[ $(kubectl get pod -n "$NS" "$backend_pod" -o jsonpath='{.metadata.uid}') != "$old_backend_uid" ]] &&
+                kubectl wait -n "$NS" "pod/$backend_pod" --for=condition=Ready --timeout=2s >/dev/null 2>&1
+        }
+        # The sidecars reconnect by themselves; 503 meanwhile is fine, 401 (a lost session) is not.
+        outage_readiness "outage-$backend_pod" backend_back "$sid"
+    fi
     expect_session "$b" "$sid" "$uid"
     expect_session "$a2" "$sid" "$uid"
 
@@ -347,6 +710,10 @@ scenario() {
     sid2=$(jq -r .sid <<<"$out")
     uid2=$(jq -r .body.uid <<<"$out")
     [[ $(jq -r .status <<<"$out") == 200 ]] || fail "second login: $out"
+
+    if [[ $driver == redis ]]; then
+        rollout_under_load
+    fi
 
     step "[$driver] expiry changed: the Deployment rolls, the new pods carry the new value"
     old_pods=$(live_pods | tr '\n' ' ')
@@ -389,8 +756,41 @@ scenario() {
     kubectl delete namespace "$NS" --wait=false >&2
 }
 
-for driver in "${backends[@]}"; do
-    scenario "$driver"
-done
+run_scenario() {
+    local t=$SECONDS
+    scenario "$1"
+    step "[$1] done"
+    log "[$1] scenario passed in $((SECONDS - t)) s"
+}
+log "scenarios: ${backends[*]}$([[ $PARALLEL == 1 ]] && echo " (in parallel)"); E2E_HA=$HA; load from $LOAD_FROM; results in $RESULTS"
+failed=()
+if [[ $PARALLEL == 1 ]] && ((${#backends[@]} > 1)); then
+    declare -A pids=()
+    for driver in "${backends[@]}"; do
+        # Each line of a scenario's output carries its name.
+        (run_scenario "$driver") > >(sed -u "s/^/[$driver] /" >&2) 2>&1 &
+        pids[$driver]=$!
+    done
+    for driver in "${backends[@]}"; do
+        wait "${pids[$driver]}" || failed+=("$driver")
+    done
+else
+    for driver in "${backends[@]}"; do
+        (run_scenario "$driver") || failed+=("$driver")
+    done
+fi
+CURRENT=start
 step "done"
+if [[ -s $RESULTS/measurements.jsonl ]]; then
+    log "measurements ($RESULTS/measurements.jsonl):"
+    jq -r '[.ns, .case, (.requests // "-"), (.failed // "-"), (.failure_window_s // "-"), (.refused // "-"),
+            (.min_ready_pods // "-"), (.min_endpoints // "-"), (.backend_down_seen // "-"), (.back_after_s // "-")] | @tsv' \
+        "$RESULTS/measurements.jsonl" |
+        column -t -N namespace,case,requests,failed,window_s,refused,min_ready,min_endpoints,backend_down_seen,back_after_s >&2
+fi
+if [[ -s $RESULTS/not-met.txt ]]; then
+    log "NOT MET, reported only (E2E_HA=0):"
+    sed 's/^/    /' "$RESULTS/not-met.txt" >&2
+fi
+((${#failed[@]} == 0)) || fail "scenarios failed: ${failed[*]}"
 log "all scenarios passed (${backends[*]}) in $((SECONDS - T0))s"
