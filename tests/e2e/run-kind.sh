@@ -8,7 +8,9 @@
 #                (tests/e2e/standin/Dockerfile)
 #   3. load      kind load docker-image
 #   4. install   helm install (values tests/e2e/values-kind.yaml)
-#   5. run       tests/e2e/scenarios.sh redis db
+#   5. run       tests/e2e/scenarios.sh redis db (in parallel; the load generator runs in
+#                the client Pod, E2E_LOAD_FROM=pod: the runner cannot reach kind's
+#                ClusterIPs; records in $E2E_RESULTS, default $RUNNER_TEMP or /tmp)
 #   6. teardown  helm uninstall (checked: nothing of the release left), kind delete cluster
 #
 # Needs docker, kind, helm, kubectl and jq. It cannot run on the project's own CI
@@ -17,6 +19,7 @@
 #   tests/e2e/run-kind.sh                     everything, cluster deleted at the end
 #   E2E_KEEP=1 tests/e2e/run-kind.sh          keep the cluster
 #   KIND_NODE_IMAGE=kindest/node:v1.31.0 ...  another Kubernetes version
+#   E2E_HA=1 tests/e2e/run-kind.sh            Sentinel failover cases, availability enforced
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -109,5 +112,8 @@ helm install "$RELEASE" charts/odoo-ha-session --namespace "$OPNS" --create-name
     -f tests/e2e/values-kind.yaml --wait --timeout 300s
 
 phase run
+export E2E_LOAD_FROM=${E2E_LOAD_FROM:-pod}
+export E2E_RESULTS=${E2E_RESULTS:-${RUNNER_TEMP:-/tmp}/odoo-ha-e2e-results/$(date -u +%Y%m%dT%H%M%SZ)}
+log "load records and measurements: $E2E_RESULTS"
 E2E_STANDIN_IMAGE=$STANDIN_IMAGE E2E_OPERATOR_NS=$OPNS E2E_RELEASE=$RELEASE \
     tests/e2e/scenarios.sh "$@"
