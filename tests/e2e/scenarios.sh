@@ -334,10 +334,11 @@ loadpy() {
     fi
 }
 svc_url() { printf 'http://%s:80' "$(kubectl get svc -n "$NS" "$APP" -o jsonpath='{.spec.clusterIP}')"; }
-# pod_urls PORT [SUFFIX]: comma-separated http://IP:PORT[SUFFIX] of the ready stand-in Pods.
+# pod_urls PORT [SUFFIX]: comma-separated http://IP:PORT[SUFFIX] of the stand-in Pods (not
+# being deleted).
 pod_urls() {
     local pod
-    for pod in $(ready_pods); do
+    for pod in $(live_pods); do
         printf 'http://%s:%s%s\n' "$(kubectl get pod -n "$NS" "$pod" -o jsonpath='{.status.podIP}')" "$1" "${2:-}"
     done | paste -sd, -
 }
@@ -542,6 +543,7 @@ failover_under_load() {
     [[ $(jq .status <<<"$out") == 200 ]] || fail "logout before the kill not acknowledged: $out"
     t_logout=$(jq .t <<<"$out")
     primary=$(sentinel_primary) || fail "no Sentinel names a primary"
+    pods=$(redis_pods | wc -l)
     old_uid=$(kubectl get pod -n "$NS" "$primary" -o jsonpath='{.metadata.uid}')
     t_kill=$(date +%s.%N)
     if [[ $mode == forced ]]; then
@@ -564,7 +566,6 @@ failover_under_load() {
     }
     until_ok "$TIMEOUT" "the Sentinels to name a primary after $primary" promoted
     t_new=$(date +%s.%N)
-    pods=$(redis_pods | wc -l)
     until_ok "$TIMEOUT" "the Redis pods to be Ready again" redis_pods_ready "$pods"
     sleep 10
     load_stop
@@ -758,11 +759,12 @@ scenario() {
 
 run_scenario() {
     local t=$SECONDS
+    CURRENT=start
     scenario "$1"
     step "[$1] done"
     log "[$1] scenario passed in $((SECONDS - t)) s"
 }
-log "scenarios: ${backends[*]}$([[ $PARALLEL == 1 ]] && echo " (in parallel)"); E2E_HA=$HA; load from $LOAD_FROM; results in $RESULTS"
+step "scenarios ${backends[*]}$([[ $PARALLEL == 1 ]] && echo " (in parallel)"); E2E_HA=$HA; load from $LOAD_FROM; results in $RESULTS"
 failed=()
 if [[ $PARALLEL == 1 ]] && ((${#backends[@]} > 1)); then
     declare -A pids=()
@@ -783,10 +785,13 @@ CURRENT=start
 step "done"
 if [[ -s $RESULTS/measurements.jsonl ]]; then
     log "measurements ($RESULTS/measurements.jsonl):"
-    jq -r '[.ns, .case, (.requests // "-"), (.failed // "-"), (.failure_window_s // "-"), (.refused // "-"),
-            (.min_ready_pods // "-"), (.min_endpoints // "-"), (.backend_down_seen // "-"), (.back_after_s // "-")] | @tsv' \
+    jq -r 'def v(k): if has(k) then .[k] else "-" end;
+        [.ns, .case, v("requests"), v("failed"), v("failure_window_s"), v("refused"), v("min_ready_pods"),
+         v("min_endpoints"), v("backend_down_seen"), v("back_after_s")] | @tsv' \
         "$RESULTS/measurements.jsonl" |
-        column -t -N namespace,case,requests,failed,window_s,refused,min_ready,min_endpoints,backend_down_seen,back_after_s >&2
+        awk -F'\t' 'BEGIN {f = "    %-10s %-24s %8s %6s %8s %7s %9s %13s %12s %6s\n"
+                printf f, "namespace", "case", "requests", "failed", "window_s", "refused", "min_ready", "min_endpoints", "backend_down", "back_s"}
+            {printf f, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}' >&2
 fi
 if [[ -s $RESULTS/not-met.txt ]]; then
     log "NOT MET, reported only (E2E_HA=0):"

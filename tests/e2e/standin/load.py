@@ -12,6 +12,8 @@ the test machine and, for kind, in the client Pod of the stand-in image as /app/
         HTTP status or 0 for no answer, the answering pod, the sid's index) and a last line
         {"type": "summary", ...}: counts by outcome and status, the failure window (start of
         the first failed request to the end of the last), latencies, requests per pod.
+    load.py logout URL --sid=SID
+        POST /web/session/logout; prints {"status": ...}
     load.py check URL[,URL...] --sids=SIDS
         GET /web/session/get_session_info for every sid through every URL; prints
         {"URL": {"SID": status, ...}, ...}
@@ -162,6 +164,12 @@ def cmd_run(args):
     return 0
 
 
+def cmd_logout(args):
+    status, body, _cookie, err = request(args.url, "POST", "/web/session/logout", sid=args.sid)
+    print(json.dumps({"t": round(time.time(), 3), "status": status, "error": err or body.get("error")}))
+    return 0
+
+
 def cmd_check(args):
     out = {}
     for url in args.urls.split(","):
@@ -222,6 +230,9 @@ def main(argv=None):
     p = sub.add_parser("check")
     p.add_argument("urls")
     p.add_argument("--sids", required=True, type=lambda v: [s for s in v.split(",") if s])
+    p = sub.add_parser("logout")
+    p.add_argument("url")
+    p.add_argument("--sid", required=True)
     p = sub.add_parser("probe")
     p.add_argument("url")
     p.add_argument("--sid", required=True)
@@ -233,9 +244,14 @@ def main(argv=None):
         parser.error("--rate must be in (0, 200]")
     if args.cmd == "run" and not 0 < args.max_seconds <= 1800:
         parser.error("--max-seconds must be in (0, 1800]")
-    return {"login": cmd_login, "run": cmd_run, "check": cmd_check, "probe": cmd_probe, "summary": cmd_summary}[
-        args.cmd
-    ](args)
+    return {
+        "login": cmd_login,
+        "run": cmd_run,
+        "check": cmd_check,
+        "logout": cmd_logout,
+        "probe": cmd_probe,
+        "summary": cmd_summary,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":
