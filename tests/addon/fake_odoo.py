@@ -16,7 +16,7 @@ override without ``@route`` is decorated with a warning), ``route_wrapper``
 drops parameters the endpoint does not take. Both build each top controller's
 leaf subclasses among the given modules into one class, the no-database map
 from ``[''] + server_wide_modules`` and only ``auth='none'`` routes. Core's
-``Home.health``: none on 14 (assumed: no 14.0 tree was read), ``health()`` on
+``Home.health``: none on 14 (none in the rebranded 14.0 tree read), ``health()`` on
 15 and on the 17.0 snapshot read (early 17.0), ``health(db_server_status=False)``
 on 16 (the later 16.0 read), 18 and 19; ``make_response`` takes a status on
 16+ only.
