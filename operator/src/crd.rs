@@ -42,6 +42,7 @@ pub const FINALIZER: &str = "odoo-ha.io/cleanup";
     printcolumn = r#"{"name":"Driver","type":"string","description":"Session backend driver","jsonPath":".spec.driver"}"#,
     printcolumn = r#"{"name":"Backend","type":"string","description":"Kind of backend in use","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the store is ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","description":"Redis primary Pod (managed Redis with Sentinel)","jsonPath":".status.redis.primary"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +160,27 @@ pub struct ManagedBackend {
     /// `Delete` (default) removes the data volume with the store; `Retain` keeps it.
     #[serde(default)]
     pub pvc_retention: PvcRetention,
+    /// Number of backend Pods, 1 to 7. Default: 3 for driver `redis` (a primary, replicas
+    /// and a Sentinel in every Pod, so losing one Pod or node never stops the sessions), 1
+    /// for driver `db`. `1` runs a single Redis without Sentinel (the development choice).
+    /// Managed PostgreSQL supports only 1: use `backend.cloudNativePG` for PostgreSQL
+    /// replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 7))]
+    pub replicas: Option<i32>,
+}
+
+/// Largest `spec.backend.managed.replicas`.
+pub const MAX_MANAGED_REPLICAS: i32 = 7;
+
+impl ManagedBackend {
+    /// The number of backend Pods for this driver, with the default applied.
+    pub fn replicas_for(&self, driver: Driver) -> i32 {
+        self.replicas.unwrap_or(match driver {
+            Driver::Redis => 3,
+            Driver::Db => 1,
+        })
+    }
 }
 
 /// An external backend given by a Secret.
@@ -294,6 +316,36 @@ pub struct OdooSessionStoreStatus {
     /// Number of running opted-in Pods found without the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods_without_sidecar: Option<i32>,
+    /// Replication of a managed Redis with Sentinel (replicas > 1), as its Sentinels see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisReplicationStatus>,
+}
+
+/// Replication state of a managed Redis with Sentinel, asked from the Sentinels at each
+/// reconcile (about every 30 seconds).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisReplicationStatus {
+    /// Pod that is the primary (master), as named by the majority of the Sentinels that
+    /// answered; absent when no Sentinel answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Redis Pods the store asks for (spec.backend.managed.replicas).
+    pub pods: i32,
+    /// Replicas of the primary the Sentinels know about.
+    pub replicas_seen: i32,
+    /// Replicas whose link to the primary is up (`master-link-status: ok`).
+    pub replicas_in_sync: i32,
+    /// Sentinels that answered and name the same primary.
+    pub sentinels_agreeing: i32,
+    /// Sentinels asked (one per Pod).
+    pub sentinels: i32,
+    /// True when a primary is known, every other Pod replicates it with its link up, and a
+    /// quorum of Sentinels agrees.
+    pub healthy: bool,
+    /// What was seen, in words (unreachable Sentinels, disagreement, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 pub fn default_prefix() -> String {
@@ -360,6 +412,28 @@ mod tests {
     }
 
     #[test]
+    fn replicas_default_by_driver_and_schema_bounds() {
+        let m = ManagedBackend::default();
+        assert_eq!(m.replicas_for(Driver::Redis), 3);
+        assert_eq!(m.replicas_for(Driver::Db), 1);
+        let one = ManagedBackend {
+            replicas: Some(1),
+            ..ManagedBackend::default()
+        };
+        assert_eq!(one.replicas_for(Driver::Redis), 1);
+        let crd = serde_json::to_value(OdooSessionStore::crd()).expect("crd");
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["backend"]["properties"]["managed"]["properties"]["replicas"];
+        assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{replicas}");
+        assert_eq!(
+            replicas["maximum"].as_f64(),
+            Some(f64::from(MAX_MANAGED_REPLICAS)),
+            "{replicas}"
+        );
+        assert_eq!(replicas["type"], "integer");
+    }
+
+    #[test]
     fn two_backends_are_rejected() {
         let err = serde_json::from_value::<OdooSessionStoreSpec>(serde_json::json!({
             "driver": "redis",
@@ -413,7 +487,7 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Driver", "Backend", "Ready", "Age"]);
+        assert_eq!(cols, ["Driver", "Backend", "Ready", "Primary", "Age"]);
     }
 
     /// `kubectl explain` prints descriptions: every property of the schema must have one.

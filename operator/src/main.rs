@@ -295,6 +295,7 @@ async fn run(args: Args) -> Result<()> {
         redis_image: args.default_redis_image.clone(),
         postgres_image: args.default_postgres_image.clone(),
         server_version,
+        operator_namespace: Some(args.namespace.clone()),
     };
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

@@ -9,6 +9,41 @@ use crate::crd::{Backend, Driver};
 
 pub const REDIS_PORT: i32 = 6379;
 pub const POSTGRES_PORT: i32 = 5432;
+/// Port of the Sentinel in every Pod of a managed Redis with replicas > 1.
+pub const SENTINEL_PORT: i32 = 26379;
+/// Name under which the Sentinels monitor the primary (`SENTINEL get-master-addr-by-name`).
+pub const SENTINEL_MASTER: &str = "odoo-sessions";
+
+/// Pods of a managed Redis when it runs with Sentinel (replicas > 1); None otherwise (a
+/// single Redis, PostgreSQL, external or CloudNativePG backends).
+pub fn sentinel_replicas(store: &ValidStore) -> Option<i32> {
+    match (&store.spec.backend, store.spec.driver) {
+        (Backend::Managed(m), Driver::Redis) => {
+            Some(m.replicas_for(Driver::Redis)).filter(|n| *n > 1)
+        }
+        _ => None,
+    }
+}
+
+/// Headless Service that gives every Pod of a managed Redis with Sentinel its DNS name.
+pub fn headless_name(store: &ValidStore) -> String {
+    format!("{}-redis-headless", store.name)
+}
+
+/// Stable DNS names of the Redis Pods, by ordinal: `<store>-redis-<i>.<headless>.<ns>.svc`.
+pub fn redis_pod_hosts(store: &ValidStore, replicas: i32) -> Vec<String> {
+    let (sts, _) = managed_names(store);
+    let headless = headless_name(store);
+    (0..replicas.max(0))
+        .map(|i| format!("{sts}-{i}.{headless}.{}.svc", store.namespace))
+        .collect()
+}
+
+/// Replicas that must hold a logout before it is acknowledged: with `min` = N/2 the primary
+/// plus `min` replicas are a majority of the N Pods.
+pub fn min_replicas(replicas: i32) -> i32 {
+    replicas / 2
+}
 
 /// Name of the managed backend's StatefulSet, Service and Secret, and its `app` label.
 pub fn managed_names(store: &ValidStore) -> (String, &'static str) {
@@ -68,6 +103,36 @@ fn uri_var(driver: Driver) -> &'static str {
 pub fn connection(store: &ValidStore) -> Connection {
     let driver = store.spec.driver;
     match &store.spec.backend {
+        Backend::Managed(_) if sentinel_replicas(store).is_some() => {
+            let replicas = sentinel_replicas(store).unwrap_or(1);
+            let (name, _) = managed_names(store);
+            let sentinels: Vec<String> = redis_pod_hosts(store, replicas)
+                .into_iter()
+                .map(|h| format!("{h}:{SENTINEL_PORT}"))
+                .collect();
+            Connection {
+                env: vec![
+                    literal(
+                        "DKN_AUTH_REDIS_URI",
+                        format!(
+                            "redis+sentinel://{}/{SENTINEL_MASTER}/0",
+                            sentinels.join(",")
+                        ),
+                    ),
+                    from_secret("DKN_AUTH_REDIS_PASSWORD", &name, PASSWORD_KEY),
+                    literal(
+                        "DKN_AUTH_REDIS_MIN_REPLICAS",
+                        min_replicas(replicas).to_string(),
+                    ),
+                ],
+                endpoint: Some(format!(
+                    "{}.{}.svc:{SENTINEL_PORT}",
+                    headless_name(store),
+                    store.namespace
+                )),
+                secret_name: name,
+            }
+        }
         Backend::Managed(_) => {
             let (name, _) = managed_names(store);
             let host = format!("{name}.{}.svc", store.namespace);
@@ -128,7 +193,7 @@ mod tests {
 
     #[test]
     fn managed_redis_uri_has_no_password_and_password_comes_from_secret() {
-        let c = connection(&fixtures::managed_redis());
+        let c = connection(&fixtures::single_redis());
         assert_eq!(c.env[0].name, "DKN_AUTH_REDIS_URI");
         assert_eq!(
             c.env[0].value.as_deref(),
@@ -138,6 +203,43 @@ mod tests {
         assert_eq!(c.env[1].value, None);
         assert_eq!(secret_ref(&c.env[1]), Some(("sessions-redis", "password")));
         assert_eq!(c.endpoint.as_deref(), Some("sessions-redis.shop.svc:6379"));
+        assert_eq!(c.env.len(), 2, "no MIN_REPLICAS for a single Redis");
+    }
+
+    #[test]
+    fn managed_redis_with_sentinel_lists_every_pod_and_waits_for_a_majority() {
+        for (n, min) in [(2, "1"), (3, "1"), (5, "2"), (7, "3")] {
+            let store = fixtures::store(serde_json::json!({
+                "driver": "redis", "backend": {"managed": {"replicas": n}}
+            }));
+            let c = connection(&store);
+            let env: std::collections::BTreeMap<_, _> =
+                c.env.iter().map(|e| (e.name.as_str(), e)).collect();
+            let uri = env["DKN_AUTH_REDIS_URI"].value.as_deref().expect("uri");
+            let hosts: Vec<String> = (0..n)
+                .map(|i| format!("sessions-redis-{i}.sessions-redis-headless.shop.svc:26379"))
+                .collect();
+            assert_eq!(
+                uri,
+                format!("redis+sentinel://{}/odoo-sessions/0", hosts.join(","))
+            );
+            assert_eq!(
+                secret_ref(env["DKN_AUTH_REDIS_PASSWORD"]),
+                Some(("sessions-redis", "password"))
+            );
+            assert_eq!(env["DKN_AUTH_REDIS_PASSWORD"].value, None);
+            assert_eq!(
+                env["DKN_AUTH_REDIS_MIN_REPLICAS"].value.as_deref(),
+                Some(min)
+            );
+        }
+        // The default for redis is 3 Pods with Sentinel.
+        assert_eq!(sentinel_replicas(&fixtures::managed_redis()), Some(3));
+        assert!(connection(&fixtures::managed_redis()).env[0]
+            .value
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis+sentinel://")));
+        assert_eq!(sentinel_replicas(&fixtures::managed_postgres()), None);
     }
 
     #[test]

@@ -4,8 +4,10 @@ pub mod cnpg;
 pub mod connection;
 pub mod managed;
 pub mod network_policy;
+pub mod pdb;
 pub mod postgres;
 pub mod redis;
+pub mod redis_ha;
 pub mod secret;
 pub mod sidecar;
 
@@ -60,6 +62,8 @@ pub struct Defaults {
     pub postgres_image: String,
     /// (major, minor) of the API server, when known.
     pub server_version: Option<(u32, u32)>,
+    /// Namespace the operator runs in: its Pods may reach the Sentinels (status).
+    pub operator_namespace: Option<String>,
 }
 
 impl Defaults {
@@ -71,6 +75,12 @@ impl Defaults {
     /// server-side apply rejects fields it does not know.
     pub fn pvc_retention_policy(&self) -> bool {
         self.at_least(27)
+    }
+
+    /// PodDisruptionBudget `policy/v1` exists from 1.21 on; 1.20 serves only `policy/v1beta1`.
+    /// Unknown version: assume a current cluster.
+    pub fn pdb_policy_v1(&self) -> bool {
+        self.server_version.is_none() || self.at_least(21)
     }
 }
 
@@ -84,6 +94,7 @@ impl Default for Defaults {
             redis_image: "redis:7.4".into(),
             postgres_image: "postgres:17".into(),
             server_version: None,
+            operator_namespace: None,
         }
     }
 }
@@ -152,8 +163,14 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// Managed Redis with the default replicas (3, with Sentinel).
     pub fn managed_redis() -> ValidStore {
         store(serde_json::json!({"driver": "redis", "backend": {"managed": {}}}))
+    }
+
+    /// Managed Redis, one instance without Sentinel (today's shape).
+    pub fn single_redis() -> ValidStore {
+        store(serde_json::json!({"driver": "redis", "backend": {"managed": {"replicas": 1}}}))
     }
 
     pub fn managed_postgres() -> ValidStore {

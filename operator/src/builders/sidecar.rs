@@ -33,6 +33,39 @@ pub struct Injection {
     pub config_hash: String,
 }
 
+/// Default `terminationGracePeriodSeconds` of a Pod.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// Name of the drain variable injected into regular-container sidecars.
+pub const DRAIN_VAR: &str = "DKN_AUTH_DRAIN_SECONDS";
+/// How the drain time is derived from the Pod (part of the config hash: a change of the
+/// rule rolls the workloads).
+const DRAIN_RULE: &str =
+    "regular-container: DKN_AUTH_DRAIN_SECONDS = terminationGracePeriodSeconds - 2, at least 1";
+
+/// Seconds a regular-container sidecar keeps serving after SIGTERM: the Pod's grace period
+/// minus 2 (so it stops before the kubelet's SIGKILL), at least 1.
+pub fn drain_seconds(termination_grace_seconds: Option<i64>) -> i64 {
+    (termination_grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS) - 2).max(1)
+}
+
+impl Injection {
+    /// Completes the injection for one Pod. A regular-container sidecar gets SIGTERM together
+    /// with the app, so it drains (keeps serving while the app still holds connections) for
+    /// the Pod's grace period; a native sidecar is stopped after the app by the kubelet and
+    /// needs no drain.
+    pub fn for_pod(mut self, termination_grace_seconds: Option<i64>) -> Injection {
+        if !self.native {
+            let env = self.sidecar.env.get_or_insert_with(Vec::new);
+            env.retain(|e| e.name != DRAIN_VAR);
+            env.push(var(
+                DRAIN_VAR,
+                drain_seconds(termination_grace_seconds).to_string(),
+            ));
+        }
+        self
+    }
+}
+
 /// Decides native vs regular from the spec's mode and the API server's version.
 pub fn use_native(mode: NativeSidecarMode, server: Option<(u32, u32)>) -> bool {
     match mode {
@@ -130,6 +163,9 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
+        // /readyz means "this sidecar is up and configured", not "the shared backend
+        // answers" (that is /metrics dkn_auth_backend_up): a backend failover must not take
+        // every Odoo Pod out of its Service at once.
         readiness_probe: Some(http_probe("/readyz", side.health_port, 5, 3)),
         liveness_probe: Some(http_probe("/healthz", side.health_port, 10, 3)),
         resources: Some(side.resources.clone().unwrap_or_else(default_resources)),
@@ -147,7 +183,7 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         ),
     ];
     let target_containers = spec.injection.containers.clone();
-    let config_hash = hash(&(&sidecar, &addon_env, &target_containers));
+    let config_hash = hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE));
 
     if native {
         // Started before the app containers, kept running, and its startup probe holds
@@ -221,6 +257,88 @@ mod tests {
         );
         assert_eq!(inj.sidecar.restart_policy, None);
         assert_eq!(inj.sidecar.startup_probe, None);
+    }
+
+    #[test]
+    fn drain_follows_the_grace_period_in_regular_mode_only() {
+        assert_eq!(drain_seconds(None), 28);
+        assert_eq!(drain_seconds(Some(60)), 58);
+        assert_eq!(drain_seconds(Some(3)), 1);
+        assert_eq!(drain_seconds(Some(2)), 1);
+        assert_eq!(drain_seconds(Some(0)), 1);
+        let store = fixtures::managed_redis();
+        let regular = build(&store, &Defaults::default(), false).for_pod(Some(45));
+        assert_eq!(
+            env_of(&regular.sidecar)[DRAIN_VAR].value.as_deref(),
+            Some("43")
+        );
+        let default = build(&store, &Defaults::default(), false).for_pod(None);
+        assert_eq!(
+            env_of(&default.sidecar)[DRAIN_VAR].value.as_deref(),
+            Some("28")
+        );
+        // Applied twice (reinvocation): one variable.
+        let twice = default.clone().for_pod(Some(10));
+        let n = twice
+            .sidecar
+            .env
+            .as_ref()
+            .map(|e| e.iter().filter(|v| v.name == DRAIN_VAR).count());
+        assert_eq!(n, Some(1));
+        // Native sidecars stop after the app: no drain.
+        let native = build(&store, &Defaults::default(), true).for_pod(Some(45));
+        assert!(!env_of(&native.sidecar).contains_key(DRAIN_VAR));
+        assert_eq!(native.config_hash, regular.config_hash);
+    }
+
+    #[test]
+    fn sentinel_settings_enter_the_hash() {
+        let one = fixtures::single_redis();
+        let three = fixtures::managed_redis();
+        let five = fixtures::store(
+            serde_json::json!({"driver": "redis", "backend": {"managed": {"replicas": 5}}}),
+        );
+        let h = |s: &ValidStore| build(s, &Defaults::default(), false).config_hash;
+        assert_ne!(h(&one), h(&three));
+        assert_ne!(h(&three), h(&five));
+        let env = env_of(&build(&three, &Defaults::default(), false).sidecar);
+        assert_eq!(
+            env["DKN_AUTH_REDIS_MIN_REPLICAS"].value.as_deref(),
+            Some("1")
+        );
+        assert!(env["DKN_AUTH_REDIS_URI"]
+            .value
+            .as_deref()
+            .is_some_and(|u| u.starts_with("redis+sentinel://sessions-redis-0.")));
+    }
+
+    #[test]
+    fn probes_are_what_the_docs_say() {
+        let c = build(&fixtures::managed_redis(), &Defaults::default(), true).sidecar;
+        let probe = |p: &Option<Probe>| {
+            let p = p.as_ref().expect("probe");
+            let h = p.http_get.as_ref().expect("http");
+            (
+                h.path.clone().unwrap_or_default(),
+                h.port.clone(),
+                p.period_seconds,
+                p.failure_threshold,
+                p.timeout_seconds,
+            )
+        };
+        let port = IntOrString::Int(7071);
+        assert_eq!(
+            probe(&c.readiness_probe),
+            ("/readyz".into(), port.clone(), Some(5), Some(3), Some(2))
+        );
+        assert_eq!(
+            probe(&c.liveness_probe),
+            ("/healthz".into(), port.clone(), Some(10), Some(3), Some(2))
+        );
+        assert_eq!(
+            probe(&c.startup_probe),
+            ("/healthz".into(), port, Some(1), Some(60), Some(2))
+        );
     }
 
     #[test]

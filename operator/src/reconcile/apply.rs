@@ -142,3 +142,40 @@ where
         Err(e) => Err(e.into()),
     }
 }
+
+/// [`prune`] for a dynamic kind (the PodDisruptionBudget, whose version follows the server).
+pub async fn prune_dynamic(
+    client: &Client,
+    ar: &ApiResource,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<bool> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
+    let found = match api
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+    {
+        Ok(l) => l,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(obj) = found.items.into_iter().next() else {
+        return Ok(false);
+    };
+    let ours = obj.metadata.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.uid == owner_uid && r.controller == Some(true))
+    });
+    if !ours {
+        return Ok(false);
+    }
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

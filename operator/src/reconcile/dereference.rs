@@ -1,5 +1,6 @@
 //! Dereference: read what the build and status steps need from the API server.
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
@@ -29,6 +30,9 @@ pub struct Observed {
     pub cnpg_installed: bool,
     /// Live opted-in Pods without the sidecar (names).
     pub pods_without_sidecar: Vec<String>,
+    /// `spec.serviceName` of the managed backend's existing StatefulSet (immutable: a
+    /// change between a single Redis and Redis with Sentinel recreates the StatefulSet).
+    pub statefulset_service_name: Option<String>,
 }
 
 pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed> {
@@ -42,6 +46,15 @@ pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed
                 .await?
                 .as_ref()
                 .and_then(existing_password);
+            // A list by name needs only the `list` verb the controller's watch already has.
+            let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &store.namespace);
+            observed.statefulset_service_name = statefulsets
+                .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await?
+                .items
+                .into_iter()
+                .next()
+                .and_then(|s| s.spec.service_name);
         }
         Backend::External(ext) => {
             let r = &ext.uri_secret_ref;

@@ -102,6 +102,10 @@ async fn expect(handle: &mut ApiHandle, method: &str, path: &str, answer: (u16, 
     value
 }
 
+fn empty_list(kind: &str, api_version: &str) -> Value {
+    json!({"kind": kind, "apiVersion": api_version, "metadata": {}, "items": []})
+}
+
 fn condition<'a>(status_patch: &'a Value, type_: &str) -> &'a Value {
     status_patch["status"]["conditions"]
         .as_array()
@@ -290,10 +294,17 @@ async fn api_errors_fail_the_reconcile_with_the_kube_label() {
 #[tokio::test]
 async fn managed_backend_keeps_the_existing_password() {
     let (ctx, mut handle) = context();
-    let s = store(json!({"driver": "redis", "backend": {"managed": {}}}));
+    let s = store(json!({"driver": "redis", "backend": {"managed": {"replicas": 1}}}));
     let server = tokio::spawn(async move {
         // "kept" base64-encoded.
         expect(&mut handle, "GET", "/api/v1/namespaces/shop/secrets/s-redis", (200, json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s-redis"}, "data": {"password": "a2VwdA=="}}))).await;
+        expect(
+            &mut handle,
+            "GET",
+            "/apis/apps/v1/namespaces/shop/statefulsets",
+            (200, empty_list("StatefulSetList", "apps/v1")),
+        )
+        .await;
         expect(
             &mut handle,
             "GET",
@@ -360,4 +371,101 @@ async fn managed_backend_keeps_the_existing_password() {
     );
     assert_eq!(condition(&patch, "BackendReady")["status"], "True");
     assert_eq!(condition(&patch, "Ready")["status"], "True");
+}
+
+/// A Redis with Sentinel on 1.20: headless Service, Sentinel Service, NetworkPolicy, a
+/// policy/v1beta1 PodDisruptionBudget, the StatefulSet; no running Pod, so the status says
+/// no Sentinel answered (and the reconcile succeeds).
+#[tokio::test]
+async fn sentinel_store_applies_its_objects_and_reports_unreachable_sentinels() {
+    let (ctx, mut handle) = context();
+    let s = store(json!({"driver": "redis", "backend": {"managed": {"replicas": 3}}}));
+    let server = tokio::spawn(async move {
+        expect(&mut handle, "GET", "/api/v1/namespaces/shop/secrets/s-redis", (200, json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s-redis"}, "data": {"password": "a2VwdA=="}}))).await;
+        expect(
+            &mut handle,
+            "GET",
+            "/apis/apps/v1/namespaces/shop/statefulsets",
+            (200, empty_list("StatefulSetList", "apps/v1")),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/pods",
+            (200, empty_list("PodList", "v1")),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "PATCH",
+            "/api/v1/namespaces/shop/secrets/s-redis",
+            (
+                200,
+                json!({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s-redis"}}),
+            ),
+        )
+        .await;
+        let headless = expect(&mut handle, "PATCH", "/api/v1/namespaces/shop/services/s-redis-headless", (200, json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": "s-redis-headless"}}))).await;
+        expect(
+            &mut handle,
+            "PATCH",
+            "/api/v1/namespaces/shop/services/s-redis",
+            (
+                200,
+                json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": "s-redis"}}),
+            ),
+        )
+        .await;
+        expect(&mut handle, "PATCH", "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/s-redis", (200, json!({"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1", "metadata": {"name": "s-redis"}}))).await;
+        let pdb = expect(&mut handle, "PATCH", "/apis/policy/v1beta1/namespaces/shop/poddisruptionbudgets/s-redis", (200, json!({"kind": "PodDisruptionBudget", "apiVersion": "policy/v1beta1", "metadata": {"name": "s-redis"}}))).await;
+        let sts = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/apps/v1/namespaces/shop/statefulsets/s-redis",
+            (200, json!({"kind": "StatefulSet", "apiVersion": "apps/v1", "metadata": {"name": "s-redis"},
+                         "spec": {"selector": {}, "serviceName": "s-redis-headless", "template": {}}, "status": {"replicas": 0}})),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/pods",
+            (200, empty_list("PodList", "v1")),
+        )
+        .await;
+        let patch = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
+            (200, store_json()),
+        )
+        .await;
+        answer_events(&mut handle, 2).await;
+        (headless, pdb, sts, patch)
+    });
+    reconcile(Arc::new(s), ctx).await.expect("reconciled");
+    let (headless, pdb, sts, patch) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the reconciler made every expected request")
+            .expect("mock server");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(
+        condition(&patch, "BackendReady")["reason"],
+        "BackendStarting"
+    );
+    let redis = &patch["status"]["redis"];
+    assert_eq!(redis["pods"], 3);
+    assert_eq!(redis["healthy"], false);
+    assert!(redis.get("primary").is_none());
+    assert!(
+        redis["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("s-redis-0 is not running")),
+        "{redis}"
+    );
 }

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod dereference;
+pub mod sentinel;
 pub mod status;
 pub mod validate;
 
@@ -27,13 +28,16 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::builders::connection::{connection, managed_names};
+use crate::builders::connection::{
+    connection, headless_name, managed_names, sentinel_replicas, SENTINEL_MASTER, SENTINEL_PORT,
+};
 use crate::builders::{
-    cnpg, network_policy, postgres, redis, secret, sidecar, Defaults, ValidStore,
+    cnpg, network_policy, pdb, postgres, redis, redis_ha, secret, selector_labels, sidecar,
+    Defaults, ValidStore,
 };
 use crate::crd::{
-    Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention, FINALIZER, MANAGER,
-    STORE_LABEL,
+    Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention,
+    RedisReplicationStatus, FINALIZER, MANAGER, STORE_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -53,6 +57,8 @@ pub struct Context {
 /// Requeue intervals: soon while something is pending, rarely once all is ready.
 const REQUEUE_PENDING: Duration = Duration::from_secs(15);
 const REQUEUE_READY: Duration = Duration::from_secs(300);
+/// A managed Redis with Sentinel: its replication status is asked this often.
+const REQUEUE_SENTINEL: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(store: Arc<OdooSessionStore>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -85,8 +91,29 @@ pub fn error_policy(store: Arc<OdooSessionStore>, error: &Error, ctx: Arc<Contex
     Action::requeue(REQUEUE_PENDING)
 }
 
+/// What the backend step decided: the BackendReady condition and, for a Redis with
+/// Sentinel, its replication status.
+struct BackendOutcome {
+    condition: Decided,
+    redis: Option<RedisReplicationStatus>,
+}
+
+impl From<Decided> for BackendOutcome {
+    fn from(condition: Decided) -> Self {
+        BackendOutcome {
+            condition,
+            redis: None,
+        }
+    }
+}
+
 /// The build + apply step for the backend; returns the BackendReady condition.
-async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -> Result<Decided> {
+async fn apply_backend(
+    store: &OdooSessionStore,
+    valid: &ValidStore,
+    observed: &Observed,
+    ctx: &Context,
+) -> Result<BackendOutcome> {
     let client = &ctx.client;
     match &valid.spec.backend {
         Backend::Managed(m) => {
@@ -95,38 +122,142 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
                 .clone()
                 .unwrap_or_else(secret::generate_password);
             apply::apply(client, &secret::build(valid, &password)).await?;
-            let (sts, svc) = match valid.spec.driver {
-                Driver::Redis => redis::build(valid, m, &ctx.defaults),
-                Driver::Db => postgres::build(valid, m, &ctx.defaults),
+            let (name, _) = managed_names(valid);
+            let ha = sentinel_replicas(valid);
+            // serviceName is immutable: going between a single Redis and Redis with
+            // Sentinel recreates the StatefulSet (the claims, and so the data of Pod 0, stay).
+            let service_name = match ha {
+                Some(_) => headless_name(valid),
+                None => name.clone(),
             };
-            apply::apply(client, &svc).await?;
-            apply::apply(client, &network_policy::build(valid)).await?;
-            let sts = apply::apply(client, &sts).await?;
+            if observed
+                .statefulset_service_name
+                .as_ref()
+                .is_some_and(|s| *s != service_name)
+                && apply::prune::<StatefulSet>(client, &valid.namespace, &name, &valid.uid).await?
+            {
+                info!(store = %valid.name, namespace = %valid.namespace, statefulset = %name, "replicas changed between 1 and more: recreating the StatefulSet");
+                publish(
+                    ctx,
+                    store,
+                    EventType::Normal,
+                    "RecreatingStatefulSet",
+                    format!("StatefulSet {name} is recreated for the new number of replicas (its claims are kept)"),
+                )
+                .await;
+            }
+            let sts = match (valid.spec.driver, ha) {
+                (Driver::Redis, Some(replicas)) => {
+                    let (sts, svc, headless) = redis_ha::build(valid, m, &ctx.defaults, replicas);
+                    apply::apply(client, &headless).await?;
+                    apply::apply(client, &svc).await?;
+                    apply::apply(client, &network_policy::build(valid, &ctx.defaults)).await?;
+                    apply::apply_dynamic(
+                        client,
+                        &pdb::api_resource(&ctx.defaults),
+                        &pdb::build(valid, &ctx.defaults),
+                    )
+                    .await?;
+                    apply::apply(client, &sts).await?
+                }
+                (driver, _) => {
+                    let (sts, svc) = match driver {
+                        Driver::Redis => redis::build(valid, m, &ctx.defaults),
+                        Driver::Db => postgres::build(valid, m, &ctx.defaults),
+                    };
+                    apply::apply(client, &svc).await?;
+                    apply::apply(client, &network_policy::build(valid, &ctx.defaults)).await?;
+                    let sts = apply::apply(client, &sts).await?;
+                    if store.status.as_ref().is_some_and(|s| s.redis.is_some()) {
+                        prune_sentinel_objects(valid, ctx).await?;
+                    }
+                    sts
+                }
+            };
             let ready = sts
                 .status
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0);
-            let name = sts.name_any();
-            Ok(if ready >= 1 {
+            let sts_name = sts.name_any();
+            let redis_status = match ha {
+                Some(replicas) => {
+                    let pods: Api<Pod> = Api::namespaced(client.clone(), &valid.namespace);
+                    let selector = selector_labels(&valid.name, "redis")
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let running = pods
+                        .list(&ListParams::default().labels(&selector))
+                        .await?
+                        .items;
+                    let targets: Vec<(String, Option<String>)> = (0..replicas)
+                        .map(|i| {
+                            let pod = format!("{name}-{i}");
+                            let ip = running
+                                .iter()
+                                .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
+                                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                                .and_then(|p| p.status.as_ref())
+                                .and_then(|s| s.pod_ip.clone());
+                            (pod, ip)
+                        })
+                        .collect();
+                    let answers = sentinel::ask_all(
+                        &targets,
+                        u16::try_from(SENTINEL_PORT).unwrap_or(26379),
+                        &password,
+                        SENTINEL_MASTER,
+                    )
+                    .await;
+                    Some(sentinel::summarize(replicas, &answers))
+                }
+                None => None,
+            };
+            let replication = redis_status
+                .as_ref()
+                .map(|r| match &r.primary {
+                    Some(p) => format!(
+                        "; primary {p}, {}/{} replicas in sync, {}/{} Sentinels agree{}",
+                        r.replicas_in_sync,
+                        r.pods - 1,
+                        r.sentinels_agreeing,
+                        r.sentinels,
+                        if r.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", r.message)
+                        }
+                    ),
+                    None => format!("; {}", r.message),
+                })
+                .unwrap_or_default();
+            let condition = if ready >= 1 {
                 Decided::new(
                     BACKEND_READY,
                     true,
                     "BackendRunning",
-                    format!("StatefulSet {name} has a ready replica"),
+                    format!("StatefulSet {sts_name} has {ready} ready replica(s){replication}"),
                 )
             } else {
                 Decided::new(
                     BACKEND_READY,
                     false,
                     "BackendStarting",
-                    format!("waiting for StatefulSet {name} to have a ready replica"),
+                    format!(
+                        "waiting for StatefulSet {sts_name} to have a ready replica{replication}"
+                    ),
                 )
+            };
+            Ok(BackendOutcome {
+                condition,
+                redis: redis_status,
             })
         }
         Backend::External(ext) => {
             let r = &ext.uri_secret_ref;
-            Ok(match observed.external_secret {
+            Ok(BackendOutcome::from(match observed.external_secret {
                 Some(ExternalSecret::Present) => Decided::new(
                     BACKEND_READY,
                     true,
@@ -145,21 +276,21 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
                     "SecretNotFound",
                     format!("Secret {} not found in namespace {}", r.name, valid.namespace),
                 ),
-            })
+            }))
         }
         Backend::CloudNativePg(c) => {
             if !observed.cnpg_installed {
-                return Ok(Decided::new(
+                return Ok(BackendOutcome::from(Decided::new(
                     BACKEND_READY,
                     false,
                     "CloudNativePGNotInstalled",
                     format!("CRD {} not found: install the CloudNativePG operator or choose another backend", cnpg::CNPG_CRD),
-                ));
+                )));
             }
             let cluster =
                 apply::apply_dynamic(client, &cnpg::api_resource(), &cnpg::build(valid, c)).await?;
             let name = cluster.name_any();
-            Ok(if cnpg::is_ready(&cluster) {
+            Ok(BackendOutcome::from(if cnpg::is_ready(&cluster) {
                 Decided::new(
                     BACKEND_READY,
                     true,
@@ -173,9 +304,30 @@ async fn apply_backend(valid: &ValidStore, observed: &Observed, ctx: &Context) -
                     "ClusterNotReady",
                     format!("waiting for CloudNativePG Cluster {name} to be Ready"),
                 )
-            })
+            }))
         }
     }
+}
+
+/// Removes the headless Service and the PodDisruptionBudget of a Redis with Sentinel (after
+/// replicas went back to 1, or the backend changed).
+async fn prune_sentinel_objects(valid: &ValidStore, ctx: &Context) -> Result<()> {
+    let client = &ctx.client;
+    let ns = &valid.namespace;
+    let uid = &valid.uid;
+    let (name, _) = managed_names(valid);
+    let headless = headless_name(valid);
+    let mut removed = Vec::new();
+    if apply::prune::<Service>(client, ns, &headless, uid).await? {
+        removed.push(format!("service/{headless}"));
+    }
+    if apply::prune_dynamic(client, &pdb::api_resource(&ctx.defaults), ns, &name, uid).await? {
+        removed.push(format!("poddisruptionbudget/{name}"));
+    }
+    if !removed.is_empty() {
+        info!(store = %valid.name, namespace = %ns, ?removed, "no Sentinel any more: removed its objects");
+    }
+    Ok(())
 }
 
 fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
@@ -230,7 +382,9 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
         }
     };
     let observed = dereference::dereference(&ctx.client, &valid).await?;
-    let backend = apply_backend(&valid, &observed, ctx).await?;
+    let outcome = apply_backend(store, &valid, &observed, ctx).await?;
+    let backend = outcome.condition;
+    let sentinel_store = outcome.redis.is_some();
     let injection = injection_condition(&observed, ctx.webhook_ready.load(Ordering::Relaxed));
     let ready = status::ready(&backend, &injection);
 
@@ -273,13 +427,14 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
         pods_without_sidecar: Some(
             i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX),
         ),
+        redis: outcome.redis,
         ..OdooSessionStoreStatus::default()
     };
     write_status(store, ctx, &[ready, backend, injection], extra).await?;
-    Ok(Action::requeue(if all_ready {
-        REQUEUE_READY
-    } else {
-        REQUEUE_PENDING
+    Ok(Action::requeue(match (all_ready, sentinel_store) {
+        (false, _) => REQUEUE_PENDING,
+        (true, true) => REQUEUE_SENTINEL,
+        (true, false) => REQUEUE_READY,
     }))
 }
 
@@ -294,6 +449,9 @@ async fn prune_previous_backend(valid: &ValidStore, previous: &str, ctx: &Contex
         "managed-postgres" => Some(format!("{}-postgres", valid.name)),
         _ => None,
     };
+    if previous == "managed-redis" {
+        prune_sentinel_objects(valid, ctx).await?;
+    }
     if let Some(name) = managed_name {
         if apply::prune::<StatefulSet>(client, ns, &name, uid).await? {
             removed.push(format!("statefulset/{name}"));

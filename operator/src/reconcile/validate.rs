@@ -2,7 +2,7 @@
 //! retrying cannot fix it.
 
 use crate::builders::ValidStore;
-use crate::crd::{Backend, Driver, OdooSessionStore, SIDECAR_CONTAINER};
+use crate::crd::{Backend, Driver, OdooSessionStore, MAX_MANAGED_REPLICAS, SIDECAR_CONTAINER};
 
 /// Longest store name for which every derived name fits: `<name>-postgres` as a StatefulSet
 /// name must leave room for the 11-character `controller-revision-hash` suffix within 63.
@@ -110,6 +110,19 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
             problems.push(format!("spec.injection.containers names {c:?} twice"));
         }
     }
+    if let Backend::Managed(m) = &spec.backend {
+        if let Some(n) = m.replicas {
+            if !(1..=MAX_MANAGED_REPLICAS).contains(&n) {
+                problems.push(format!(
+                    "spec.backend.managed.replicas must be 1 to {MAX_MANAGED_REPLICAS}, got {n}"
+                ));
+            } else if n > 1 && spec.driver == Driver::Db {
+                problems.push(format!(
+                    "spec.backend.managed.replicas is {n}, but a managed PostgreSQL runs only 1 instance: use spec.backend.cloudNativePG (instances: {n}) for replicated PostgreSQL"
+                ));
+            }
+        }
+    }
     match &spec.backend {
         Backend::Managed(m) if m.image.as_deref().is_some_and(|i| i.trim().is_empty()) => {
             problems.push("spec.backend.managed.image must not be empty".to_string());
@@ -195,6 +208,28 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
+    }
+
+    #[test]
+    fn managed_replicas_bounds_and_postgres_single_instance() {
+        let spec = |driver: &str, n: i64| serde_json::json!({"driver": driver, "backend": {"managed": {"replicas": n}}});
+        assert!(validate(&store("s", spec("redis", 1))).is_ok());
+        assert!(validate(&store("s", spec("redis", 7))).is_ok());
+        assert!(validate(&store("s", spec("db", 1))).is_ok());
+        for n in [0, -1, 8] {
+            let err = validate(&store("s", spec("redis", n))).expect_err("out of range");
+            assert!(
+                err[0].contains("spec.backend.managed.replicas must be 1 to 7"),
+                "{err:?}"
+            );
+        }
+        let err = validate(&store("s", spec("db", 3))).expect_err("postgres replicas");
+        assert!(err[0].contains("backend.cloudNativePG"), "{err:?}");
+        assert!(validate(&store(
+            "s",
+            serde_json::json!({"driver": "db", "backend": {"managed": {}}})
+        ))
+        .is_ok());
     }
 
     #[test]

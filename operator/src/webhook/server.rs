@@ -74,7 +74,10 @@ pub fn decide(
         }
     };
     let native = sidecar::use_native(valid.spec.sidecar.native_sidecar, defaults.server_version);
-    let injection = sidecar::build(&valid, defaults, native);
+    let grace = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let injection = sidecar::build(&valid, defaults, native).for_pod(grace);
     match patch::build(pod, &injection, name) {
         Ok(plan) if plan.ops.is_empty() => Decision::Allow,
         Ok(plan) => Decision::Patch(plan),
@@ -297,6 +300,68 @@ mod tests {
             panic!("must patch")
         };
         assert!(plan.ops.iter().any(|o| o["path"] == "/spec/initContainers"));
+    }
+
+    /// The sidecar of the patch (regular container or native init container).
+    fn patched_sidecar_env(plan: &Plan) -> Vec<(String, Option<String>)> {
+        let op = plan
+            .ops
+            .iter()
+            .find(|o| o["path"] == "/spec/containers/0" || o["path"] == "/spec/initContainers")
+            .expect("sidecar op");
+        let c = if op["value"].is_array() {
+            &op["value"][0]
+        } else {
+            &op["value"]
+        };
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or("").to_string(),
+                    e["value"].as_str().map(String::from),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drain_is_the_pods_grace_period_in_regular_mode_and_absent_for_native() {
+        let s = store(json!({"driver": "redis", "backend": {"managed": {}}}));
+        let old = Defaults {
+            server_version: Some((1, 20)),
+            ..Defaults::default()
+        };
+        let drain = |plan: &Plan| {
+            patched_sidecar_env(plan)
+                .into_iter()
+                .find(|(n, _)| n == "DKN_AUTH_DRAIN_SECONDS")
+                .and_then(|(_, v)| v)
+        };
+        let Decision::Patch(plan) = decide(&pod(), "shop", Some(&s), &old) else {
+            panic!("must patch")
+        };
+        assert_eq!(drain(&plan).as_deref(), Some("28"), "default grace 30");
+        let mut long = pod();
+        long["spec"]["terminationGracePeriodSeconds"] = json!(120);
+        let Decision::Patch(plan) = decide(&long, "shop", Some(&s), &old) else {
+            panic!("must patch")
+        };
+        assert_eq!(drain(&plan).as_deref(), Some("118"));
+        let env = patched_sidecar_env(&plan);
+        assert!(env
+            .iter()
+            .any(|(n, v)| n == "DKN_AUTH_REDIS_MIN_REPLICAS" && v.as_deref() == Some("1")));
+        let new = Defaults {
+            server_version: Some((1, 31)),
+            ..Defaults::default()
+        };
+        let Decision::Patch(plan) = decide(&long, "shop", Some(&s), &new) else {
+            panic!("must patch")
+        };
+        assert_eq!(drain(&plan), None, "native sidecars need no drain");
     }
 
     #[test]
