@@ -201,8 +201,7 @@ apply_namespace() {
     kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
-# apply_store DRIVER EXPIRY [REPLICAS]: REPLICAS only when given (the field is newer than
-# the single-instance stores).
+# apply_store DRIVER EXPIRY [REPLICAS]: spec.backend.managed.replicas only when given.
 apply_store() {
     local driver=$1 expiry=$2 replicas=${3:-}
     kubectl apply -n "$NS" -f - >/dev/null <<YAML
@@ -489,7 +488,8 @@ outage_readiness() {
 
 redis_pods() {
     kubectl get pods -n "$NS" -o json |
-        jq -r --arg re "^$STORE-redis-[0-9]+$" '.items[] | select(.metadata.name | test($re)) | .metadata.name' | sort
+        jq -r --arg re "^$STORE-redis-[0-9]+$" '.items[] | select(.metadata.name | test($re))
+            | select(.metadata.deletionTimestamp == null) | .metadata.name' | sort
 }
 redis_pods_ready() {
     local want=$1 n
@@ -500,20 +500,24 @@ redis_pods_ready() {
     [[ $n == "$want" ]]
 }
 # sentinel_primary: the Pod the Sentinels name as primary (the first one that answers), by
-# its address (a Pod IP or a <pod>.<headless> name).
+# its address (a Pod IP or a <pod>.<headless> name). Asked from the `redis` container, whose
+# REDISCLI_AUTH (from the store's Secret) the Sentinels also require; Pods being deleted
+# are not asked.
 sentinel_primary() {
     local pod addr
     for pod in $(redis_pods); do
-        addr=$(kubectl exec -n "$NS" "$pod" -c sentinel -- \
+        addr=$(kubectl exec -n "$NS" "$pod" -c redis -- \
             redis-cli -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$SENTINEL_MASTER" 2>/dev/null | head -1) || continue
         [[ -n $addr ]] || continue
         if [[ $addr =~ ^[0-9.]+$ ]]; then
             kubectl get pods -n "$NS" -o json | jq -r --arg ip "$addr" \
-                '.items[] | select(.status.podIP == $ip and .metadata.deletionTimestamp == null) | .metadata.name' | head -1
-        else
+                '.items[] | select(.status.podIP == $ip) | .metadata.name' | head -1
+            return 0
+        elif [[ $addr =~ ^$STORE-redis-[0-9]+(\.|$) ]]; then
             printf '%s\n' "${addr%%.*}"
+            return 0
         fi
-        return 0
+        log "Sentinel in $pod answered: $addr"
     done
     return 1
 }
@@ -625,9 +629,13 @@ scenario() {
     *) fail "unknown driver $driver (redis, db)" ;;
     esac
 
+    # Redis: 3 Pods with Sentinel (E2E_HA=1) or a single one (the outage case needs it).
     local replicas=""
-    [[ $driver == redis && $HA == 1 ]] && replicas=3
-    step "[$driver] store${replicas:+ ($replicas Redis pods with Sentinel)} and two-replica stand-in"
+    if [[ $driver == redis ]]; then
+        replicas=1
+        [[ $HA == 1 ]] && replicas=3
+    fi
+    step "[$driver] store${replicas:+ ($replicas Redis pod(s))} and two-replica stand-in"
     apply_namespace
     apply_store "$driver" 3600 "$replicas"
     kubectl wait -n "$NS" "oss/$STORE" --for=condition=Ready --timeout="${TIMEOUT}s" >&2
