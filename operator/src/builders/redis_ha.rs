@@ -145,6 +145,7 @@ while :; do
   waited=$((waited + 1))
 done
 
+# Quoted for the config parser; printf, not echo: some shells' echo eats backslashes.
 qpw=$(printf '%s' "$pw" | sed 's/\\/\\\\/g; s/"/\\"/g')
 {
   [ -z "${REDIS_HA_BIND:-}" ] || echo "bind $REDIS_HA_BIND"
@@ -154,8 +155,8 @@ qpw=$(printf '%s' "$pw" | sed 's/\\/\\\\/g; s/"/\\"/g')
   echo "appendfsync everysec"
   echo "maxmemory-policy noeviction"
   echo "protected-mode no"
-  echo "requirepass \"$qpw\""
-  echo "masterauth \"$qpw\""
+  printf 'requirepass "%s"\n' "$qpw"
+  printf 'masterauth "%s"\n' "$qpw"
   echo "replica-announce-ip $me"
   echo "replica-announce-port $port"
   [ -z "$master" ] || echo "replicaof $master $port"
@@ -175,10 +176,10 @@ fi
   echo "sentinel announce-ip $me"
   echo "sentinel announce-port $sport"
   [ -z "$myid" ] || echo "sentinel myid $myid"
-  echo "requirepass \"$qpw\""
-  echo "sentinel sentinel-pass \"$qpw\""
+  printf 'requirepass "%s"\n' "$qpw"
+  printf 'sentinel sentinel-pass "%s"\n' "$qpw"
   echo "sentinel monitor $name ${master:-$me} $port $quorum"
-  echo "sentinel auth-pass $name \"$qpw\""
+  printf 'sentinel auth-pass %s "%s"\n' "$name" "$qpw"
   echo "sentinel down-after-milliseconds $name $down"
   echo "sentinel failover-timeout $name 10000"
   echo "sentinel parallel-syncs $name 1"
@@ -205,16 +206,29 @@ done
 if command -v timeout >/dev/null 2>&1; then t="timeout 2"; else t=""; fi
 role() { $t redis-cli -h "$me" -p "$port" --raw ROLE 2>/dev/null | head -n 1; }
 [ "$(role)" = master ] || exit 0
-ok=""
-for h in $REDIS_HA_HOSTS; do
-  [ "$h" = "$me" ] && continue
-  ok=$($t redis-cli -h "$h" -p "$sport" --raw SENTINEL failover "$name" 2>/dev/null) || ok=""
-  [ "$ok" = OK ] && break
+others=$(for x in $REDIS_HA_HOSTS; do [ "$x" = "$me" ] || echo "$x"; done)
+# Only when the Sentinels name this Pod: a former primary not yet turned into a replica
+# must not start another failover.
+cur=""
+for h in $others $me; do
+  cur=$($t redis-cli -h "$h" -p "$sport" --raw SENTINEL get-master-addr-by-name "$name" 2>/dev/null | head -n 1) || cur=""
+  [ -n "$cur" ] && break
 done
-[ "$ok" = OK ] || ok=$($t redis-cli -h "$me" -p "$sport" --raw SENTINEL failover "$name" 2>/dev/null) || ok=""
-[ "$ok" = OK ] || exit 0
+[ "$cur" = "$me" ] || exit 0
+ok=""
+asked=""
+for h in $others $me; do
+  ok=$($t redis-cli -h "$h" -p "$sport" --raw SENTINEL failover "$name" 2>/dev/null) || ok=""
+  if [ "$ok" = OK ]; then asked=$h; break; fi
+done
+[ -n "$asked" ] || exit 0
+echo "redis-ha: failover asked from the Sentinel on $asked"
+# Done once the Sentinels name another primary: writes this Pod still takes cannot reach a
+# majority of replicas any more, so the sidecars never acknowledge them.
 n=0
 while [ "$n" -lt "$limit" ]; do
+  now=$($t redis-cli -h "$asked" -p "$sport" --raw SENTINEL get-master-addr-by-name "$name" 2>/dev/null | head -n 1) || now=""
+  if [ -n "$now" ] && [ "$now" != "$me" ]; then exit 0; fi
   [ "$(role)" = slave ] && exit 0
   sleep 1
   n=$((n + 1))
