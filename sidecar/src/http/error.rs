@@ -39,7 +39,9 @@ impl ApiError {
                 StoreError::Gone => StatusCode::GONE,
                 StoreError::Precondition { .. } => StatusCode::PRECONDITION_FAILED,
                 StoreError::LeaseHeld { .. } => StatusCode::CONFLICT,
-                StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Unavailable(_) | StoreError::NotReplicated(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 StoreError::Backend(_) => StatusCode::BAD_GATEWAY,
             },
         }
@@ -59,7 +61,8 @@ impl ApiError {
                 StoreError::Gone => "gone",
                 StoreError::Precondition { .. } => "precondition_failed",
                 StoreError::LeaseHeld { .. } => "held",
-                StoreError::Unavailable(_) => "backend_unavailable",
+                // The code clients already treat as "try later"; the message says why.
+                StoreError::Unavailable(_) | StoreError::NotReplicated(_) => "backend_unavailable",
                 StoreError::Backend(_) => "backend_error",
             },
         }

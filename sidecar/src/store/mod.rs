@@ -6,6 +6,7 @@
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod sentinel;
 
 use std::time::Duration;
 
@@ -28,6 +29,11 @@ pub enum StoreError {
     LeaseNotHeld,
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// An ending was written on the Redis primary, but fewer replicas than
+    /// `DKN_AUTH_REDIS_MIN_REPLICAS` acknowledged it in time (503). Not an outage: the
+    /// backend answered.
+    #[error("not durable: {0}")]
+    NotReplicated(String),
     #[error("backend answered unexpectedly: {0}")]
     Backend(String),
 }
@@ -199,11 +205,21 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
                 &settings.redis_uri,
                 settings.redis_password.as_deref(),
                 ca,
+                settings.backend_timeout,
             )
             .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
-            let pool =
-                redis::RedisPool::new(target, settings.redis_max_conn, settings.backend_timeout);
-            Ok(Store::Redis(Box::new(redis::RedisStore::new(pool, common))))
+            let pool = redis::RedisPool::new(
+                target,
+                settings.redis_max_conn,
+                settings.backend_timeout,
+                settings.redis_min_replicas,
+            );
+            Ok(Store::Redis(Box::new(redis::RedisStore::new(
+                pool,
+                common,
+                settings.redis_min_replicas,
+                settings.backend_timeout,
+            ))))
         }
         Driver::Db => {
             let pg = postgres::PgSettings {

@@ -9,14 +9,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use parking_lot::RwLock;
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
+use super::sentinel::{HostPort, Sentinels};
 use super::{millis, StoreError, StoreResult, StoreSettings};
 use crate::model::{
     Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
@@ -53,25 +53,26 @@ impl Scripts {
 /// Where connections come from.
 pub enum Target {
     Direct(Box<Client>),
-    Sentinel {
-        client: Box<tokio::sync::Mutex<SentinelClient>>,
-    },
+    /// Found through Sentinel on every (re)connect (`store/sentinel.rs`).
+    Sentinel(Arc<Sentinels>),
 }
 
 impl Target {
     /// `redis://`, `rediss://`, or `redis+sentinel://[user:pass@]h1:p1,h2:p2/master[/db]`
-    /// (`rediss+sentinel://` for TLS to the nodes).
+    /// (`rediss+sentinel://` for TLS to the Sentinels and the nodes). `timeout` bounds each
+    /// Sentinel look-up.
     pub fn from_uri(
         uri: &str,
         password: Option<&str>,
         ca: Option<Vec<u8>>,
+        timeout: Duration,
     ) -> Result<Self, String> {
         if let Some(rest) = uri
             .strip_prefix("redis+sentinel://")
             .map(|r| (r, false))
             .or_else(|| uri.strip_prefix("rediss+sentinel://").map(|r| (r, true)))
         {
-            return Self::sentinel(rest.0, rest.1, password);
+            return Self::sentinel(rest.0, rest.1, password, ca, timeout);
         }
         let mut url = url::Url::parse(uri).map_err(|e| format!("not a URL: {e}"))?;
         if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
@@ -100,7 +101,13 @@ impl Target {
             .map_err(|e| e.to_string())
     }
 
-    fn sentinel(rest: &str, tls: bool, password: Option<&str>) -> Result<Self, String> {
+    fn sentinel(
+        rest: &str,
+        tls: bool,
+        password: Option<&str>,
+        ca: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
             None => (None, rest),
@@ -117,10 +124,11 @@ impl Target {
             Some(d) if !d.is_empty() => d.parse().map_err(|_| format!("bad db number {d:?}"))?,
             _ => 0,
         };
+        // Percent-encoded, as in redis:// URIs.
         let (user, pass) = match auth {
             Some(a) => match a.split_once(':') {
-                Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
-                None => (Some(a.to_owned()), None),
+                Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
+                None => (Some(percent_decode(a)?), None),
             },
             None => (None, None),
         };
@@ -129,29 +137,54 @@ impl Target {
         if let Some(u) = user.filter(|u| !u.is_empty()) {
             info = info.set_username(u);
         }
-        if let Some(p) = pass {
+        if let Some(p) = pass.filter(|p| !p.is_empty()) {
             info = info.set_password(p);
         }
-        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-        if tls {
-            node = node.set_tls_mode(redis::TlsMode::Secure);
-        }
-        let scheme = if tls { "rediss" } else { "redis" };
-        let sentinels: Vec<String> = hosts
+        let sentinels: Vec<HostPort> = hosts
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| format!("{scheme}://{h}"))
-            .collect();
+            .map(HostPort::parse)
+            .collect::<Result<_, _>>()?;
         if sentinels.is_empty() {
             return Err("sentinel form needs at least one host:port".into());
         }
-        let client =
-            SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)
-                .map_err(|e| e.to_string())?;
-        Ok(Target::Sentinel {
-            client: Box::new(tokio::sync::Mutex::new(client)),
-        })
+        Ok(Target::Sentinel(Arc::new(Sentinels::new(
+            sentinels,
+            master.to_owned(),
+            info,
+            tls,
+            ca,
+            timeout,
+        ))))
     }
+
+    /// Forgets what it knows of the primary, after a connection to it broke.
+    fn forget(&self) {
+        if let Target::Sentinel(s) = self {
+            s.forget();
+        }
+    }
+}
+
+/// `%XX` escapes of a URI's user or password.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad %-escape in the user or password (write % as %25)")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "user or password is not UTF-8 once decoded".to_string())
 }
 
 struct Slot {
@@ -159,89 +192,146 @@ struct Slot {
     connecting: tokio::sync::Mutex<()>,
 }
 
-pub struct RedisPool {
-    target: Target,
+/// A fixed set of lazily connected slots, picked by the requests in flight on the set.
+struct Slots {
+    what: &'static str,
     slots: Vec<Slot>,
     in_flight: AtomicUsize,
+}
+
+impl Slots {
+    fn new(what: &'static str, n: usize) -> Self {
+        Slots {
+            what,
+            slots: (0..n.max(1))
+                .map(|_| Slot {
+                    conn: RwLock::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+pub struct RedisPool {
+    target: Target,
+    /// Shared by every request.
+    shared: Slots,
+    /// Only for writes followed by `WAIT` (`DKN_AUTH_REDIS_MIN_REPLICAS` > 0): Redis
+    /// blocks a connection in `WAIT`, and would hold every request multiplexed behind it.
+    waited: Slots,
     config: AsyncConnectionConfig,
 }
 
 struct Checkout<'a> {
     _in_flight: InFlight<'a>,
-    slot: usize,
+    pool: &'a RedisPool,
+    slot: &'a Slot,
     conn: MultiplexedConnection,
 }
 
+impl Checkout<'_> {
+    /// Maps a Redis error, forgetting the connection when it is broken (or points at a
+    /// former primary) so the next use of the slot reconnects.
+    fn fail(&self, e: RedisError) -> StoreError {
+        self.pool.fail(self.slot, e)
+    }
+}
+
+/// Connections reserved for waited writes: a few, since they are only endings.
+pub fn waited_slots(max_conn: usize) -> usize {
+    (max_conn / 8).clamp(1, 4)
+}
+
 impl RedisPool {
-    pub fn new(target: Target, max_conn: usize, timeout: Duration) -> Self {
-        let slots = (0..max_conn.max(1))
-            .map(|_| Slot {
-                conn: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            })
-            .collect();
+    /// `max_conn` shared connections, plus [`waited_slots`] for waited writes when
+    /// `min_replicas` > 0 (taken from `max_conn` when it is large enough).
+    pub fn new(target: Target, max_conn: usize, timeout: Duration, min_replicas: u32) -> Self {
+        let max_conn = max_conn.max(1);
+        let (shared, waited) = if min_replicas > 0 {
+            let w = waited_slots(max_conn);
+            ((max_conn.saturating_sub(w)).max(1), w)
+        } else {
+            (max_conn, 1)
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         RedisPool {
             target,
-            slots,
-            in_flight: AtomicUsize::new(0),
+            shared: Slots::new("shared", shared),
+            waited: Slots::new("waited", waited),
             config,
         }
     }
 
     async fn checkout(&self) -> StoreResult<Checkout<'_>> {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let in_flight = InFlight(self);
-        let slot = n % self.slots.len();
-        let cached = self.slots[slot].conn.read().clone();
+        self.checkout_from(&self.shared).await
+    }
+
+    async fn checkout_waited(&self) -> StoreResult<Checkout<'_>> {
+        self.checkout_from(&self.waited).await
+    }
+
+    async fn checkout_from<'a>(&'a self, set: &'a Slots) -> StoreResult<Checkout<'a>> {
+        let n = set.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(set);
+        let index = n % set.slots.len();
+        let slot = &set.slots[index];
+        let cached = slot.conn.read().clone();
         let conn = match cached {
             Some(c) => c,
-            None => self.connect(slot).await?,
+            None => self.connect(set.what, index, slot).await?,
         };
         Ok(Checkout {
             _in_flight: in_flight,
+            pool: self,
             slot,
             conn,
         })
     }
 
-    async fn connect(&self, slot: usize) -> StoreResult<MultiplexedConnection> {
-        let s = &self.slots[slot];
+    async fn connect(
+        &self,
+        what: &'static str,
+        index: usize,
+        s: &Slot,
+    ) -> StoreResult<MultiplexedConnection> {
         let _one_at_a_time = s.connecting.lock().await;
         if let Some(c) = s.conn.read().clone() {
             return Ok(c);
         }
         let conn = match &self.target {
-            Target::Direct(client) => {
-                client
-                    .get_multiplexed_async_connection_with_config(&self.config)
-                    .await
-            }
-            Target::Sentinel { client } => {
-                client
-                    .lock()
-                    .await
-                    .get_async_connection_with_config(&self.config)
-                    .await
-            }
-        }
-        .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}")))?;
+            Target::Direct(client) => client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}")))?,
+            Target::Sentinel(sentinels) => sentinels
+                .connect_primary(&self.config)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("Redis Sentinel: {e}")))?,
+        };
         *s.conn.write() = Some(conn.clone());
-        tracing::info!(slot, "connected to Redis");
+        tracing::info!(slot = index, set = what, "connected to Redis");
         Ok(conn)
     }
 
     /// Maps a Redis error, forgetting the connection when it is broken so the next use of
     /// the slot reconnects.
-    fn fail(&self, slot: usize, e: RedisError) -> StoreError {
+    fn fail(&self, slot: &Slot, e: RedisError) -> StoreError {
         use redis::{ErrorKind, ServerErrorKind};
         let connection_broken = e.is_io_error()
             || e.is_connection_dropped()
             || e.is_timeout()
             || e.is_connection_refusal()
             || e.is_unrecoverable_error();
+        // READONLY: a write reached a replica (a former primary). UNBLOCKED: a WAIT was cut
+        // short because the primary turned replica. Both mean: find the primary again.
+        let read_only = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly))
+            || e.code() == Some("UNBLOCKED");
+        // The server's own min-replicas-to-write refusing writes: an outage, same connection.
+        let no_replicas = e.code() == Some("NOREPLICAS");
         // A server that is starting, or a former master after a Sentinel fail-over, is an
         // outage too; the latter also needs a new connection to find the new master.
         let server_not_ready = matches!(
@@ -256,10 +346,10 @@ impl RedisPool {
                 | ErrorKind::NoValidReplicasFoundBySentinel
                 | ErrorKind::AuthenticationFailed
         );
-        if connection_broken || server_not_ready {
-            if connection_broken || matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly))
-            {
-                *self.slots[slot].conn.write() = None;
+        if connection_broken || server_not_ready || read_only || no_replicas {
+            if connection_broken || read_only {
+                *slot.conn.write() = None;
+                self.target.forget();
             }
             StoreError::Unavailable(format!("Redis: {e}"))
         } else {
@@ -268,15 +358,13 @@ impl RedisPool {
     }
 
     pub fn connected(&self) -> u64 {
-        self.slots
-            .iter()
-            .filter(|s| s.conn.read().is_some())
-            .count() as u64
+        let count = |set: &Slots| set.slots.iter().filter(|s| s.conn.read().is_some()).count();
+        (count(&self.shared) + count(&self.waited)) as u64
     }
 }
 
-/// Counts a request in flight until dropped.
-struct InFlight<'a>(&'a RedisPool);
+/// Counts a request in flight on a set of slots until dropped.
+struct InFlight<'a>(&'a Slots);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -288,6 +376,28 @@ pub struct RedisStore {
     pool: Arc<RedisPool>,
     scripts: Scripts,
     settings: StoreSettings,
+    /// `DKN_AUTH_REDIS_MIN_REPLICAS`: replicas that must acknowledge an ending.
+    min_replicas: u32,
+    /// `DKN_AUTH_BACKEND_TIMEOUT_MS`: the budget an ending and its `WAIT` share.
+    timeout: Duration,
+}
+
+/// What a waited write was, for the 503 message.
+#[derive(Clone, Copy)]
+enum Ending {
+    Delete,
+    Rotation,
+    IdentifierDelete,
+}
+
+impl Ending {
+    fn what(self) -> &'static str {
+        match self {
+            Ending::Delete => "session deletion",
+            Ending::Rotation => "session rotation",
+            Ending::IdentifierDelete => "identifier deletion",
+        }
+    }
 }
 
 struct Keys {
@@ -297,11 +407,18 @@ struct Keys {
 }
 
 impl RedisStore {
-    pub fn new(pool: RedisPool, settings: StoreSettings) -> Self {
+    pub fn new(
+        pool: RedisPool,
+        settings: StoreSettings,
+        min_replicas: u32,
+        timeout: Duration,
+    ) -> Self {
         RedisStore {
             pool: Arc::new(pool),
             scripts: Scripts::load(),
             settings,
+            min_replicas,
+            timeout,
         }
     }
 
@@ -322,7 +439,88 @@ impl RedisStore {
         let mut c = self.pool.checkout().await?;
         inv.invoke_async::<Vec<Value>>(&mut c.conn)
             .await
-            .map_err(|e| self.pool.fail(c.slot, e))
+            .map_err(|e| c.fail(e))
+    }
+
+    /// Runs a script that ends or moves a session. With `min_replicas` > 0 it runs on a
+    /// waited connection and is followed there by `WAIT`: success only once enough replicas
+    /// have the change. `ok` says whether the reply is a success (a refused rotation changed
+    /// nothing and answers as it is).
+    async fn run_ending(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+        ending: Ending,
+        ok: impl Fn(&[Value]) -> bool,
+    ) -> StoreResult<Vec<Value>> {
+        if self.min_replicas == 0 {
+            return self.run(inv).await;
+        }
+        let start = Instant::now();
+        let mut c = self.pool.checkout_waited().await?;
+        let r = inv
+            .invoke_async::<Vec<Value>>(&mut c.conn)
+            .await
+            .map_err(|e| c.fail(e))?;
+        if ok(&r) {
+            self.wait_replicas(&mut c, start, self.timeout, ending)
+                .await?;
+        }
+        Ok(r)
+    }
+
+    /// `WAIT min_replicas <what is left of the budget>` on the connection that wrote.
+    async fn wait_replicas(
+        &self,
+        c: &mut Checkout<'_>,
+        start: Instant,
+        budget: Duration,
+        ending: Ending,
+    ) -> StoreResult<()> {
+        let n = self.min_replicas;
+        // Redis notices a WAIT's timeout on its next event-loop turn, up to 1/hz (100 ms at
+        // the default hz 10) late: ask for less than what is left, and still guard the reply
+        // here so the answer is this one, not the request's own time limit.
+        let left = budget.saturating_sub(start.elapsed());
+        let margin = (Duration::from_millis(120) + budget / 10).min(budget / 2);
+        // WAIT with 0 ms would block for ever.
+        let wait_ms = millis(left.saturating_sub(margin)).max(1);
+        let guard = left.saturating_sub(Duration::from_millis(10));
+        let mut wait_cmd = redis::cmd("WAIT");
+        wait_cmd.arg(n).arg(wait_ms);
+        let wait = wait_cmd.query_async::<i64>(&mut c.conn);
+        let acked = match tokio::time::timeout(guard, wait).await {
+            Ok(r) => r.map_err(|e| c.fail(e))?,
+            Err(_) => {
+                return Err(StoreError::NotReplicated(format!(
+                    "the {} was applied on the Redis primary, but its WAIT for the {n} replica(s) \
+                     required by DKN_AUTH_REDIS_MIN_REPLICAS did not answer within {} ms; it is \
+                     not known to be durable and may be undone by a fail-over",
+                    ending.what(),
+                    millis(guard)
+                )))
+            }
+        };
+        if acked >= i64::from(n) {
+            return Ok(());
+        }
+        // Say why: a primary without replicas is a setting mistake, not an outage.
+        let rest = budget
+            .saturating_sub(start.elapsed())
+            .saturating_sub(Duration::from_millis(10));
+        let role_cmd = redis::cmd("ROLE");
+        let role = role_cmd.query_async::<redis::Role>(&mut c.conn);
+        let connected = match tokio::time::timeout(rest, role).await {
+            Ok(Ok(redis::Role::Primary { replicas, .. })) => {
+                format!("; the primary has {} replica(s) connected", replicas.len())
+            }
+            _ => String::new(),
+        };
+        Err(StoreError::NotReplicated(format!(
+            "the {} was applied on the Redis primary, but only {acked} of the {n} replica(s) \
+             required by DKN_AUTH_REDIS_MIN_REPLICAS acknowledged it within {wait_ms} ms{connected}; \
+             it is not durable and may be undone by a fail-over",
+            ending.what()
+        )))
     }
 
     pub fn pool_in_use(&self) -> u64 {
@@ -336,7 +534,7 @@ impl RedisStore {
             .query_async::<String>(&mut conn)
             .await
             .map(|_| ())
-            .map_err(|e| self.pool.fail(c.slot, e))
+            .map_err(|e| c.fail(e))
     }
 
     pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
@@ -351,7 +549,7 @@ impl RedisStore {
             .arg(&k.session)
             .query_async(&mut c.conn)
             .await
-            .map_err(|e| self.pool.fail(c.slot, e))?;
+            .map_err(|e| c.fail(e))?;
         let ttl = int(&ttl)?;
         if ttl < 0 {
             return Ok(None);
@@ -451,7 +649,8 @@ impl RedisStore {
             .arg(millis(self.settings.tombstone_ttl))
             .arg(sid.as_str())
             .arg(if k.index.is_some() { "1" } else { "0" });
-        let r = self.run(inv).await?;
+        // A delete always writes (the tombstone).
+        let r = self.run_ending(inv, Ending::Delete, |_| true).await?;
         Ok(status(&r)? == 1)
     }
 
@@ -494,7 +693,9 @@ impl RedisStore {
         for (key, val) in keep_set {
             inv.arg(key).arg(val);
         }
-        let r = self.run(inv).await?;
+        let r = self
+            .run_ending(inv, Ending::Rotation, |r| matches!(status(r), Ok(0)))
+            .await?;
         match status(&r)? {
             0 => Ok(Written {
                 version: uint(r.get(1))?,
@@ -504,27 +705,45 @@ impl RedisStore {
         }
     }
 
-    async fn delete_identifier(&self, id: Identifier, tomb_ms: u64) -> StoreResult<u64> {
+    async fn delete_identifier(
+        &self,
+        conn: &MultiplexedConnection,
+        id: Identifier,
+        tomb_ms: u64,
+    ) -> Result<u64, RedisError> {
         let prefix = self.group_prefix(id.as_str());
         let mut inv = self.scripts.delete_identifier.prepare_invoke();
         inv.key(format!("{prefix}i")).arg(&prefix).arg(tomb_ms);
-        let mut c = self.pool.checkout().await?;
-        inv.invoke_async::<u64>(&mut c.conn)
-            .await
-            .map_err(|e| self.pool.fail(c.slot, e))
+        let mut conn = conn.clone();
+        inv.invoke_async::<u64>(&mut conn).await
     }
 
     pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        let start = Instant::now();
         let tomb = millis(self.settings.tombstone_ttl);
-        // Many identifiers go out concurrently over the multiplexed connections.
+        // Every script of the batch on one connection (pipelined, many in flight), so one
+        // WAIT after them covers them all.
+        let c = if self.min_replicas == 0 {
+            self.pool.checkout().await?
+        } else {
+            self.pool.checkout_waited().await?
+        };
         let calls: Vec<_> = ids
             .iter()
-            .map(|id| self.delete_identifier(id.clone(), tomb))
+            .map(|id| self.delete_identifier(&c.conn, id.clone(), tomb))
             .collect();
         let counts: Vec<u64> = stream::iter(calls)
             .buffer_unordered(32)
             .try_collect()
-            .await?;
+            .await
+            .map_err(|e| c.fail(e))?;
+        if self.min_replicas > 0 {
+            let mut c = c;
+            // The HTTP layer allows one backend timeout per 5,000 identifiers.
+            let budget = self.timeout * (1 + u32::try_from(ids.len() / 5_000).unwrap_or(u32::MAX));
+            self.wait_replicas(&mut c, start, budget, Ending::IdentifierDelete)
+                .await?;
+        }
         Ok(counts.into_iter().sum())
     }
 
@@ -535,7 +754,7 @@ impl RedisStore {
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.pool.fail(c.slot, e))?;
+            .map_err(|e| c.fail(e))?;
         let now_ms = secs * 1000 + micros / 1000;
         let min = format!("({now_ms}");
         let mut missing = Vec::new();
@@ -547,10 +766,7 @@ impl RedisStore {
                     .arg(&min)
                     .arg("+inf");
             }
-            let counts: Vec<u64> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.pool.fail(c.slot, e))?;
+            let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| c.fail(e))?;
             missing.extend(
                 chunk
                     .iter()

@@ -78,6 +78,8 @@ pub struct RedisServer {
     durable: bool,
     /// Arguments replacing the plain-TCP port (TLS) or the mode (Sentinel).
     extra: Vec<String>,
+    /// `requirepass`, for [`RedisServer::cli`].
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -100,6 +102,7 @@ impl RedisServer {
             child: None,
             durable,
             extra: Vec::new(),
+            password: None,
         };
         s.launch();
         s
@@ -128,6 +131,7 @@ impl RedisServer {
                 "--tls-auth-clients".into(),
                 "no".into(),
             ],
+            password: None,
         };
         s.launch();
         s
@@ -152,9 +156,118 @@ impl RedisServer {
             child: None,
             durable: false,
             extra: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
+            password: None,
         };
         s.launch();
         s
+    }
+
+    /// A durable Redis with `requirepass`/`masterauth` set to `password`, announcing itself
+    /// to its primary as `localhost` (a hostname, as in Kubernetes), and replicating from
+    /// `replica_of` when given.
+    pub fn start_node(password: &str, replica_of: Option<u16>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut extra: Vec<String> = [
+            "--requirepass",
+            password,
+            "--masterauth",
+            password,
+            "--replica-announce-ip",
+            "localhost",
+            // A replica (re)joining syncs at once, not after the default 5 s.
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(p) = replica_of {
+            extra.extend(["--replicaof".into(), "localhost".into(), p.to_string()]);
+        }
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            durable: true,
+            extra,
+            password: Some(password.to_owned()),
+        };
+        s.launch();
+        s
+    }
+
+    /// A Sentinel with `requirepass`, monitoring `localhost:<master_port>` as `name` with
+    /// the given quorum, quick to declare a node down (1 s) and to fail over; hostnames
+    /// resolved and announced (`resolve-hostnames`/`announce-hostnames yes`).
+    pub fn start_sentinel_for(name: &str, master_port: u16, quorum: u32, password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nrequirepass {password}\n\
+                 sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n\
+                 sentinel monitor {name} localhost {master_port} {quorum}\n\
+                 sentinel auth-pass {name} {password}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 4000\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        let mut s = RedisServer {
+            port,
+            dir,
+            child: None,
+            durable: false,
+            extra: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
+            password: Some(password.to_owned()),
+        };
+        s.launch();
+        s
+    }
+
+    /// Runs one command with `redis-cli` (authenticated when the server has a password);
+    /// the reply as redis-cli prints it, one element per line.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let bin = find_binary("redis-cli", &[]);
+        let mut cmd = Command::new(bin);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || text.starts_with("ERR") || text.starts_with("WRONGPASS") {
+            return Err(format!(
+                "redis-cli {args:?} on port {}: {text} {}",
+                self.port,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(text)
+    }
+
+    /// Restarts this node as a replica of `primary_port` (how a Redis Pod of a Sentinel
+    /// set starts: it asks the Sentinels for the primary first).
+    pub fn restart_as_replica_of(&mut self, primary_port: u16) {
+        if let Some(i) = self.extra.iter().position(|a| a == "--replicaof") {
+            self.extra.drain(i..i + 3);
+        }
+        self.extra.extend([
+            "--replicaof".into(),
+            "localhost".into(),
+            primary_port.to_string(),
+        ]);
+        self.restart();
+    }
+
+    /// Whether the process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn launch(&mut self) {
@@ -224,6 +337,151 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis primary, its replicas (`replicaof`) and three Sentinels (quorum 2), all with one
+/// password (`requirepass`, `masterauth`, Sentinel `requirepass` and `auth-pass`), as the
+/// operator's managed Redis runs them. Nodes announce themselves as `localhost` and the
+/// Sentinels announce hostnames, so the primary's address the Sentinels give is a hostname.
+/// Everything is killed on drop.
+pub struct SentinelRedis {
+    pub name: String,
+    pub password: String,
+    /// `nodes[0]` is the primary at start.
+    pub nodes: Vec<RedisServer>,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelRedis {
+    /// Starts the primary, `replicas` replicas and three Sentinels, and waits until every
+    /// Sentinel knows the replicas and the two other Sentinels (so a fail-over can happen).
+    pub fn start(replicas: usize) -> Self {
+        let password = format!("pw-{}-{}", std::process::id(), free_port());
+        let name = "sessions".to_string();
+        let primary = RedisServer::start_node(&password, None);
+        let port = primary.port;
+        let mut nodes = vec![primary];
+        for _ in 0..replicas {
+            nodes.push(RedisServer::start_node(&password, Some(port)));
+        }
+        let sentinels = (0..3)
+            .map(|_| RedisServer::start_sentinel_for(&name, port, 2, &password))
+            .collect();
+        let set = SentinelRedis {
+            name,
+            password,
+            nodes,
+            sentinels,
+        };
+        assert!(
+            set.wait_replicas_online(port, replicas, Duration::from_secs(15)),
+            "replicas did not sync with the primary"
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = set.sentinels.iter().all(|s| {
+                let f = set.master_fields(s);
+                let num = |k: &str| f.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+                num("num-other-sentinels") >= 2 && num("num-slaves") >= replicas
+            });
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "Sentinels did not discover each other"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        set
+    }
+
+    /// `redis+sentinel://127.0.0.1:a,127.0.0.1:b,127.0.0.1:c/<name>/0` (no password: the
+    /// sidecar takes it from `DKN_AUTH_REDIS_PASSWORD`).
+    pub fn uri(&self) -> String {
+        self.uri_for(&self.name)
+    }
+
+    /// As [`SentinelRedis::uri`] for another master name.
+    pub fn uri_for(&self, name: &str) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{name}/0", hosts.join(","))
+    }
+
+    fn master_fields(&self, sentinel: &RedisServer) -> std::collections::HashMap<String, String> {
+        let text = sentinel
+            .cli(&["SENTINEL", "MASTER", &self.name])
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_owned(), c[1].to_owned()))
+            .collect()
+    }
+
+    /// The primary's port as the running Sentinels name it, when a majority agree.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut votes: Vec<u16> = self
+            .sentinels
+            .iter()
+            .filter(|s| s.is_running())
+            .filter_map(|s| {
+                let f = self.master_fields(s);
+                f.get("port").and_then(|p| p.parse().ok())
+            })
+            .collect();
+        votes.sort_unstable();
+        let majority = self.sentinels.len() / 2 + 1;
+        votes
+            .chunk_by(|a, b| a == b)
+            .find(|g| g.len() >= majority)
+            .map(|g| g[0])
+    }
+
+    /// Waits until a majority of Sentinels name a primary other than `old`; its port.
+    pub fn wait_new_primary(&self, old: u16, limit: Duration) -> Option<u16> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            match self.primary_port() {
+                Some(p) if p != old => return Some(p),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        None
+    }
+
+    /// The node listening on `port`.
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    /// Waits until the node on `port` is a primary with at least `n` replicas online.
+    pub fn wait_replicas_online(&self, port: u16, n: usize, limit: Duration) -> bool {
+        let Some(node) = self.nodes.iter().find(|x| x.port == port) else {
+            return false;
+        };
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            let info = node.cli(&["INFO", "replication"]).unwrap_or_default();
+            let online = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count();
+            if info.contains("role:master") && online >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 

@@ -1,0 +1,700 @@
+//! Redis with a replica behind three Sentinels, on real servers: session endings are
+//! acknowledged only once a replica has them (`DKN_AUTH_REDIS_MIN_REPLICAS`), the primary is
+//! SIGKILLed under load from two sidecar processes, Sentinels that name no usable primary
+//! answer 503 quickly, and a primary without the replica the setting asks for refuses to
+//! acknowledge endings.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{backend_flags, identifier, legacy_sid, modern_sid, s, Backend, Harness};
+use http::Method;
+use odoo_ha_testkit::{free_port, Client, Reply, SentinelRedis};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_odoo-session-sidecar");
+const TIMEOUT_MS: u64 = 800;
+const TIMEOUT: Duration = Duration::from_millis(TIMEOUT_MS);
+/// What a request may take beyond the backend timeout (HTTP, scheduling on a busy CI box).
+const SLACK: Duration = Duration::from_millis(500);
+
+/// A sidecar process, killed on drop.
+struct Sidecar {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_sidecar(env: &[(&str, String)]) -> Sidecar {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DKN_AUTH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("DKN_AUTH_DRIVER", "redis")
+        .env("DKN_AUTH_LISTEN", &addr)
+        .env("DKN_AUTH_BACKEND_TIMEOUT_MS", TIMEOUT_MS.to_string())
+        .env("DKN_AUTH_LOG_LEVEL", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = cmd.spawn().expect("spawn sidecar");
+    Sidecar { child, addr }
+}
+
+/// Waits until `GET path` answers `want` (a session GET answers 404 only once the backend
+/// is reachable).
+async fn wait_status(addr: &str, path: &str, want: u16, limit: Duration) {
+    let mut c = Client::new(addr.to_owned());
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if matches!(c.get(path).await, Ok(r) if r.status == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr}{path} never answered {want}");
+}
+
+/// A request that must answer within the backend timeout plus slack; a hang fails the test.
+async fn timed(
+    c: &mut Client,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> (Reply, Duration) {
+    let t = Instant::now();
+    let fut = async {
+        match &body {
+            Some(b) => c.json(method.clone(), path, headers, b).await,
+            None => c.send(method.clone(), path, headers, None).await,
+        }
+    };
+    match tokio::time::timeout(TIMEOUT + Duration::from_secs(3), fut).await {
+        Ok(Ok(r)) => (r, t.elapsed()),
+        Ok(Err(e)) => panic!("{method} {path}: {e}"),
+        Err(_) => panic!("{method} {path} hung for more than the backend timeout + 3 s"),
+    }
+}
+
+/// A 503 must be the JSON error with a message.
+fn check_503(r: &Reply, what: &str) {
+    let j = r.json();
+    assert_eq!(j["error"], "backend_unavailable", "{what}: {r:?}");
+    assert!(
+        j["message"].as_str().is_some_and(|m| m.len() > 10),
+        "{what}: a 503 says why: {r:?}"
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    Delete,
+    Rotate,
+    SoftRotate,
+}
+
+#[derive(Debug)]
+struct Ended {
+    kind: Ending,
+    old: String,
+    new: Option<String>,
+}
+
+#[derive(Default)]
+struct Tally {
+    acknowledged: u64,
+    unavailable: u64,
+    unexpected: Vec<String>,
+    slowest: Duration,
+    slowest_503: Duration,
+    endings: Vec<Ended>,
+    /// Sessions left alive: sid and the version of their last acknowledged PATCH.
+    live: Vec<(String, u64)>,
+    /// First acknowledged write / ending after the kill.
+    first_write_after_kill: Option<Instant>,
+    first_ending_after_kill: Option<Instant>,
+    messages_503: Vec<String>,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    killed_at: Arc<Mutex<Option<Instant>>>,
+}
+
+/// A request of a worker: method, path, headers, JSON body.
+type Step = (
+    Method,
+    String,
+    Vec<(&'static str, &'static str)>,
+    Option<serde_json::Value>,
+);
+
+/// Counts one answer; true when it was a success.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    t: &mut Tally,
+    r: &Reply,
+    took: Duration,
+    killed: Option<Instant>,
+    last_step: bool,
+    kind: Option<Ending>,
+    sid: &str,
+    new: &str,
+    method: &Method,
+    p: &str,
+) -> bool {
+    t.slowest = t.slowest.max(took);
+    let status = r.status.as_u16();
+    if matches!(status, 200 | 201 | 204) {
+        t.acknowledged += 1;
+        if killed.is_some() {
+            t.first_write_after_kill.get_or_insert_with(Instant::now);
+        }
+        if last_step {
+            match kind {
+                Some(kind) => {
+                    if killed.is_some() {
+                        t.first_ending_after_kill.get_or_insert_with(Instant::now);
+                    }
+                    t.endings.push(Ended {
+                        kind,
+                        old: sid.to_owned(),
+                        new: (kind != Ending::Delete).then(|| new.to_owned()),
+                    })
+                }
+                None => {
+                    let v = r.json()["version"].as_u64().unwrap_or(0);
+                    t.live.push((sid.to_owned(), v));
+                }
+            }
+        }
+        return true;
+    }
+    if status == 503 {
+        check_503(r, &format!("{method} {p}"));
+        t.unavailable += 1;
+        t.slowest_503 = t.slowest_503.max(took);
+        if t.messages_503.len() < 400 {
+            t.messages_503
+                .push(r.json()["message"].as_str().unwrap_or("").to_owned());
+        }
+    } else {
+        t.unexpected
+            .push(format!("{method} {p} -> {status} {:?}", r.json()));
+    }
+    false
+}
+
+/// One worker: create, PATCH, then keep, delete, rotate or soft-rotate; until stopped.
+async fn worker(addr: String, load: Arc<Load>, tally: Arc<Mutex<Tally>>) {
+    let mut c = Client::new(addr);
+    let mut i: u64 = 0;
+    while !load.stop.load(Ordering::Relaxed) {
+        i += 1;
+        let sid = legacy_sid();
+        let path = s("", &sid);
+        let mut steps: Vec<Step> = vec![
+            (
+                Method::PUT,
+                path.clone(),
+                vec![("if-none-match", "*")],
+                Some(json!({"data": {"uid": 7, "i": i}})),
+            ),
+            (
+                Method::PATCH,
+                path.clone(),
+                vec![],
+                Some(json!({"set": {"step": 2}})),
+            ),
+        ];
+        let new = legacy_sid();
+        let kind = match i % 4 {
+            0 => None,
+            1 => Some(Ending::Delete),
+            2 => Some(Ending::Rotate),
+            _ => Some(Ending::SoftRotate),
+        };
+        match kind {
+            None => {}
+            Some(Ending::Delete) => steps.push((Method::DELETE, path.clone(), vec![], None)),
+            Some(Ending::Rotate) => steps.push((
+                Method::POST,
+                s("/rotate", &sid),
+                vec![],
+                Some(json!({"new_sid": new, "set": {"rotated": true}})),
+            )),
+            Some(Ending::SoftRotate) => steps.push((
+                Method::POST,
+                s("/rotate", &sid),
+                vec![],
+                Some(json!({"new_sid": new, "set": {"rotated": true},
+                            "keep_old": {"ttl": 1, "set": {"next_sid": new}}})),
+            )),
+        }
+        let n = steps.len();
+        for (k, (method, p, headers, body)) in steps.into_iter().enumerate() {
+            let (r, took) = timed(&mut c, method.clone(), &p, &headers, body).await;
+            let killed = *load.killed_at.lock().unwrap();
+            let ok = {
+                let mut t = tally.lock().unwrap();
+                record(
+                    &mut t,
+                    &r,
+                    took,
+                    killed,
+                    k == n - 1,
+                    kind,
+                    &sid,
+                    &new,
+                    &method,
+                    &p,
+                )
+            };
+            if ok {
+                continue;
+            }
+            // This session's fate is unknown (a 503 may follow a write the primary made):
+            // leave it and start another.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            break;
+        }
+    }
+}
+
+/// The primary is SIGKILLed while two sidecars (one per "pod") create, patch, delete and
+/// rotate sessions with `DKN_AUTH_REDIS_MIN_REPLICAS=1`. Requests answer 503 with a
+/// message (never a hang) while there is no primary; the sidecars find the promoted
+/// replica by themselves; every acknowledged ending is still in force afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_under_load_keeps_every_acknowledged_ending() {
+    let mut redis = tokio::task::spawn_blocking(|| SentinelRedis::start(1))
+        .await
+        .unwrap();
+    let prefix = format!("fo{}:", std::process::id());
+    let env = vec![
+        ("DKN_AUTH_REDIS_URI", redis.uri()),
+        ("DKN_AUTH_REDIS_PASSWORD", redis.password.clone()),
+        ("DKN_AUTH_REDIS_MIN_REPLICAS", "1".to_string()),
+        ("DKN_AUTH_PREFIX", prefix.clone()),
+    ];
+    let pods = [spawn_sidecar(&env), spawn_sidecar(&env)];
+    for p in &pods {
+        wait_status(&p.addr, &s("", &legacy_sid()), 404, Duration::from_secs(15)).await;
+    }
+
+    // An acknowledged delete is on the replica at once: that is what WAIT bought.
+    let mut a = Client::new(pods[0].addr.clone());
+    let sid = legacy_sid();
+    let (r, _) = timed(
+        &mut a,
+        Method::PUT,
+        &s("", &sid),
+        &[],
+        Some(json!({"data": {"uid": 1}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (r, _) = timed(&mut a, Method::DELETE, &s("", &sid), &[], None).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let replica = &redis.nodes[1];
+    let tomb = format!("{prefix}{{{sid}}}:t:{sid}");
+    assert_eq!(
+        replica.cli(&["EXISTS", &tomb]).as_deref(),
+        Ok("1"),
+        "the tombstone of an acknowledged delete is on the replica"
+    );
+
+    let load = Arc::new(Load {
+        stop: Arc::new(AtomicBool::new(false)),
+        killed_at: Arc::new(Mutex::new(None)),
+    });
+    let tallies: Vec<Arc<Mutex<Tally>>> = (0..4).map(|_| Arc::default()).collect();
+    let workers: Vec<_> = tallies
+        .iter()
+        .enumerate()
+        .map(|(n, t)| tokio::spawn(worker(pods[n % 2].addr.clone(), load.clone(), t.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let old = redis.nodes[0].port;
+    let started = Instant::now();
+    redis.nodes[0].kill();
+    *load.killed_at.lock().unwrap() = Some(started);
+    let (redis_back, promoted) = tokio::task::spawn_blocking(move || {
+        let p = redis.wait_new_primary(old, Duration::from_secs(20));
+        (redis, p)
+    })
+    .await
+    .unwrap();
+    redis = redis_back;
+    let promoted = promoted.expect("Sentinels promoted the replica within 20 s");
+    let promoted_after = started.elapsed();
+    // The killed primary comes back as a replica of the new one (as a Redis Pod of a
+    // Sentinel set starts), so endings can be acknowledged again.
+    redis.node(old).restart_as_replica_of(promoted);
+    let redis = tokio::task::spawn_blocking(move || {
+        let ok = redis.wait_replicas_online(promoted, 1, Duration::from_secs(20));
+        assert!(ok, "the old primary rejoined as a replica");
+        redis
+    })
+    .await
+    .unwrap();
+    let rejoined_after = started.elapsed();
+
+    // Both sidecars acknowledge endings again, by themselves.
+    let deadline = started + Duration::from_secs(25);
+    loop {
+        let ended = tallies
+            .iter()
+            .all(|t| t.lock().unwrap().first_ending_after_kill.is_some());
+        if ended {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a sidecar did not acknowledge an ending within 25 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    // Soft-rotated old sids live 1 s more; let them expire.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut total = Tally::default();
+    let mut writes_back = Duration::ZERO;
+    let mut endings_back = Duration::ZERO;
+    for t in &tallies {
+        let mut t = t.lock().unwrap();
+        total.acknowledged += t.acknowledged;
+        total.unavailable += t.unavailable;
+        total.unexpected.append(&mut t.unexpected);
+        total.slowest = total.slowest.max(t.slowest);
+        total.slowest_503 = total.slowest_503.max(t.slowest_503);
+        total.endings.append(&mut t.endings);
+        total.live.append(&mut t.live);
+        total.messages_503.append(&mut t.messages_503);
+        if let Some(w) = t.first_write_after_kill {
+            writes_back = writes_back.max(w - started);
+        }
+        if let Some(e) = t.first_ending_after_kill {
+            endings_back = endings_back.max(e - started);
+        }
+    }
+
+    // Every acknowledged ending holds, read through the other pod's sidecar as well.
+    let mut clients = [
+        Client::new(pods[0].addr.clone()),
+        Client::new(pods[1].addr.clone()),
+    ];
+    let mut endings_lost: Vec<String> = Vec::new();
+    for (n, e) in total.endings.iter().enumerate() {
+        let c = &mut clients[n % 2];
+        let (g, _) = timed(c, Method::GET, &s("", &e.old), &[], None).await;
+        let (p, _) = timed(
+            c,
+            Method::PATCH,
+            &s("", &e.old),
+            &[],
+            Some(json!({"set": {"late": true}})),
+        )
+        .await;
+        // Deleted or hard-rotated: tombstoned (410); soft-rotated: expired after 1 s (404).
+        let refused = match e.kind {
+            Ending::Delete | Ending::Rotate => 410,
+            Ending::SoftRotate => 404,
+        };
+        if g.status != 404 || p.status != refused {
+            endings_lost.push(format!(
+                "{e:?}: GET {} PATCH {} (want 404 and {refused})",
+                g.status, p.status
+            ));
+        }
+        if let Some(new) = &e.new {
+            let (g, _) = timed(c, Method::GET, &s("", new), &[], None).await;
+            let data = g.json()["data"].clone();
+            if g.status != 200 || data["rotated"] != json!(true) || data["step"] != json!(2) {
+                endings_lost.push(format!("{e:?}: new sid GET {} {data}", g.status));
+            }
+        }
+    }
+    // Data writes are not waited for: count the acknowledged ones the fail-over lost.
+    let mut data_lost = 0;
+    for (n, (sid, version)) in total.live.iter().enumerate() {
+        let c = &mut clients[n % 2];
+        let (g, _) = timed(c, Method::GET, &s("", sid), &[], None).await;
+        let ok = g.status == 200
+            && g.json()["version"].as_u64().unwrap_or(0) >= *version
+            && g.json()["data"]["step"] == json!(2);
+        if !ok {
+            data_lost += 1;
+        }
+    }
+
+    let mut kinds: Vec<&str> = total
+        .messages_503
+        .iter()
+        .map(|m| {
+            if m.contains("acknowledged") {
+                "replicas did not acknowledge"
+            } else if m.contains("Sentinel") {
+                "no usable primary from the Sentinels"
+            } else if m.contains("did not answer within") {
+                "timeout"
+            } else {
+                "connection to Redis failed"
+            }
+        })
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    eprintln!(
+        "fail-over: promoted after {promoted_after:?}, old primary rejoined after {rejoined_after:?}; \
+         data writes back after {writes_back:?}, endings back after {endings_back:?}; \
+         {} acknowledged requests, {} answered 503 ({kinds:?}), slowest request {:?}, slowest 503 {:?}; \
+         {} acknowledged endings checked, {} lost; {} live sessions checked, {data_lost} lost \
+         (data writes are not waited for)",
+        total.acknowledged,
+        total.unavailable,
+        total.slowest,
+        total.slowest_503,
+        total.endings.len(),
+        endings_lost.len(),
+        total.live.len(),
+    );
+    assert!(
+        total.unexpected.is_empty(),
+        "only 2xx and 503 during a fail-over: {:?}",
+        &total.unexpected[..total.unexpected.len().min(10)]
+    );
+    assert!(
+        total.unavailable > 0,
+        "the outage was seen (requests answered 503 while there was no primary)"
+    );
+    assert!(
+        total.slowest <= TIMEOUT + SLACK,
+        "no request took more than the backend timeout + {SLACK:?}: slowest {:?}",
+        total.slowest
+    );
+    assert!(
+        endings_lost.is_empty(),
+        "acknowledged endings undone by the fail-over: {:?}",
+        &endings_lost[..endings_lost.len().min(10)]
+    );
+    assert!(
+        total
+            .endings
+            .iter()
+            .filter(|e| e.kind == Ending::Delete)
+            .count()
+            > 5
+            && total
+                .endings
+                .iter()
+                .filter(|e| e.kind == Ending::Rotate)
+                .count()
+                > 5
+            && total
+                .endings
+                .iter()
+                .filter(|e| e.kind == Ending::SoftRotate)
+                .count()
+                > 5,
+        "the load ended sessions in every way"
+    );
+    assert!(
+        writes_back < Duration::from_secs(20),
+        "writes recovered within 20 s of the kill: {writes_back:?}"
+    );
+    assert!(
+        endings_back < rejoined_after + Duration::from_secs(5),
+        "endings acknowledged again within 5 s of a replica being back: {endings_back:?}"
+    );
+    drop(redis);
+}
+
+/// Sentinels that do not know the master name, or name a primary that is dead while no
+/// quorum is left to replace it, or are all gone: 503 with a message, within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_usable_primary_answers_503_quickly() {
+    let mut redis = tokio::task::spawn_blocking(|| SentinelRedis::start(0))
+        .await
+        .unwrap();
+    let base = |uri: String| {
+        vec![
+            ("DKN_AUTH_REDIS_URI", uri),
+            ("DKN_AUTH_REDIS_PASSWORD", redis.password.clone()),
+            ("DKN_AUTH_PREFIX", format!("np{}:", std::process::id())),
+        ]
+    };
+    let wrong = spawn_sidecar(&base(redis.uri_for("nosuchmaster")));
+    let right = spawn_sidecar(&base(redis.uri()));
+    wait_status(&wrong.addr, "/healthz", 200, Duration::from_secs(10)).await;
+    wait_status(
+        &right.addr,
+        &s("", &legacy_sid()),
+        404,
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let put = |sid: &str| (Method::PUT, s("", sid), Some(json!({"data": {"uid": 1}})));
+    let mut c = Client::new(wrong.addr.clone());
+    for _ in 0..3 {
+        let (m, p, b) = put(&legacy_sid());
+        let (r, took) = timed(&mut c, m, &p, &[], b).await;
+        assert_eq!(r.status, 503, "{r:?}");
+        check_503(&r, "unknown master name");
+        let msg = r.json()["message"].as_str().unwrap_or("").to_owned();
+        assert!(
+            msg.contains("nosuchmaster") && msg.contains("does not monitor"),
+            "says the Sentinels do not know the name: {msg}"
+        );
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+    }
+
+    // The right name works, then the primary and two of three Sentinels die: the last
+    // Sentinel cannot reach a quorum, so nothing is promoted.
+    let mut c = Client::new(right.addr.clone());
+    let (m, p, b) = put(&legacy_sid());
+    let (r, _) = timed(&mut c, m, &p, &[], b).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    redis.nodes[0].kill();
+    redis.sentinels[0].kill();
+    redis.sentinels[1].kill();
+    let end = Instant::now() + Duration::from_millis(2500);
+    let mut answered = 0;
+    let mut last_msg = String::new();
+    while Instant::now() < end {
+        let (m, p, b) = put(&legacy_sid());
+        let (r, took) = timed(&mut c, m, &p, &[], b).await;
+        assert_eq!(r.status, 503, "{r:?}");
+        check_503(&r, "dead primary, no quorum");
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+        answered += 1;
+        last_msg = r.json()["message"].as_str().unwrap_or("").to_owned();
+    }
+    assert!(answered >= 3, "answered {answered} requests in 2.5 s");
+    eprintln!(
+        "dead primary, no quorum: {answered} requests answered 503 in 2.5 s, the last: {}",
+        last_msg
+    );
+    // The last Sentinel goes too (a failed look-up is reused for 100 ms).
+    redis.sentinels[2].kill();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..3 {
+        let (m, p, b) = put(&legacy_sid());
+        let (r, took) = timed(&mut c, m, &p, &[], b).await;
+        assert_eq!(r.status, 503, "{r:?}");
+        check_503(&r, "no Sentinel");
+        let msg = r.json()["message"].as_str().unwrap_or("").to_owned();
+        assert!(
+            msg.matches("Connection refused").count() == 3 && !msg.contains(" names "),
+            "names each Sentinel and why it failed: {msg}"
+        );
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+        eprintln!("no Sentinel left: 503 in {took:?}: {}", r.json()["message"]);
+    }
+}
+
+/// `DKN_AUTH_REDIS_MIN_REPLICAS=1` on a Redis without replicas: data writes work, every
+/// ending answers 503 saying that no replica acknowledged it (a setting mistake shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_without_a_replica_refuses_to_acknowledge_endings() {
+    let mut flags = backend_flags(Backend::Redis);
+    flags.push("--redis-min-replicas=1".into());
+    flags.push(format!("--backend-timeout-ms={TIMEOUT_MS}"));
+    let h = Harness::with_flags(flags).await;
+    let mut c = h.client();
+    let id = identifier();
+    let sid = modern_sid(&id);
+    let (r, _) = timed(
+        &mut c,
+        Method::PUT,
+        &s("", &sid),
+        &[],
+        Some(json!({"data": {"uid": 1}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "a data write does not wait: {r:?}");
+    let (r, _) = timed(
+        &mut c,
+        Method::PATCH,
+        &s("", &sid),
+        &[],
+        Some(json!({"set": {"k": 1}})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "a data write does not wait: {r:?}");
+
+    let other = legacy_sid();
+    let (r, _) = timed(
+        &mut c,
+        Method::PUT,
+        &s("", &other),
+        &[],
+        Some(json!({"data": {"uid": 2}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let cases = [
+        (Method::DELETE, s("", &other), None, "session deletion"),
+        (
+            Method::POST,
+            s("/rotate", &sid),
+            Some(json!({"new_sid": modern_sid(&id), "keep_old": {"ttl": 60}})),
+            "session rotation",
+        ),
+        (
+            Method::POST,
+            "/v1/identifiers/delete".to_string(),
+            Some(json!({"identifiers": [id]})),
+            "identifier deletion",
+        ),
+    ];
+    for (method, path, body, what) in cases {
+        let (r, took) = timed(&mut c, method.clone(), &path, &[], body).await;
+        assert_eq!(r.status, 503, "{method} {path}: never a success: {r:?}");
+        check_503(&r, what);
+        let msg = r.json()["message"].as_str().unwrap_or("").to_owned();
+        assert!(
+            msg.contains(what)
+                && msg.contains("only 0 of the 1 replica(s)")
+                && msg.contains("DKN_AUTH_REDIS_MIN_REPLICAS")
+                && msg.contains("0 replica(s) connected"),
+            "says how many replicas acknowledged and why: {msg}"
+        );
+        assert!(took <= TIMEOUT + SLACK, "{what} answered in {took:?}");
+    }
+    // A refused rotation (gone) changed nothing and needs no replica: it answers as it is.
+    let (r, took) = timed(
+        &mut c,
+        Method::POST,
+        &s("/rotate", &other),
+        &[],
+        Some(json!({"new_sid": legacy_sid()})),
+    )
+    .await;
+    assert_eq!(r.status, 410, "{r:?}");
+    assert!(
+        took < Duration::from_millis(300),
+        "no WAIT for a refusal: {took:?}"
+    );
+}
