@@ -1,5 +1,7 @@
 //! Prometheus metrics served at `/metrics`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +28,12 @@ pub struct Metrics {
     pub writes: Family<KindLabels, Counter>,
     pub conflicts: Family<KindLabels, Counter>,
     pub backend_connections: Gauge,
+    /// 1 while the backend answers, 0 while it does not or before the first answer.
+    pub backend_up: Gauge,
+    /// Changes between up and down since the start (the first state is not counted).
+    pub backend_transitions: Counter,
+    /// Seconds since the backend state last changed (or since the start); set when encoded.
+    pub backend_state_seconds: Gauge<f64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -38,34 +46,54 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("dkn_sidecar");
+        // The request metrics are `dkn_sidecar_*`; the backend state is `dkn_auth_backend_*`.
+        let mut registry = Registry::default();
         let requests =
             Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let backend_errors = Family::<KindLabels, Counter>::default();
         let writes = Family::<KindLabels, Counter>::default();
         let conflicts = Family::<KindLabels, Counter>::default();
         let backend_connections = Gauge::default();
+        let backend_up = Gauge::default();
+        let backend_transitions = Counter::default();
+        let backend_state_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
+            "dkn_auth_backend_up",
+            "1 while the shared backend answers this sidecar, 0 while it does not (or before its first answer)",
+            backend_up.clone(),
+        );
+        registry.register(
+            "dkn_auth_backend_transitions",
+            "Changes of dkn_auth_backend_up between 1 and 0 since the sidecar started",
+            backend_transitions.clone(),
+        );
+        registry.register(
+            "dkn_auth_backend_state_seconds",
+            "Seconds since dkn_auth_backend_up last changed (or since the sidecar started)",
+            backend_state_seconds.clone(),
+        );
+        let sidecar = registry.sub_registry_with_prefix("dkn_sidecar");
+        sidecar.register(
             "request_duration_seconds",
             "Time to answer a request, by route, method and status",
             requests.clone(),
         );
-        registry.register(
+        sidecar.register(
             "backend_errors",
             "Backend operations that failed (unavailable = timeout or connection error)",
             backend_errors.clone(),
         );
-        registry.register(
+        sidecar.register(
             "writes",
             "Session writes acknowledged, by kind",
             writes.clone(),
         );
-        registry.register(
+        sidecar.register(
             "conflicts",
             "Writes refused by a version condition, a tombstone or a held lease",
             conflicts.clone(),
         );
-        registry.register(
+        sidecar.register(
             "backend_connections",
             "Backend connections open (Redis) or checked out (PostgreSQL)",
             backend_connections.clone(),
@@ -77,6 +105,9 @@ impl Default for Metrics {
             writes,
             conflicts,
             backend_connections,
+            backend_up,
+            backend_transitions,
+            backend_state_seconds,
         }
     }
 }

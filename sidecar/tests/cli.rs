@@ -1,4 +1,5 @@
-//! The binary itself: configuration errors, Unix socket, graceful shutdown on SIGTERM.
+//! The binary itself: configuration errors (settings, log filter, socket path), --help,
+//! Unix socket, logs, graceful shutdown on SIGTERM (drains: tests/drain.rs).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -7,7 +8,11 @@ use http::Method;
 use odoo_ha_testkit::{free_port, Client};
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_odoo-session-sidecar");
+/// This build's binary, or `SIDECAR_TEST_BIN` (another build).
+fn bin() -> String {
+    std::env::var("SIDECAR_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_odoo-session-sidecar").to_string())
+}
 
 fn clean_env(cmd: &mut Command) -> &mut Command {
     for (k, _) in std::env::vars() {
@@ -19,7 +24,7 @@ fn clean_env(cmd: &mut Command) -> &mut Command {
 }
 
 fn fails_with(args: &[&str], env: &[(&str, &str)], setting: &str) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     clean_env(&mut cmd).args(args).envs(env.iter().copied());
     let out = cmd.output().expect("run sidecar");
     assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
@@ -64,7 +69,7 @@ fn configuration_errors_are_one_line_naming_the_setting() {
 }
 
 fn spawn(args: &[String]) -> std::process::Child {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     clean_env(&mut cmd)
         .args(args)
         .stdout(Stdio::null())
@@ -166,7 +171,7 @@ async fn serves_on_a_unix_socket() {
 #[tokio::test]
 async fn json_logs_on_request() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     let mut child = clean_env(&mut cmd)
         .args([
             "--driver=memory",
@@ -221,4 +226,147 @@ async fn health_listener_serves_probes_only() {
     assert_eq!(r.json()["error"], "no_route");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Runs the binary for at most 5 s (a setting wrongly accepted would make it serve
+/// forever): exit code (None: still running, killed) and stderr.
+fn run_bounded(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin());
+    let mut child = clean_env(&mut cmd)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidecar");
+    let end = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            _ if Instant::now() >= end => {
+                let _ = child.kill();
+                break None;
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let out = child.wait_with_output().expect("output");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    (code, text)
+}
+
+#[test]
+fn a_log_level_that_does_not_parse_is_refused() {
+    for level in [
+        "verbose",
+        "warning",
+        "info,odoo_session_sidecar=loud",
+        "info,",
+    ] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (code, err) = run_bounded(
+            &["--driver=memory", &format!("--listen={addr}")],
+            &[("DKN_AUTH_LOG_LEVEL", level)],
+        );
+        assert_eq!(code, Some(2), "{level:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("DKN_AUTH_LOG_LEVEL"), "{err}");
+        assert!(
+            err.contains(&format!("{level:?}")),
+            "names the value: {err}"
+        );
+    }
+    // Levels and target=level directives still work.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_bounded(
+        &[
+            "--driver=memory",
+            &format!("--listen={addr}"),
+            "--log-level=WARN,odoo_session_sidecar=debug,tower=off",
+        ],
+        &[],
+    );
+    assert_eq!(code, None, "a good filter is accepted: {err}");
+}
+
+#[test]
+fn a_socket_path_on_a_regular_file_is_refused_and_the_file_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("odoo.sock");
+    std::fs::write(&file, "precious\n").unwrap();
+    let (code, err) = run_bounded(
+        &["--driver=memory"],
+        &[("DKN_AUTH_SOCKET", file.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("DKN_AUTH_SOCKET") && err.contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+    // A directory is not replaced either.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let (code, err) = run_bounded(
+        &["--driver=memory", &format!("--socket={}", sub.display())],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(sub.is_dir());
+}
+
+#[test]
+fn help_does_not_print_uris_or_passwords_from_the_environment() {
+    let (code, out) = run_bounded(
+        &["--help"],
+        &[
+            ("DKN_AUTH_REDIS_URI", "redis://:redis-secret-1@redis:6379/0"),
+            ("DKN_AUTH_DB_URI", "postgresql://odoo:db-secret-2@pg/odoo"),
+            ("DKN_AUTH_REDIS_PASSWORD", "redis-secret-3"),
+            ("DKN_AUTH_DB_PASSWORD", "db-secret-4"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("DKN_AUTH_REDIS_URI"),
+        "help lists the variable: {out}"
+    );
+    for secret in [
+        "redis-secret-1",
+        "db-secret-2",
+        "redis-secret-3",
+        "db-secret-4",
+    ] {
+        assert!(!out.contains(secret), "--help prints {secret}:\n{out}");
+    }
+}
+
+/// Logs to a pipe or a file (a container's log) carry no terminal colour codes.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(bin());
+    let mut child = clean_env(&mut cmd)
+        .args(["--driver=memory", &format!("--listen={addr}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidecar");
+    wait_ready(&addr).await;
+    send_sigterm(child.id());
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut s = String::new();
+        use std::io::Read;
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("serving"), "{out}");
+    assert!(!out.contains('\u{1b}'), "ANSI escape in the log: {out:?}");
 }

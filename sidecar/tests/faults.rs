@@ -98,9 +98,20 @@ async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()
     tokio::task::block_in_place(kill);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut probe = h.client();
+    // The pod stays in its Service: readiness says the backend is down, and only a caller
+    // that asks for the backend gets a 503.
     let r = probe.get("/readyz").await.unwrap();
-    assert_eq!(r.status, 503, "readyz fails while the backend is down");
+    assert_eq!(r.status, 200, "readyz does not follow the backend: {r:?}");
+    assert_eq!(r.json()["backend"], "down", "{r:?}");
+    let r = probe.get("/readyz?backend=1").await.unwrap();
+    assert_eq!(
+        r.status, 503,
+        "readyz?backend=1 fails while the backend is down"
+    );
     assert_eq!(r.json()["error"], "backend_unavailable");
+    let m = probe.get("/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("\ndkn_auth_backend_up 0\n"), "{text}");
     let unavailable = tally.unavailable.load(Ordering::Relaxed);
     assert!(unavailable > 0, "writes answered 503 during the outage");
 
@@ -109,7 +120,8 @@ async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = probe.get("/readyz").await.unwrap();
-        if r.status == 200 {
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.json()["backend"] == "up" {
             break;
         }
         assert!(

@@ -284,6 +284,49 @@ async fn served_document_is_the_file() {
     assert_eq!(r.json(), doc());
 }
 
+/// Every readiness answer: ready with the backend up or down, the backend check, a bad
+/// query, and draining.
+#[tokio::test]
+async fn readiness_answers_are_listed_in_the_document() {
+    let d = doc();
+    let h = Harness::start(Backend::Memory).await;
+    let mut c = h.client();
+    for path in ["/readyz", "/readyz?backend=1", "/readyz?backend=0&probe=x"] {
+        let r = c.get(path).await.unwrap();
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.json()["backend"], "up", "{path}: {r:?}");
+        conforms(&d, "get", "/readyz", &r);
+    }
+    let r = c.get("/readyz?backend=yes").await.unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "invalid_query");
+    conforms(&d, "get", "/readyz", &r);
+    h.state.start_draining();
+    let r = c.get("/readyz").await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "draining");
+    conforms(&d, "get", "/readyz", &r);
+
+    // A Redis that is not there: ready all the same, and the backend check fails.
+    let closed = odoo_ha_testkit::free_port();
+    let down = Harness::serving(vec![
+        "--driver=redis".into(),
+        format!("--redis-uri=redis://127.0.0.1:{closed}/0"),
+        "--backend-timeout-ms=200".into(),
+    ])
+    .await;
+    let mut c = down.client();
+    let r = c.get("/readyz?backend=1").await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], "backend_unavailable");
+    assert_eq!(r.json()["backend"], "down");
+    conforms(&d, "get", "/readyz", &r);
+    let r = c.get("/readyz").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["backend"], "down");
+    conforms(&d, "get", "/readyz", &r);
+}
+
 #[tokio::test]
 async fn answers_are_listed_in_the_document() {
     let d = doc();

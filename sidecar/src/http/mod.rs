@@ -1,5 +1,6 @@
 //! The HTTP API v1 (see docs/sidecar-api.md): routing, shared state, timing.
 
+pub mod backend;
 mod body;
 mod error;
 mod leases;
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use backend::{BackendHealth, BackendState};
 pub use body::LARGE_BODY_LIMIT;
 pub use error::ApiError;
 
@@ -30,20 +32,71 @@ pub struct AppState {
     pub default_ttl: Duration,
     pub max_body_bytes: usize,
     pub backend_timeout: Duration,
-    /// Whether the last backend call reached the backend: logs say "down" and "back" once
-    /// per outage instead of once per failed request.
-    pub backend_up: Arc<AtomicBool>,
+    /// Whether the backend answers, from the background ping and every real call: logs
+    /// say "unreachable" and "reachable again" once per outage, not once per request.
+    pub backend: Arc<BackendHealth>,
+    /// Set on SIGTERM: `/readyz` answers 503 while the sidecar drains.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AppState {
     pub fn new(store: Store, settings: &crate::config::Settings) -> Self {
+        let metrics = Arc::new(Metrics::default());
         AppState {
             store: Arc::new(store),
-            metrics: Arc::new(Metrics::default()),
+            backend: Arc::new(BackendHealth::new(metrics.clone())),
+            metrics,
             default_ttl: settings.expiry,
             max_body_bytes: settings.max_body_bytes,
             backend_timeout: settings.backend_timeout,
-            backend_up: Arc::new(AtomicBool::new(true)),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Pings the backend within the backend timeout and records the outcome. Not counted
+    /// in `dkn_sidecar_backend_errors_total`, which counts the requests' failures.
+    pub async fn check_backend(&self) -> Result<(), ApiError> {
+        let result = match tokio::time::timeout(self.backend_timeout, self.store.ping()).await {
+            Ok(r) => r.map_err(ApiError::Store),
+            Err(_) => Err(ApiError::Timeout(
+                u64::try_from(self.backend_timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+        };
+        self.record_outcome(&result);
+        result
+    }
+
+    /// Pings the backend now and then every `backend::CHECK_INTERVAL`, so its state is known
+    /// even while no request comes. Needs a Tokio runtime; stops with it.
+    pub fn spawn_backend_watch(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(backend::CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = state.check_backend().await;
+            }
+        })
+    }
+
+    /// Whether SIGTERM started the drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Up or down from a backend call's result: an answer of any kind, even an unexpected
+    /// one, means the backend is reachable.
+    fn record_outcome<T>(&self, result: &Result<T, ApiError>) {
+        match result {
+            Err(e @ (ApiError::Timeout(_) | ApiError::Store(StoreError::Unavailable(_)))) => {
+                self.backend.unreachable(e)
+            }
+            _ => self.backend.reached(),
         }
     }
 
@@ -64,6 +117,7 @@ impl AppState {
                 u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             )),
         };
+        self.record_outcome(&result);
         if let Err(e) = &result {
             let kind = match e {
                 ApiError::Timeout(_) => Some("timeout"),
@@ -78,10 +132,8 @@ impl AppState {
                     .inc();
                 if kind == "unexpected" {
                     tracing::error!(error = %e, "backend answered unexpectedly");
-                } else if self.backend_up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "backend unavailable: answering 503 until it is back");
                 } else {
-                    tracing::debug!(error = %e, "backend still unavailable");
+                    tracing::debug!(error = %e, "backend call failed");
                 }
             }
             let conflict = match e {

@@ -1,6 +1,8 @@
 //! Starts a real sidecar (the library's router on a loopback port) over a real backend.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -34,6 +36,13 @@ pub struct Harness {
     pub addr: String,
     pub state: AppState,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 /// Flags for a backend; each harness gets its own prefix so tests sharing a server never
@@ -62,6 +71,13 @@ impl Harness {
     }
 
     pub async fn with_flags(flags: Vec<String>) -> Self {
+        let h = Self::serving(flags).await;
+        h.wait_ready().await;
+        h
+    }
+
+    /// Serving, without waiting for the backend (which may be down).
+    pub async fn serving(flags: Vec<String>) -> Self {
         let mut argv = vec!["odoo-session-sidecar".to_string()];
         argv.extend(flags);
         let settings = Settings::from_args(&Args::parse_from(argv)).expect("settings");
@@ -74,6 +90,8 @@ impl Harness {
             .try_init();
         let store = store::open(&settings).expect("store");
         let state = AppState::new(store, &settings);
+        // As the binary does: the backend state is known without requests.
+        let watch = state.spawn_backend_watch();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -87,20 +105,20 @@ impl Harness {
                 })
                 .await;
         });
-        let h = Harness {
+        Harness {
             addr,
             state,
             _shutdown: tx,
-        };
-        h.wait_ready().await;
-        h
+            watch,
+        }
     }
 
-    /// Waits for the backend (a PostgreSQL schema is created in the background).
+    /// Waits for the backend (a PostgreSQL schema is created in the background): plain
+    /// `/readyz` does not, it says only that the sidecar serves.
     pub async fn wait_ready(&self) {
         let mut c = self.client();
         for _ in 0..200 {
-            if let Ok(r) = c.get("/readyz").await {
+            if let Ok(r) = c.get("/readyz?backend=1").await {
                 if r.status == 200 {
                     return;
                 }
