@@ -52,7 +52,7 @@ async fn managed_redis_store_creates_owned_objects_status_and_cleans_up() {
         &client,
         ns,
         "sessions",
-        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi"}}}),
+        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi", "replicas": 1}}}),
     )
     .await;
 
@@ -793,4 +793,218 @@ async fn retained_claims_survive_the_store() {
         pvc.metadata.deletion_timestamp.is_none(),
         "a retained claim must not be deleted"
     );
+}
+
+fn env_map(
+    c: &k8s_openapi::api::core::v1::Container,
+) -> BTreeMap<String, k8s_openapi::api::core::v1::EnvVar> {
+    c.env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn redis_with_sentinel_objects_injection_bounds_and_going_to_one_replica_and_back() {
+    let client = client().await;
+    let _op = start_operator(&client).await;
+    let ns = "it-sentinel";
+    fresh_namespace(&client, ns).await;
+
+    // replicas out of range: refused by the API server, naming the field.
+    let dyn_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::erase::<OdooSessionStore>(&()),
+    );
+    for n in [0, -1, 8] {
+        let mut obj = kube::api::DynamicObject::new(
+            "bad-replicas",
+            &kube::api::ApiResource::erase::<OdooSessionStore>(&()),
+        );
+        obj.data = json!({"spec": {"driver": "redis", "backend": {"managed": {"replicas": n}}}});
+        let err = dyn_api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err("replicas out of range must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("spec.backend.managed.replicas"),
+            "replicas {n}: {text}"
+        );
+    }
+    // ... and by kubectl apply, the way users type it.
+    let manifest = std::env::temp_dir().join("it-sentinel-bad.yaml");
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: odoo-ha.io/v1alpha1\nkind: OdooSessionStore\nmetadata: {{name: bad, namespace: {ns}}}\nspec: {{driver: redis, backend: {{managed: {{replicas: 8}}}}}}\n"),
+    )
+    .expect("manifest");
+    let (ok, out) = kubectl(&["apply", "-f", manifest.to_str().expect("path")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("spec.backend.managed.replicas"), "{out}");
+
+    // Managed PostgreSQL with replicas > 1: accepted by the schema, refused by the operator.
+    create_store(
+        &client,
+        ns,
+        "pg3",
+        json!({"driver": "db", "backend": {"managed": {"replicas": 3}}}),
+    )
+    .await;
+    let s = wait_condition(&client, ns, "pg3", "Ready", "False", "InvalidSpec").await;
+    assert!(condition(&s, "Ready").is_some_and(|c| c.message.contains("cloudNativePG")));
+
+    let store = create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi", "replicas": 3}}}),
+    )
+    .await;
+    let s = wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "BackendReady",
+        "False",
+        "BackendStarting",
+    )
+    .await;
+    let status = s.status.clone().expect("status");
+    let redis = status
+        .redis
+        .clone()
+        .expect("status.redis for a Sentinel store");
+    assert_eq!(redis.pods, 3);
+    assert!(!redis.healthy);
+    assert!(redis.primary.is_none(), "no node: no Pod runs");
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("sessions-redis-headless.it-sentinel.svc:26379")
+    );
+
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .get("sessions-redis")
+        .await
+        .expect("statefulset");
+    assert!(owned_by(&sts.metadata, &store));
+    assert_eq!(sts.spec.replicas, Some(3));
+    assert_eq!(
+        sts.spec.service_name.as_deref(),
+        Some("sessions-redis-headless")
+    );
+    let pod = sts.spec.template.spec.clone().expect("pod spec");
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["redis", "sentinel"]);
+    assert_eq!(
+        pod.init_containers.as_ref().map(|i| i[0].name.as_str()),
+        Some("config")
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let headless = services
+        .get("sessions-redis-headless")
+        .await
+        .expect("headless service");
+    let hs = headless.spec.clone().expect("spec");
+    assert_eq!(hs.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(hs.publish_not_ready_addresses, Some(true));
+    assert!(owned_by(&headless.metadata, &store));
+    // Kubernetes 1.20: the PodDisruptionBudget is policy/v1beta1.
+    let pdb_ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+    );
+    let pdbs: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &pdb_ar);
+    let pdb = pdbs.get("sessions-redis").await.expect("pdb");
+    assert_eq!(pdb.data["spec"]["maxUnavailable"], 1);
+    assert!(owned_by(&pdb.metadata, &store));
+    let (ok, out) = kubectl(&["-n", ns, "get", "oss", "sessions"]);
+    assert!(ok && out.contains("PRIMARY"), "{out}");
+
+    // An injected Pod gets the Sentinel URI, the majority rule and the drain time.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = pods
+        .create(&PostParams::default(), &labelled_pod("odoo", "sessions"))
+        .await
+        .expect("pod created");
+    let spec = created.spec.expect("spec");
+    assert_eq!(spec.containers[0].name, SIDECAR_CONTAINER);
+    let env = env_map(&spec.containers[0]);
+    let hosts: Vec<String> = (0..3)
+        .map(|i| format!("sessions-redis-{i}.sessions-redis-headless.it-sentinel.svc:26379"))
+        .collect();
+    assert_eq!(
+        env["DKN_AUTH_REDIS_URI"].value.as_deref(),
+        Some(format!("redis+sentinel://{}/odoo-sessions/0", hosts.join(",")).as_str())
+    );
+    assert_eq!(
+        env["DKN_AUTH_REDIS_MIN_REPLICAS"].value.as_deref(),
+        Some("1")
+    );
+    assert_eq!(env["DKN_AUTH_DRAIN_SECONDS"].value.as_deref(), Some("28"));
+    let pw = env["DKN_AUTH_REDIS_PASSWORD"]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("password from the Secret");
+    assert_eq!(pw.name, "sessions-redis");
+    assert!(env["DKN_AUTH_REDIS_PASSWORD"].value.is_none());
+
+    // 3 -> 1: the StatefulSet is recreated as a single Redis, the Sentinel objects go.
+    let api: Api<OdooSessionStore> = Api::namespaced(client.clone(), ns);
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        "sessions",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backend": {"managed": {"replicas": 1}}}})),
+    )
+    .await
+    .expect("replicas 1");
+    eventually("a single-Redis StatefulSet", 60, || async {
+        let s = sts_api.get_opt("sessions-redis").await.ok()??;
+        (s.spec.service_name.as_deref() == Some("sessions-redis") && s.spec.replicas == Some(1))
+            .then_some(())
+    })
+    .await;
+    eventually("the headless Service and the PDB to go", 60, || async {
+        let h = services.get_opt("sessions-redis-headless").await.ok()?;
+        let p = pdbs.get_opt("sessions-redis").await.ok()?;
+        let gone =
+            |d: Option<&kube::api::ObjectMeta>| d.is_none_or(|m| m.deletion_timestamp.is_some());
+        (gone(h.as_ref().map(|o| &o.metadata)) && gone(p.as_ref().map(|o| &o.metadata)))
+            .then_some(())
+    })
+    .await;
+    eventually("status without redis", 60, || async {
+        let s = api.get("sessions").await.ok()?;
+        let st = s.status?;
+        (st.redis.is_none()
+            && st.endpoint.as_deref() == Some("sessions-redis.it-sentinel.svc:6379"))
+        .then_some(())
+    })
+    .await;
+
+    // ... and back to 3.
+    api.patch(
+        "sessions",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"backend": {"managed": {"replicas": 3}}}})),
+    )
+    .await
+    .expect("replicas 3");
+    eventually("the Sentinel StatefulSet again", 60, || async {
+        let s = sts_api.get_opt("sessions-redis").await.ok()??;
+        (s.spec.service_name.as_deref() == Some("sessions-redis-headless")
+            && s.spec.replicas == Some(3))
+        .then_some(())
+    })
+    .await;
+    eventually("the PDB again", 60, || async {
+        pdbs.get_opt("sessions-redis").await.ok()?.map(|_| ())
+    })
+    .await;
 }
