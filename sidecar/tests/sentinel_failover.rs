@@ -698,3 +698,114 @@ async fn min_replicas_without_a_replica_refuses_to_acknowledge_endings() {
         "no WAIT for a refusal: {took:?}"
     );
 }
+
+/// A fail-over with the primary alive (`SENTINEL FAILOVER`): the former primary turns
+/// replica and answers writes with `READONLY` (or cuts a `WAIT` short with `UNBLOCKED`); the
+/// sidecar drops those connections, asks the Sentinels again and writes to the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_primary_is_left_for_the_new_one() {
+    let redis = tokio::task::spawn_blocking(|| SentinelRedis::start(1))
+        .await
+        .unwrap();
+    let mut flags = vec![
+        "--driver=redis".to_string(),
+        format!("--redis-uri={}", redis.uri()),
+        format!("--redis-password={}", redis.password),
+        "--redis-min-replicas=1".into(),
+        format!("--backend-timeout-ms={TIMEOUT_MS}"),
+    ];
+    flags.push(format!("--prefix=dm{}:", std::process::id()));
+    let h = Harness::with_flags(flags).await;
+    let mut c = h.client();
+    let old = redis.nodes[0].port;
+    let sentinel = &redis.sentinels[0];
+    // A Sentinel that has only just met the replica answers NOGOODSLAVE for a moment.
+    let asked = Instant::now();
+    loop {
+        let out = sentinel.cli(&["SENTINEL", "FAILOVER", &redis.name]);
+        if out.as_deref() == Ok("OK") {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "fail-over refused: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    let prefix = format!("dm{}:", std::process::id());
+    let mut statuses: Vec<u16> = Vec::new();
+    let mut moved = None;
+    let mut ended = None;
+    while started.elapsed() < Duration::from_secs(25) && ended.is_none() {
+        let sid = legacy_sid();
+        let (r, took) = timed(
+            &mut c,
+            Method::PUT,
+            &s("", &sid),
+            &[],
+            Some(json!({"data": {"uid": 1}})),
+        )
+        .await;
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+        statuses.push(r.status.as_u16());
+        if r.status == 503 {
+            check_503(&r, "during the fail-over");
+        }
+        // Written on the primary the Sentinels now name, not on the old one?
+        if r.status == 201 && moved.is_none() {
+            let key = format!("{prefix}{{{sid}}}:s:{sid}");
+            let on_new = redis.primary_port().filter(|p| *p != old).and_then(|p| {
+                let n = redis.nodes.iter().find(|n| n.port == p)?;
+                n.cli(&["EXISTS", &key]).ok()
+            });
+            if on_new.as_deref() == Some("1") {
+                moved = Some(started.elapsed());
+            }
+        }
+        let (d, took) = timed(&mut c, Method::DELETE, &s("", &sid), &[], None).await;
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+        statuses.push(d.status.as_u16());
+        if d.status == 503 {
+            check_503(&d, "during the fail-over");
+        } else if d.status == 204 && moved.is_some() {
+            ended = Some(started.elapsed());
+        }
+        if std::env::var("TEST_TRACE").is_ok() {
+            eprintln!(
+                "{:?} PUT {} DELETE {} {}",
+                started.elapsed(),
+                r.status,
+                d.status,
+                String::from_utf8_lossy(&d.body)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unexpected: Vec<&u16> = statuses
+        .iter()
+        .filter(|s| !matches!(s, 201 | 204 | 503))
+        .collect();
+    let n503 = statuses.iter().filter(|s| **s == 503).count();
+    eprintln!(
+        "demotion: {} requests, {n503} answered 503; writes on the new primary after {moved:?}, \
+         endings acknowledged again after {ended:?} (once Sentinel demoted the old primary)",
+        statuses.len()
+    );
+    assert!(unexpected.is_empty(), "only 2xx and 503: {unexpected:?}");
+    // Promotion takes about a second; the primary check runs every second.
+    let moved = moved.expect("the sidecar writes to the new primary");
+    assert!(
+        moved < Duration::from_secs(6),
+        "moved to the new primary in {moved:?}"
+    );
+    // Sentinel demotes the old primary some 8 s after the promotion; only then has the new
+    // one a replica to acknowledge endings.
+    assert!(ended.is_some(), "endings acknowledged again within 25 s");
+    // The old primary is a replica now.
+    let role = redis.nodes[0].cli(&["ROLE"]).unwrap_or_default();
+    assert!(
+        role.starts_with("slave"),
+        "the former primary was demoted: {role}"
+    );
+}

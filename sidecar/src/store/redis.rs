@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
-use super::sentinel::{HostPort, Sentinels};
+use super::sentinel::{HostPort, PrimaryCheck, Sentinels};
 use super::{millis, StoreError, StoreResult, StoreSettings};
 use crate::model::{
     Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
@@ -239,6 +239,9 @@ impl Checkout<'_> {
     }
 }
 
+/// How often the Sentinels are asked whether the primary moved (besides every reconnect).
+pub const PRIMARY_CHECK: Duration = Duration::from_secs(1);
+
 /// Connections reserved for waited writes: a few, since they are only endings.
 pub fn waited_slots(max_conn: usize) -> usize {
     (max_conn / 8).clamp(1, 4)
@@ -357,6 +360,47 @@ impl RedisPool {
         }
     }
 
+    /// Drops every connection (the next request of each slot reconnects).
+    fn drop_all(&self) {
+        for set in [&self.shared, &self.waited] {
+            for slot in &set.slots {
+                *slot.conn.write() = None;
+            }
+        }
+        self.target.forget();
+    }
+
+    /// With Sentinel: checks every [`PRIMARY_CHECK`] that the Sentinels still name the
+    /// primary the connections go to, and drops them all when they name another. Ends
+    /// when the pool is dropped.
+    fn spawn_primary_watch(pool: &Arc<RedisPool>) {
+        let Target::Sentinel(sentinels) = &pool.target else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let sentinels = sentinels.clone();
+        let weak = Arc::downgrade(pool);
+        runtime.spawn(async move {
+            let mut check = PrimaryCheck::new(&sentinels);
+            let mut tick = tokio::time::interval(PRIMARY_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                // Each Sentinel is asked within the backend timeout.
+                if let Some((was, now)) = check.moved(&sentinels).await {
+                    tracing::warn!(
+                        %was, %now, master = sentinels.master_name(),
+                        "the Sentinels name another Redis primary: reconnecting"
+                    );
+                    pool.drop_all();
+                }
+            }
+        });
+    }
+
     pub fn connected(&self) -> u64 {
         let count = |set: &Slots| set.slots.iter().filter(|s| s.conn.read().is_some()).count();
         (count(&self.shared) + count(&self.waited)) as u64
@@ -413,8 +457,10 @@ impl RedisStore {
         min_replicas: u32,
         timeout: Duration,
     ) -> Self {
+        let pool = Arc::new(pool);
+        RedisPool::spawn_primary_watch(&pool);
         RedisStore {
-            pool: Arc::new(pool),
+            pool,
             scripts: Scripts::load(),
             settings,
             min_replicas,

@@ -106,6 +106,8 @@ pub struct Sentinels {
     ca: Option<Vec<u8>>,
     timeout: Duration,
     last: tokio::sync::Mutex<Option<Remembered>>,
+    /// The primary the latest connection went to, for [`Sentinels::check_primary`].
+    connected_to: parking_lot::Mutex<Option<HostPort>>,
 }
 
 /// One Sentinel's answer: where it says the primary is, and how sure it is.
@@ -133,6 +135,7 @@ impl Sentinels {
             ca,
             timeout,
             last: tokio::sync::Mutex::new(None),
+            connected_to: parking_lot::Mutex::new(None),
         }
     }
 
@@ -197,7 +200,10 @@ impl Sentinels {
             Some(Ok(at)) => {
                 drop(last);
                 match self.connect_checked(&at, config).await {
-                    Ok(c) => return Ok(c),
+                    Ok(c) => {
+                        *self.connected_to.lock() = Some(at);
+                        return Ok(c);
+                    }
                     Err(detail) => {
                         tracing::debug!(primary = %at, %detail, "remembered Redis primary unusable; asking the Sentinels");
                         last = self.last.lock().await;
@@ -217,6 +223,7 @@ impl Sentinels {
         match result {
             Ok((at, c)) => {
                 tracing::debug!(primary = %at, master = %self.master, "Sentinels named the Redis primary");
+                *self.connected_to.lock() = Some(at);
                 Ok(c)
             }
             Err(e) => Err(e),
@@ -297,10 +304,18 @@ impl Sentinels {
     /// One Sentinel's view of the master name.
     async fn ask(&self, sentinel: &HostPort) -> Result<Named, String> {
         let mut conn = self.sentinel_connection(sentinel).await?;
+        self.ask_on(sentinel, &mut conn).await
+    }
+
+    async fn ask_on(
+        &self,
+        sentinel: &HostPort,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Named, String> {
         let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("SENTINEL")
             .arg("MASTER")
             .arg(&self.master)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await;
         let fields = match reply {
             Ok(f) => f,
@@ -393,6 +408,68 @@ impl Sentinels {
             Role::Sentinel { .. } => Err("it is a Sentinel, not a Redis node".into()),
             other => Err(format!("it answered ROLE with {other:?}, not as the primary")),
         }
+    }
+}
+
+/// Asks the Sentinels, over connections kept between calls, whether they still name the
+/// primary the sidecar's connections go to. A fail-over with the old primary alive (forced,
+/// or a network split that leaves it reachable from the sidecar but not from the
+/// Sentinels) leaves that primary accepting writes until it is demoted, which Sentinel
+/// does only once it sees it again, seconds later or never: the connections must move
+/// on their own.
+pub struct PrimaryCheck {
+    conns: Vec<Option<MultiplexedConnection>>,
+}
+
+impl PrimaryCheck {
+    pub fn new(sentinels: &Sentinels) -> Self {
+        PrimaryCheck {
+            conns: sentinels.sentinels.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// `Some(named)` when the Sentinels (highest epoch among the answers) name a primary
+    /// other than the one connected to; `None` when they agree, or cannot tell.
+    pub async fn moved(&mut self, sentinels: &Sentinels) -> Option<(HostPort, HostPort)> {
+        let current = sentinels.connected_to.lock().clone()?;
+        // All at once, so one Sentinel that does not answer delays nothing.
+        let asks =
+            sentinels
+                .sentinels
+                .iter()
+                .zip(self.conns.iter_mut())
+                .map(|(at, slot)| async move {
+                    let ask = async {
+                        if slot.is_none() {
+                            *slot = sentinels.sentinel_connection(at).await.ok();
+                        }
+                        let conn = slot.as_mut()?;
+                        sentinels.ask_on(at, conn).await.ok()
+                    };
+                    match tokio::time::timeout(sentinels.timeout, ask).await {
+                        Ok(Some(n)) => Some(n),
+                        _ => {
+                            *slot = None;
+                            None
+                        }
+                    }
+                });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut best: Option<Named> = None;
+        for n in answers.into_iter().flatten() {
+            if best.as_ref().is_none_or(|b| n.epoch > b.epoch) {
+                best = Some(n);
+            }
+        }
+        let best = best?;
+        // Still the connected primary, or a primary the Sentinels think is down (the
+        // connections find out by themselves): nothing to do.
+        if best.primary == current || best.down {
+            return None;
+        }
+        // The connections may have moved meanwhile.
+        let now = sentinels.connected_to.lock().clone()?;
+        (best.primary != now).then_some((now, best.primary))
     }
 }
 
