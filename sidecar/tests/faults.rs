@@ -87,6 +87,15 @@ async fn load(
     tasks
 }
 
+async fn transitions(c: &mut odoo_ha_testkit::Client) -> u64 {
+    let m = c.get("/metrics").await.unwrap();
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("dkn_auth_backend_transitions_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transitions counter in {text}"))
+}
+
 async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()) {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -94,10 +103,17 @@ async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()
     tokio::time::sleep(Duration::from_millis(800)).await;
     let before = tally.ok.load(Ordering::Relaxed);
     assert!(before > 0, "load runs before the outage");
+    let mut probe = h.client();
+    // A PostgreSQL sidecar starts "down" until its schema is ready; wait for "up".
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while probe.get("/readyz").await.unwrap().json()["backend"] != "up" {
+        assert!(Instant::now() < deadline, "the backend never counted as up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let transitions_before = transitions(&mut probe).await;
 
     tokio::task::block_in_place(kill);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut probe = h.client();
     // The pod stays in its Service: readiness says the backend is down, and only a caller
     // that asks for the backend gets a 503.
     let r = probe.get("/readyz").await.unwrap();
@@ -137,6 +153,12 @@ async fn outage_scenario(h: Harness, kill: impl FnOnce(), restart: impl FnOnce()
         "writes succeed again"
     );
     stop.store(true, Ordering::Relaxed);
+    // Down once and back once, however many requests failed or straddled the kill.
+    assert_eq!(
+        transitions(&mut probe).await - transitions_before,
+        2,
+        "dkn_auth_backend_transitions_total grew by one down and one up"
+    );
 
     let mut acked = HashMap::new();
     for t in tasks {

@@ -15,6 +15,11 @@ use crate::metrics::Metrics;
 /// Time between two background pings of the backend (each bounded by the backend timeout).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Once the backend that answered is seen down, only calls started this long after count as
+/// "back": a dying backend answers some calls and fails others for a moment (PostgreSQL's
+/// backends outlive a killed postmaster), which would otherwise log a flurry of changes.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendState {
     /// Not asked yet (the first ping runs at start).
@@ -49,11 +54,18 @@ impl BackendState {
     }
 }
 
+struct Times {
+    /// When the state last changed (or the start).
+    changed: Instant,
+    /// While down: calls started before this do not count as "back".
+    settled: Instant,
+}
+
 pub struct BackendHealth {
     /// The state as a number, read without a lock on every request.
     state: AtomicU8,
-    /// When the state last changed (or the start); changes happen under this lock.
-    changed: Mutex<Instant>,
+    /// Changes happen under this lock.
+    times: Mutex<Times>,
     metrics: Arc<Metrics>,
 }
 
@@ -62,7 +74,10 @@ impl BackendHealth {
         metrics.backend_up.set(0);
         BackendHealth {
             state: AtomicU8::new(BackendState::Unknown.to_u8()),
-            changed: Mutex::new(Instant::now()),
+            times: Mutex::new(Times {
+                changed: Instant::now(),
+                settled: Instant::now(),
+            }),
             metrics,
         }
     }
@@ -73,32 +88,44 @@ impl BackendHealth {
 
     /// Time since the state last changed (or since the start).
     pub fn since_change(&self) -> Duration {
-        self.changed.lock().elapsed()
+        self.times.lock().changed.elapsed()
     }
 
-    /// The backend answered (whatever it answered).
-    pub fn reached(&self) {
-        self.set(BackendState::Up, None);
+    /// A call that started at `started` reached the backend (whatever it answered).
+    pub fn reached(&self, started: Instant) {
+        self.set(BackendState::Up, started, None);
     }
 
-    /// The backend could not be reached or did not answer in time.
-    pub fn unreachable(&self, error: &dyn Display) {
-        self.set(BackendState::Down, Some(error));
+    /// A call that started at `started` could not reach the backend or timed out.
+    pub fn unreachable(&self, started: Instant, error: &dyn Display) {
+        self.set(BackendState::Down, started, Some(error));
     }
 
-    fn set(&self, to: BackendState, error: Option<&dyn Display>) {
+    fn set(&self, to: BackendState, started: Instant, error: Option<&dyn Display>) {
         if self.state() == to {
             return;
         }
-        let mut changed = self.changed.lock();
+        let mut times = self.times.lock();
         let from = self.state();
-        if from == to {
+        // A call that began before the last change says nothing new: a request answered
+        // just before the backend died, or one that timed out across its return, must
+        // not flip the state back (and log once more).
+        if from == to || started < times.changed {
+            return;
+        }
+        if from == BackendState::Down && started < times.settled {
             return;
         }
         self.state.store(to.to_u8(), Ordering::Release);
-        let lasted = changed.elapsed();
-        *changed = Instant::now();
-        drop(changed);
+        let now = Instant::now();
+        let lasted = now.duration_since(times.changed);
+        times.changed = now;
+        times.settled = if from == BackendState::Up {
+            now + SETTLE
+        } else {
+            now
+        };
+        drop(times);
         let m = &self.metrics;
         m.backend_up.set(i64::from(to == BackendState::Up));
         if from != BackendState::Unknown {

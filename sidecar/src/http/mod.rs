@@ -56,13 +56,14 @@ impl AppState {
     /// Pings the backend within the backend timeout and records the outcome. Not counted
     /// in `dkn_sidecar_backend_errors_total`, which counts the requests' failures.
     pub async fn check_backend(&self) -> Result<(), ApiError> {
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.backend_timeout, self.store.ping()).await {
             Ok(r) => r.map_err(ApiError::Store),
             Err(_) => Err(ApiError::Timeout(
                 u64::try_from(self.backend_timeout.as_millis()).unwrap_or(u64::MAX),
             )),
         };
-        self.record_outcome(&result);
+        self.record_outcome(started, &result);
         result
     }
 
@@ -91,12 +92,12 @@ impl AppState {
 
     /// Up or down from a backend call's result: an answer of any kind, even an unexpected
     /// one, means the backend is reachable.
-    fn record_outcome<T>(&self, result: &Result<T, ApiError>) {
+    fn record_outcome<T>(&self, started: Instant, result: &Result<T, ApiError>) {
         match result {
             Err(e @ (ApiError::Timeout(_) | ApiError::Store(StoreError::Unavailable(_)))) => {
-                self.backend.unreachable(e)
+                self.backend.unreachable(started, e)
             }
-            _ => self.backend.reached(),
+            _ => self.backend.reached(started),
         }
     }
 
@@ -111,13 +112,14 @@ impl AppState {
         limit: Duration,
         op: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, ApiError> {
+        let started = Instant::now();
         let result = match tokio::time::timeout(limit, op).await {
             Ok(r) => r.map_err(ApiError::Store),
             Err(_) => Err(ApiError::Timeout(
                 u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             )),
         };
-        self.record_outcome(&result);
+        self.record_outcome(started, &result);
         if let Err(e) = &result {
             let kind = match e {
                 ApiError::Timeout(_) => Some("timeout"),
