@@ -809,3 +809,30 @@ async fn demoted_primary_is_left_for_the_new_one() {
         "the former primary was demoted: {role}"
     );
 }
+
+/// Password-protected nodes behind Sentinels that have no password: the sidecar's `AUTH` is
+/// refused by the Sentinels, so it asks them without one and still finds the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_sentinels_in_front_of_password_nodes() {
+    let redis = tokio::task::spawn_blocking(|| SentinelRedis::start_with(0, false))
+        .await
+        .unwrap();
+    let h = Harness::with_flags(vec![
+        "--driver=redis".to_string(),
+        format!("--redis-uri={}", redis.uri()),
+        format!("--redis-password={}", redis.password),
+        format!("--prefix=os{}:", std::process::id()),
+    ])
+    .await;
+    let mut c = h.client();
+    let sid = legacy_sid();
+    let (r, _) = timed(
+        &mut c,
+        Method::PUT,
+        &s("", &sid),
+        &[],
+        Some(json!({"data": {"uid": 1}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+}

@@ -392,6 +392,9 @@ impl PgStore {
                     Ok(()) => {
                         store.schema_ready.store(true, Ordering::Release);
                         tracing::info!(table = %store.table, "session schema ready");
+                        if unlogged {
+                            store.warn_if_replicated().await;
+                        }
                         return;
                     }
                     Err(e) => {
@@ -402,6 +405,34 @@ impl PgStore {
                 }
             }
         });
+    }
+
+    /// An UNLOGGED table is not replicated: on a server with streaming replicas (or a
+    /// standby) a fail-over comes up with the table empty. Said once, at start.
+    pub async fn warn_if_replicated(&self) {
+        let probe = async {
+            let c = self.pool.get().await.map_err(pool_err)?;
+            let row = c
+                .query_one(
+                    "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication)",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok::<(bool, i64), StoreError>((row.get(0), row.get(1)))
+        };
+        match probe.await {
+            Ok((standby, replicas)) if standby || replicas > 0 => tracing::warn!(
+                table = %self.table,
+                replicas,
+                standby,
+                "DKN_AUTH_DB_UNLOGGED=true on a replicated PostgreSQL: an unlogged table is not \
+                 replicated, so a fail-over to a replica loses every session (users log in again); \
+                 set DKN_AUTH_DB_UNLOGGED=false to keep sessions across fail-overs"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot tell whether PostgreSQL has replicas"),
+        }
     }
 
     /// Deletes expired rows in batches while this sidecar holds the clean-up lock.

@@ -424,6 +424,8 @@ pub struct RedisStore {
     min_replicas: u32,
     /// `DKN_AUTH_BACKEND_TIMEOUT_MS`: the budget an ending and its `WAIT` share.
     timeout: Duration,
+    /// Whether the last waited ending lacked acknowledgements: logged once per change.
+    replicas_short: std::sync::atomic::AtomicBool,
 }
 
 /// What a waited write was, for the 503 message.
@@ -465,6 +467,7 @@ impl RedisStore {
             settings,
             min_replicas,
             timeout,
+            replicas_short: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -514,8 +517,38 @@ impl RedisStore {
         Ok(r)
     }
 
-    /// `WAIT min_replicas <what is left of the budget>` on the connection that wrote.
+    /// [`Self::wait_for_replicas`], logging once when endings start (and stop) lacking
+    /// acknowledgements.
     async fn wait_replicas(
+        &self,
+        c: &mut Checkout<'_>,
+        start: Instant,
+        budget: Duration,
+        ending: Ending,
+    ) -> StoreResult<()> {
+        let r = self.wait_for_replicas(c, start, budget, ending).await;
+        match &r {
+            Err(StoreError::NotReplicated(m)) => {
+                if !self.replicas_short.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %m, min_replicas = self.min_replicas,
+                        "endings are not acknowledged by enough Redis replicas: they answer 503");
+                }
+            }
+            Ok(()) => {
+                if self.replicas_short.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        min_replicas = self.min_replicas,
+                        "endings are acknowledged by enough Redis replicas again"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// `WAIT min_replicas <what is left of the budget>` on the connection that wrote.
+    async fn wait_for_replicas(
         &self,
         c: &mut Checkout<'_>,
         start: Instant,

@@ -20,7 +20,7 @@
 //!   costs the Sentinels a few look-ups per second, not one per request;
 //! - the Sentinels get the same username and password as the Redis nodes (from the URI or
 //!   `DKN_AUTH_REDIS_PASSWORD`). A Sentinel that has no password configured refuses `AUTH`;
-//!   the sidecar then asks it again without one, so nodes with a password behind Sentinels
+//!   the sidecar then connects to it without one, so nodes with a password behind Sentinels
 //!   without one also work;
 //! - hostnames (`announce-hostnames yes`) are fine: the address a Sentinel returns is
 //!   resolved when connecting, like the hosts of the URI.
@@ -363,18 +363,22 @@ impl Sentinels {
             .await;
         match first {
             Ok(c) => Ok(c),
-            // A Sentinel without a password refuses AUTH ("called without any password
-            // configured", older: "no password is set"): ask it without one.
-            Err(e)
-                if with_password
-                    && (e.to_string().contains("without any password configured")
-                        || e.to_string().contains("no password is set")) =>
-            {
-                self.client(at, RedisConnectionInfo::default())
+            // A Sentinel without a password refuses AUTH (redis-rs reports only "Password
+            // authentication failed"): ask it again without one. A Sentinel that does want
+            // a password then refuses the command, and the first error is the one shown.
+            Err(e) if with_password && e.kind() == redis::ErrorKind::AuthenticationFailed => {
+                let open = self
+                    .client(at, RedisConnectionInfo::default())
                     .map_err(|e| e.to_string())?
                     .get_multiplexed_async_connection_with_config(&self.config())
-                    .await
-                    .map_err(|e| e.to_string())
+                    .await;
+                match open {
+                    Ok(mut c) => match redis::cmd("PING").query_async::<String>(&mut c).await {
+                        Ok(_) => Ok(c),
+                        Err(_) => Err(format!("{e} (check DKN_AUTH_REDIS_PASSWORD)")),
+                    },
+                    Err(_) => Err(format!("{e} (check DKN_AUTH_REDIS_PASSWORD)")),
+                }
             }
             Err(e) => Err(e.to_string()),
         }

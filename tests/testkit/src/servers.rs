@@ -198,14 +198,26 @@ impl RedisServer {
     /// A Sentinel with `requirepass`, monitoring `localhost:<master_port>` as `name` with
     /// the given quorum, quick to declare a node down (1 s) and to fail over; hostnames
     /// resolved and announced (`resolve-hostnames`/`announce-hostnames yes`).
-    pub fn start_sentinel_for(name: &str, master_port: u16, quorum: u32, password: &str) -> Self {
+    /// `sentinel_password: false` leaves the Sentinel itself open (no `requirepass`).
+    pub fn start_sentinel_for(
+        name: &str,
+        master_port: u16,
+        quorum: u32,
+        password: &str,
+        sentinel_password: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
+        let requirepass = if sentinel_password {
+            format!("requirepass {password}")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\nrequirepass {password}\n\
+                "port {port}\nbind 127.0.0.1\n{requirepass}\n\
                  sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n\
                  sentinel monitor {name} localhost {master_port} {quorum}\n\
                  sentinel auth-pass {name} {password}\n\
@@ -220,7 +232,7 @@ impl RedisServer {
             child: None,
             durable: false,
             extra: vec![conf.to_string_lossy().into_owned(), "--sentinel".into()],
-            password: Some(password.to_owned()),
+            password: sentinel_password.then(|| password.to_owned()),
         };
         s.launch();
         s
@@ -357,6 +369,12 @@ impl SentinelRedis {
     /// Starts the primary, `replicas` replicas and three Sentinels, and waits until every
     /// Sentinel knows the replicas and the two other Sentinels (so a fail-over can happen).
     pub fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, true)
+    }
+
+    /// As [`SentinelRedis::start`]; `sentinel_password: false` leaves the Sentinels open
+    /// (the nodes keep their password).
+    pub fn start_with(replicas: usize, sentinel_password: bool) -> Self {
         let password = format!("pw-{}-{}", std::process::id(), free_port());
         let name = "sessions".to_string();
         let primary = RedisServer::start_node(&password, None);
@@ -366,7 +384,7 @@ impl SentinelRedis {
             nodes.push(RedisServer::start_node(&password, Some(port)));
         }
         let sentinels = (0..3)
-            .map(|_| RedisServer::start_sentinel_for(&name, port, 2, &password))
+            .map(|_| RedisServer::start_sentinel_for(&name, port, 2, &password, sentinel_password))
             .collect();
         let set = SentinelRedis {
             name,
