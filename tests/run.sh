@@ -5,8 +5,10 @@
 #   tests/run.sh rust addon      only these stages
 #
 # Stages: rust (fmt, clippy, unit tests, sidecar suites on real Redis and PostgreSQL,
-# operator unit/mock tests), addon (dkn_auth against a real sidecar), operator (integration
-# on a real Kubernetes 1.20.2 API server, built once and cached).
+# operator unit/mock tests), addon (dkn_auth against a real sidecar), realodoo (real Odoo
+# trees named by DKN_REALODOO_16=/path/to/odoo[:venv] ... _19, one sidecar per Odoo process;
+# skipped with one line when none is given), operator (integration on a real Kubernetes
+# 1.20.2 API server, built once and cached).
 # Slow builds are cached outside the repository, keyed by version:
 #   cargo:       $CARGO_TARGET_DIR (default /var/cache/odoo-ha-session/cargo-target)
 #   Kubernetes:  /var/cache/odoo-ha-session/kubernetes-1.20.2
@@ -19,7 +21,7 @@ export CARGO_TERM_COLOR=never
 mkdir -p "$CARGO_TARGET_DIR"
 
 stages=("$@")
-((${#stages[@]})) || stages=(rust addon operator chart e2e)
+((${#stages[@]})) || stages=(rust addon realodoo operator chart e2e)
 
 passed=0
 failed=0
@@ -49,6 +51,15 @@ stage_addon() {
         DKN_SIDECAR_BIN="$CARGO_TARGET_DIR/debug/odoo-session-sidecar" tests/addon/run.sh
 }
 
+stage_realodoo() {
+    if ! env | grep -qE '^DKN_REALODOO_[0-9]+=.'; then
+        echo "realodoo: skipped, no Odoo tree given (DKN_REALODOO_16=/path/to/odoo[:venv] ... _19, see docs/odoo-addon-realodoo.md)"
+        return 0
+    fi
+    cargo build -p odoo-session-sidecar &&
+        DKN_SIDECAR_BIN="$CARGO_TARGET_DIR/debug/odoo-session-sidecar" python3 tests/realodoo/stage.py
+}
+
 stage_operator() {
     tests/operator-integration.sh
 }
@@ -64,9 +75,9 @@ stage_e2e() {
 tests/install-deps.sh
 for s in "${stages[@]}"; do
     case $s in
-        rust | addon | operator | chart | e2e) run_stage "$s" "stage_$s" ;;
+        rust | addon | realodoo | operator | chart | e2e) run_stage "$s" "stage_$s" ;;
         *)
-            echo "unknown stage $s (rust, addon, operator, chart, e2e)" >&2
+            echo "unknown stage $s (rust, addon, realodoo, operator, chart, e2e)" >&2
             exit 2
             ;;
     esac

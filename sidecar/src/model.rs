@@ -8,16 +8,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-/// Length of an Odoo 18+ device identifier: the first 42 characters of an 84-character sid.
+/// Length of an Odoo 18+ device identifier: the first 42 characters of an 84-character sid
+/// (Odoo 18 and 19) or of an 86-character one (Odoo after 19: `secrets.token_urlsafe(64)`; its
+/// `STORED_SESSION_BYTES` is still 42).
 pub const IDENTIFIER_LEN: usize = 42;
 const LEGACY_SID_LEN: usize = 40;
-const MODERN_SID_LEN: usize = 84;
+/// The URL-safe lengths Odoo generates: 84 (18, 19) and 86 (after 19). Odoo's own check after
+/// 19 also lets 85 through, a length it never generates: here it stays `invalid_sid`.
+const MODERN_SID_LENS: [usize; 2] = [84, 86];
 const MAX_KEY_LEN: usize = 256;
 const MAX_NAME_LEN: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
-    #[error("invalid session id: expected 40 lowercase hex characters (Odoo 14-17) or 84 URL-safe base64 characters (Odoo 18+)")]
+    #[error("invalid session id: expected 40 lowercase hex characters (Odoo 14-17), or 84 (Odoo 18, 19) or 86 (after 19) URL-safe base64 characters")]
     Sid,
     #[error(
         "invalid identifier {0:?}: expected exactly 42 URL-safe base64 characters [A-Za-z0-9_-]"
@@ -55,7 +59,7 @@ impl Sid {
             LEGACY_SID_LEN => b
                 .iter()
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)),
-            MODERN_SID_LEN => b.iter().all(|&c| is_urlsafe_b64(c)),
+            n if MODERN_SID_LENS.contains(&n) => b.iter().all(|&c| is_urlsafe_b64(c)),
             _ => false,
         };
         if ok {
@@ -69,9 +73,11 @@ impl Sid {
         &self.0
     }
 
-    /// The Odoo 18 device identifier, for 84-character keys only.
+    /// The Odoo 18+ device identifier (first 42 characters), for 84- and 86-character keys only.
     pub fn identifier(&self) -> Option<&str> {
-        (self.0.len() == MODERN_SID_LEN).then(|| &self.0[..IDENTIFIER_LEN])
+        MODERN_SID_LENS
+            .contains(&self.0.len())
+            .then(|| &self.0[..IDENTIFIER_LEN])
     }
 
     /// What groups this session's keys together (Redis Cluster hash tag, index bucket).
@@ -291,6 +297,25 @@ mod tests {
         assert!(Sid::parse(&format!("{}\n", "a".repeat(83))).is_err());
         assert!(Sid::parse("").is_err());
         assert!(Sid::parse(&"a".repeat(41)).is_err());
+        // Odoo after 19: secrets.token_urlsafe(64) is 86 characters.
+        assert!(Sid::parse(&"A-_z".repeat(22)[..86]).is_ok());
+        assert!(
+            Sid::parse(&"A-_z".repeat(22)[..85]).is_err(),
+            "never generated"
+        );
+        assert!(Sid::parse(&"A".repeat(83)).is_err());
+        assert!(Sid::parse(&"A".repeat(87)).is_err());
+        assert!(Sid::parse(&format!("{}=", "A".repeat(85))).is_err());
+        assert!(Sid::parse(&format!("{}*", "A".repeat(85))).is_err());
+    }
+
+    #[test]
+    fn identifier_of_86_character_sid() {
+        for tail in [42, 44] {
+            let sid = Sid::parse(&format!("{}{}", "x".repeat(42), "y".repeat(tail))).unwrap();
+            assert_eq!(sid.identifier(), Some("x".repeat(42).as_str()));
+            assert_eq!(sid.group(), "x".repeat(42));
+        }
     }
 
     #[test]

@@ -756,7 +756,108 @@ def build_application(http, major):
 
 
 def remove():
-    for name in MODULES:
+    for name in MODULES + MASTER_MODULES:
         sys.modules.pop(name, None)
     for name in [m for m in sys.modules if m.startswith("odoo.addons.dkn_auth")]:
         del sys.modules[name]
+
+
+# -- Odoo after 19: odoo/http/session.py with a module-level session_store() ---
+
+MASTER_MODULES = ("odoo.http.session", "odoo.http.application")
+_sid86_re = re.compile(r"^[A-Za-z0-9_-]{84,86}$")
+
+
+def build_master():
+    """The layout of Odoo's master after 19 (read in odoo/http/session.py).
+
+    ``odoo.http`` is a package; ``odoo.http.session`` holds ``Session``,
+    ``SessionStore`` (``generate_key()`` = ``secrets.token_urlsafe(64)``, 86
+    characters; ``is_valid_session_id`` accepts 84 to 86; ``get(sid, *,
+    keep_sid=False)``), ``update_session_token`` and a module-level
+    ``@functools.cache session_store()``. The request cycle gets the store by
+    calling ``session_store()`` from another module that imported it by name,
+    loads with ``get(sid, keep_sid=True)`` (no ``session.sid = sid`` after),
+    and saves as core's ``save_session`` does.
+    """
+    import secrets
+
+    http = build(19)
+    for name in MASTER_MODULES:
+        sys.modules[name] = types.ModuleType(name)
+    session_mod = sys.modules["odoo.http.session"]
+    app_mod = sys.modules["odoo.http.application"]
+    http.session = session_mod
+    http.application = app_mod
+    http.__path__ = []
+    mods_release = sys.modules["odoo.release"]
+    mods_release.version_info = ("saas~19", 1, 0, "alpha", 1, "")
+    mods_release.major_version = "saas~19.1"
+    Session = make_session19()
+    Session.__module__ = "odoo.http.session"
+    del http.FilesystemSessionStore  # gone from this layout
+    core_calls = []
+
+    class SessionStore:
+        def __init__(self, path=None, session_cls=Session):
+            self.session_cls = session_cls
+
+        def generate_key(self):
+            return secrets.token_urlsafe(64)
+
+        def is_valid_session_id(self, sid):
+            return _sid86_re.fullmatch(sid) is not None
+
+        def __getattr__(self, name):
+            core_calls.append(name)
+            raise AssertionError(f"core store {name}() must never be reached")
+
+    @functools.cache
+    def session_store():
+        core_calls.append("session_store()")
+        return SessionStore()
+
+    def update_session_token(session, env):
+        session["session_token"] = compute_session_token(session, env)
+
+    session_mod.Session = Session
+    session_mod.SessionStore = SessionStore
+    session_mod.session_store = session_store
+    session_mod.update_session_token = update_session_token
+    session_mod.SESSION_DELETION_TIMER = 120
+    session_mod.STORED_SESSION_BYTES = 42
+    session_mod.core_calls = core_calls
+    http.Session = Session
+    # ``from odoo.http.session import session_store``, done before the addon loads.
+    app_mod.session_store = session_store
+
+    class Application:
+        def __call__(self, environ, start_response):
+            try:
+                store = sys.modules["odoo.http.application"].session_store()
+                sid = _cookie_sid(environ)
+                session = store.get(sid, keep_sid=True) if sid else store.new()
+                for key, value in default_session(19).items():
+                    session.setdefault(key, value)
+                session.is_dirty = False
+                http.request = FakeRequest(http.fake_env)
+                try:
+                    result = environ.get("fake.handler", lambda s: None)(session)
+                    if session.can_save:
+                        if session.should_rotate:
+                            store.rotate(session, http.fake_env)
+                        elif session.is_dirty:
+                            store.save(session)
+                finally:
+                    http.request = None
+                return _respond(
+                    start_response, "200 OK", {"sid": session.sid, "result": result}, cookie_sid=session.sid
+                )
+            except Exception:
+                return _error(environ, start_response)
+
+    Application.__module__ = "odoo.http.application"
+    del http.Application
+    app_mod.Application = Application
+    http.root = app_mod.root = Application()
+    return http

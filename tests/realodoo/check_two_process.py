@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two-process session checks against real Odoo (16 or 18).
+"""Two-process session checks against real Odoo (16 to 19).
 
 Local tool, kept outside the repository. Needs only the standard library.
 Process A and B are two Odoo servers on the same database with separate
@@ -357,14 +357,7 @@ class Checker:
         action = admin.call_kw(self.b, "res.device", "revoke", [ids])
         revoke_note = "revoked without identity check"
         if isinstance(action, dict) and action.get("res_model") == "res.users.identitycheck":
-            wizard = action["res_id"]
-            admin.call_kw(
-                self.b,
-                "res.users.identitycheck",
-                "write",
-                [[wizard], {"password": self.password}],
-            )
-            admin.call_kw(self.b, "res.users.identitycheck", "run_check", [[wizard]])
+            self.answer_identity_check(admin, self.b, action["res_id"])
             revoke_note = "revoked on B after identity check"
         old = Browser("revoke_old")
         old.sid = victim_sid
@@ -384,6 +377,20 @@ class Checker:
             f"victim made on A, uid before on A={v_a}, B={v_b}; {revoke_note} ({len(ids)} device rows); "
             f"victim after: uid on A={after_a}, on B={after_b}; revoking admin still uid={admin_alive}",
         )
+
+    def answer_identity_check(self, admin, base, wizard):
+        """``res.users.identitycheck``: 16-18 read the password from a field, 19+ from the context."""
+        if self.major >= 19:
+            admin.call_kw(
+                base,
+                "res.users.identitycheck",
+                "run_check",
+                [[wizard]],
+                {"context": {"password": self.password}},
+            )
+        else:
+            admin.call_kw(base, "res.users.identitycheck", "write", [[wizard], {"password": self.password}])
+            admin.call_kw(base, "res.users.identitycheck", "run_check", [[wizard]])
 
     def _race(self, br, slow_base, quick_base, value_a, value_b):
         out = {}
@@ -486,7 +493,7 @@ class Checker:
     def check_form_login(self):
         """The browser path: HTML login form with its CSRF token, webclient page
         on the other process, GET logout seen by the first one."""
-        home = "/odoo" if self.major >= 17 else "/web"
+        home = "/odoo" if self.major >= 18 else "/web"  # /odoo came with 18
         br = Browser("form_login")
         status, _h, page = br.http("GET", f"{self.a}/web/login")
         match = re.search(r'name="csrf_token" value="([^"]+)"', page)
@@ -597,7 +604,8 @@ class Checker:
         after = None
         while time.monotonic() < deadline:
             try:
-                after = br.whoami(self.b)
+                # Asked on A: with one sidecar per process, A's is the one restarted.
+                after = br.whoami(self.a)
                 break
             except RpcError as exc:
                 if "503" not in str(exc.error.get("message")):
@@ -608,7 +616,7 @@ class Checker:
             "9 sidecar_restart",
             "PASS" if ok else "FAIL",
             f"uid before={before}; sidecar stopped: A answered {during} in {outage_ms:.0f} ms, cookie "
-            f"{'kept' if cookie_kept else 'replaced'}; sidecar back: uid on B={after}",
+            f"{'kept' if cookie_kept else 'replaced'}; sidecar back: uid on A={after}",
         )
 
     def check_websocket(self):

@@ -6,8 +6,10 @@ filesystem store is never used.
 """
 
 import functools
+import importlib
 import logging
 import re
+import sys
 
 from . import health
 
@@ -59,6 +61,57 @@ def _replace_lazy(cls, name, factory):
         set_name(cls, name)
 
 
+def session_module(http):
+    """``odoo.http.session`` when this Odoo keeps its store there (after 19), else ``None``.
+
+    That layout has a module-level ``@functools.cache session_store()``
+    instead of ``Application.session_store``.
+    """
+    if not hasattr(http, "__path__"):
+        return None  # 14-19: odoo/http.py is a module, not a package
+    try:
+        module = importlib.import_module("odoo.http.session")
+    except ImportError:
+        return None
+    return module if callable(getattr(module, "session_store", None)) else None
+
+
+def _replace_module_store(module, factory):
+    """Replace ``module.session_store()`` and every binding of it in loaded odoo modules.
+
+    Code that did ``from odoo.http.session import session_store`` before the
+    addon was loaded holds core's function: it is rebound too, so no caller
+    can reach the filesystem store.
+    """
+    original = module.session_store
+    missing = [n for n in ("cache_clear", "cache_info") if not hasattr(original, n)]
+    store_cls = getattr(module, "SessionStore", None)
+    if missing or store_cls is None or not hasattr(store_cls, "is_valid_session_id"):
+        raise RuntimeError(
+            "dkn_auth: odoo.http.session differs from what dkn_auth knows (a functools.cache "
+            "session_store() and SessionStore.is_valid_session_id); refusing to guess"
+        )
+    if original.cache_info().currsize:
+        _logger.warning(
+            "dkn_auth: the session store was used before dkn_auth was loaded; "
+            "load it with server_wide_modules (or --load) so no session is kept on disk"
+        )
+    original.cache_clear()
+
+    @functools.cache
+    def session_store():
+        return factory(None)
+
+    session_store.__doc__ = "The dkn_auth session store (one per process)."
+    session_store._dkn_auth = True
+    for name, loaded in list(sys.modules.items()):
+        in_odoo = name == "odoo" or name.startswith("odoo.")
+        if in_odoo and getattr(loaded, "session_store", None) is original:
+            loaded.session_store = session_store
+    module.session_store = session_store
+    return session_store
+
+
 def install():
     """Idempotent. Returns the store class installed."""
     if "store_class" in _installed:
@@ -72,7 +125,7 @@ def install():
 
     major = odoo_major(release)
     if major < 14:
-        raise RuntimeError(f"dkn_auth supports Odoo 14 to 19, not {major}")
+        raise RuntimeError(f"dkn_auth supports Odoo 14 and later, not {major}")
 
     config_error = None
     try:
@@ -84,22 +137,29 @@ def install():
         # rather than quietly keeping sessions on the local disk.
         _logger.critical("dkn_auth: bad setting %s, sessions are unavailable: %s", exc.setting, exc)
 
-    base_session = getattr(http, "Session", None) or http.OpenERPSession
+    module = session_module(http)
+    base_session = getattr(module or http, "Session", None) or http.OpenERPSession
     session_class = make_session_class(base_session)
-    store_class = make_store_class(http, major)
+    if module is not None:
+        store_class = make_store_class(module, major, layout="module")
+    else:
+        store_class = make_store_class(http, major)
     client = None if config_error else Client(settings)
 
     def session_store(self):
         return store_class(client, settings, session_class, config_error)
 
     root_cls = type(http.root)
-    if "session_store" in vars(http.root):
-        _logger.warning(
-            "dkn_auth: the session store was used before dkn_auth was loaded; "
-            "load it with server_wide_modules (or --load) so no session is kept on disk"
-        )
-    _replace_lazy(root_cls, "session_store", session_store)
-    vars(http.root).pop("session_store", None)
+    if module is not None:
+        _replace_module_store(module, session_store)
+    else:
+        if "session_store" in vars(http.root):
+            _logger.warning(
+                "dkn_auth: the session store was used before dkn_auth was loaded; "
+                "load it with server_wide_modules (or --load) so no session is kept on disk"
+            )
+        _replace_lazy(root_cls, "session_store", session_store)
+        vars(http.root).pop("session_store", None)
     if hasattr(http, "session_gc"):
         # Odoo 14/15 randomly sweeps the session directory on requests.
         http.session_gc = lambda session_store: None
@@ -112,7 +172,12 @@ def install():
     _installed["settings"] = settings
     _installed["health"] = check
     if not config_error:
-        _logger.info("dkn_auth: Odoo %s sessions are kept by the sidecar at %s", major, settings.describe())
+        _logger.info(
+            "dkn_auth: Odoo %s sessions are kept by the sidecar at %s%s",
+            major,
+            settings.describe(),
+            " (odoo.http.session layout)" if module is not None else "",
+        )
         warn_if_sidecar_down(check)
     return store_class
 

@@ -28,6 +28,7 @@ TTL_KEY = "_dkn_ttl"
 _identifier_re = re.compile(r"^[A-Za-z0-9_-]{42}$")
 _sha1_re = re.compile(r"^[a-f0-9]{40}$")
 _SNAP = "_dkn_snapshot"
+MODERN_KEY_LENGTHS = (84, 86)  # 18/19 and after 19
 
 
 def _unavailable_exception():
@@ -100,6 +101,10 @@ class DknSessionStoreBase:
     tagged = True  # sets/dates/datetimes need tags (Odoo < 18)
     soft_rotation = False  # Odoo 19
     deletion_timer = 120
+    # Odoo 19 and later assert that a session with a user is rotated with an
+    # env (its session_token must be recomputed); 16-18 skip the token.
+    rotation_needs_env = False
+    layout = "application"  # "module": Odoo after 19 (odoo.http.session)
 
     def __init__(self, client, settings, session_class, config_error=None):
         self.client = client
@@ -175,16 +180,24 @@ class DknSessionStoreBase:
     def new(self):
         return self.session_class({}, self.generate_key(), True)
 
-    def get(self, sid):
+    def _missing(self, sid, keep_sid):
+        # 16-19 core sets ``session.sid = sid`` right after ``get``, so the sid
+        # of a fresh session is overwritten anyway; Odoo after 19 asks for the
+        # cookie's sid explicitly with ``keep_sid=True`` (and gets new=False).
+        if keep_sid:
+            return self.session_class({}, sid, False)
+        return self.new()
+
+    def get(self, sid, *, keep_sid=False):
         if not self.is_valid_key(sid):
             return self.new()
         try:
             record = self._call("get", sid)
         except SidecarError as exc:
             _logger.warning("session %s... could not be read (%s), starting a new one", sid[:8], exc)
-            return self.new()
+            return self._missing(sid, keep_sid)
         if record is None:
-            return self.new()
+            return self._missing(sid, keep_sid)
         try:
             data = {k: v for k, v in record.data.items() if k != TTL_KEY}
             if self.tagged:
@@ -192,7 +205,7 @@ class DknSessionStoreBase:
             session = self.session_class(data, sid, False)
         except Exception as exc:  # noqa: BLE001 - unreadable stored data: core's stores reset too
             _logger.warning("session %s... is unreadable (%s), starting a new one", sid[:8], exc)
-            return self.new()
+            return self._missing(sid, keep_sid)
         set_snapshot(session, Snapshot(sid, record.data, record.version, record.ttl))
         self._maybe_refresh(session, record)
         return session
@@ -268,6 +281,11 @@ class DknSessionStoreBase:
             snap.gone = True
 
     def rotate(self, session, env=None, soft=False):
+        if self.rotation_needs_env and session.get("uid") and env is None:
+            # Core 19+ asserts the same (after it has deleted the old session;
+            # here nothing is touched yet): rotating without an env would keep
+            # a session_token bound to the old sid.
+            raise AssertionError("saving this session requires an environment")
         soft = bool(soft) and self.soft_rotation
         old_sid = session.sid
         snap = get_snapshot(session)
@@ -288,12 +306,10 @@ class DknSessionStoreBase:
             new_sid = self.generate_key()
         session.sid = new_sid
         if session.get("uid") and env is not None:
-            from odoo.service import security
-
-            session["session_token"] = security.compute_session_token(session, env)
+            self._update_session_token(session, env)
         if self.major >= 16:
             session.should_rotate = False
-        if self.major >= 19:
+        if self.soft_rotation:
             session["create_time"] = time.time()
         ttl = self._ttl_for(session, env)
         data = self._encode(session, ttl)
@@ -322,6 +338,17 @@ class DknSessionStoreBase:
             version = self._call("put", new_sid, data, ttl=ttl, create_only=True)
         set_snapshot(session, Snapshot(new_sid, data, version, ttl))
 
+    def _update_session_token(self, session, env):
+        if self.layout == "module":
+            # After 19: odoo.http.session.update_session_token(session, env).
+            import odoo.http.session
+
+            odoo.http.session.update_session_token(session, env)
+            return
+        from odoo.service import security
+
+        session["session_token"] = security.compute_session_token(session, env)
+
     def vacuum(self, *args, **kwargs):
         """Expiry is the backend's TTL: nothing to collect."""
         return None
@@ -334,9 +361,11 @@ class DknSessionStoreBase:
 class DeviceMethods:
     """Odoo 18+: ``res.device`` revocation and clean-up."""
 
+    strict_identifiers = False  # Odoo 19 raises on a malformed identifier
+
     def delete_from_identifiers(self, identifiers):
         identifiers = list(identifiers)
-        if self.major >= 19:
+        if self.strict_identifiers:
             for identifier in identifiers:
                 if not isinstance(identifier, str) or not _identifier_re.match(identifier):
                     raise ValueError(
@@ -344,8 +373,9 @@ class DeviceMethods:
                     )
             valid = identifiers
         else:
-            # 18 skips identifiers shorter than 42 characters: a 2-character
-            # one must never delete another database's sessions.
+            # 18 (and Odoo after 19) skips identifiers that are not 42
+            # characters: a 2-character one must never delete another
+            # database's sessions.
             valid = [i for i in identifiers if isinstance(i, str) and _identifier_re.match(i)]
         if valid:
             self._call("delete_identifiers", valid)
@@ -386,34 +416,54 @@ def _sha1_valid(self, key):
     return _sha1_re.match(key) is not None
 
 
-def make_store_class(http, major):
+def make_store_class(http, major, layout="application"):
     """Build the store class for the running Odoo (``http`` = ``odoo.http``).
 
     Nothing is inherited from Odoo's stores: a method this class lacks must
     fail loudly, never fall through to the filesystem. Only the key functions
     come from Odoo (16+), so each version keeps its own key format.
+
+    ``layout="module"`` is Odoo after 19 (``http`` = ``odoo.http.session``):
+    ``SessionStore`` with ``is_valid_session_id`` and a ``generate_key()``
+    without salt (86-character keys), soft rotation and device methods.
     """
-    core_store = getattr(http, "FilesystemSessionStore", None)
-    core_generate = getattr(core_store, "generate_key", None) or _sha1_key
-    core_valid = getattr(core_store, "is_valid_key", None) or _sha1_valid
+    modern = layout == "module"
+    if modern:
+        core_store = http.SessionStore
+        core_generate = core_store.generate_key
+        core_valid = core_store.is_valid_session_id
+    else:
+        core_store = getattr(http, "FilesystemSessionStore", None)
+        core_generate = getattr(core_store, "generate_key", None) or _sha1_key
+        core_valid = getattr(core_store, "is_valid_key", None) or _sha1_valid
     bases = []
-    if major >= 19:
+    if modern or major >= 19:
         bases.append(SoftRotationMethods)
-    if major >= 18:
+    if modern or major >= 18:
         bases.append(DeviceMethods)
     bases.append(DknSessionStoreBase)
 
     def generate_key(self, salt=None):
-        return core_generate(self, salt)
+        return core_generate(self) if modern else core_generate(self, salt)
 
     def is_valid_key(self, key):
-        return isinstance(key, str) and bool(core_valid(self, key))
+        if not isinstance(key, str) or not core_valid(self, key):
+            return False
+        # After 19 core's check lets 84 to 86 characters through but generates
+        # 86 (84 in 18/19 sessions): an 85-character cookie was never issued
+        # and the sidecar refuses it, so it starts a new session like any
+        # malformed cookie.
+        return not modern or len(key) in MODERN_KEY_LENGTHS
 
     attrs = {
         "major": major,
-        "tagged": major < 18,
+        "layout": layout,
+        "tagged": major < 18 and not modern,
+        "rotation_needs_env": modern or major >= 19,
+        "strict_identifiers": major >= 19 and not modern,
         "deletion_timer": int(getattr(http, "SESSION_DELETION_TIMER", 120)),
         "generate_key": generate_key,
         "is_valid_key": is_valid_key,
+        "is_valid_session_id": is_valid_key,
     }
     return type("DknSessionStore", tuple(bases), attrs)

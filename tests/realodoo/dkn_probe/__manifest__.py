@@ -5,4 +5,5 @@
     "license": "LGPL-3",
     "depends": ["web"],
     "installable": True,
+    "post_init_hook": "post_init",
 }
