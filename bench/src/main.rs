@@ -63,7 +63,8 @@ impl Sidecar {
         let s = Sidecar { child, addr };
         let mut c = Client::new(s.addr.clone());
         for _ in 0..400 {
-            if let Ok(r) = c.get("/readyz").await {
+            // Plain /readyz is 200 at once; ?backend=1 waits until the backend answers too.
+            if let Ok(r) = c.get("/readyz?backend=1").await {
                 if r.status == 200 {
                     return s;
                 }
