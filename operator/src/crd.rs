@@ -107,8 +107,9 @@ impl Driver {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Backend {
-    /// A single Redis or PostgreSQL instance run by the operator (StatefulSet with a
-    /// PersistentVolumeClaim, Service, Secret with a generated password, NetworkPolicy).
+    /// Redis or PostgreSQL run by the operator (StatefulSet with PersistentVolumeClaims,
+    /// Services, Secret with a generated password, NetworkPolicy). Redis defaults to 3 Pods
+    /// with Sentinel; PostgreSQL is a single instance.
     Managed(ManagedBackend),
     /// A backend you run yourself, reached with a URI kept in a Secret of this namespace.
     External(ExternalBackend),

@@ -181,7 +181,8 @@ fi
   echo "sentinel monitor $name ${master:-$me} $port $quorum"
   printf 'sentinel auth-pass %s "%s"\n' "$name" "$qpw"
   echo "sentinel down-after-milliseconds $name $down"
-  echo "sentinel failover-timeout $name 10000"
+  # A split vote is retried after twice this: keep the tail of a failover short.
+  echo "sentinel failover-timeout $name 4000"
   echo "sentinel parallel-syncs $name 1"
 } >"$conf/sentinel.conf"
 echo "redis-ha: configuration written for $me (primary: ${master:-this Pod})"

@@ -155,17 +155,21 @@ pub fn summarize(pods: i32, answers: &[Answer]) -> RedisReplicationStatus {
                 .join(", ")
         ));
     }
-    // The replica list of a Sentinel that names the majority's primary.
-    let replicas = answers
+    // The fullest view among the Sentinels that name the majority's primary: a Sentinel
+    // that just restarted learns the replicas only at its next look at the primary.
+    let (seen, in_sync) = answers
         .iter()
-        .find_map(|a| match a {
-            Answer::Primary { host, replicas } if *host == primary_host => Some(replicas),
+        .filter_map(|a| match a {
+            Answer::Primary { host, replicas } if *host == primary_host => Some((
+                replicas.len(),
+                replicas.iter().filter(|(_, up)| *up).count(),
+            )),
             _ => None,
         })
-        .cloned()
+        .max_by_key(|(seen, up)| (*up, *seen))
         .unwrap_or_default();
-    let seen = i32::try_from(replicas.len()).unwrap_or(i32::MAX);
-    let in_sync = i32::try_from(replicas.iter().filter(|(_, up)| *up).count()).unwrap_or(0);
+    let seen = i32::try_from(seen).unwrap_or(i32::MAX);
+    let in_sync = i32::try_from(in_sync).unwrap_or(i32::MAX);
     let quorum = pods / 2 + 1;
     let healthy = in_sync >= pods - 1 && agreeing >= quorum && votes.len() == 1;
     if in_sync < pods - 1 {
@@ -236,6 +240,20 @@ mod tests {
         assert!(!s.healthy);
         assert!(s.message.contains("refused"), "{}", s.message);
         assert!(s.message.contains("1 of 2 replicas"), "{}", s.message);
+    }
+
+    #[test]
+    fn the_fullest_view_of_the_agreeing_sentinels_counts() {
+        let s = summarize(
+            3,
+            &[
+                primary(H1, &[(H2, true)]),
+                primary(H1, &[(H0, true), (H2, true)]),
+                primary(H1, &[(H0, false), (H2, true)]),
+            ],
+        );
+        assert_eq!((s.replicas_seen, s.replicas_in_sync), (2, 2));
+        assert!(s.healthy);
     }
 
     #[test]
