@@ -418,6 +418,14 @@ rollout_under_load() {
     step "[$NS] rollout restart of the stand-in under load: no failed request, no logout"
     measure_lock
     old=$(live_pods | tr '\n' ' ')
+    # What the old Pods' containers say while they stop (SIGTERM grace, the sidecar's drain).
+    local p
+    local -a followers=()
+    for p in $old; do
+        kubectl logs -f -n "$NS" "$p" --all-containers --prefix --timestamps --tail=0 \
+            >"$RESULTS/$NS-rollout-$p.log" 2>&1 &
+        followers+=($!)
+    done
     load_start rollout
     sleep 5
     kubectl rollout restart -n "$NS" "deploy/$APP" >&2
@@ -434,6 +442,11 @@ rollout_under_load() {
     sleep 3
     load_stop
     measure_unlock
+    kill "${followers[@]}" 2>/dev/null || true
+    for p in $old; do
+        log "while $p stopped: $(grep -hiE 'sigterm|drain|exiting|stopped accepting' "$RESULTS/$NS-rollout-$p.log" |
+            sed -E 's/"(level|target|fields|span)":[^,]*,//g' | cut -c1-220 | tr '\n' '|' | head -c 900)"
+    done
     pods=$(jq '.by_pod | length' <<<"$LOAD_SUMMARY")
     ((pods >= 3)) || fail "the load reached only $pods pods: it did not span the roll"
     bad=$(bad_sessions 200 "$LOAD_SIDS")
