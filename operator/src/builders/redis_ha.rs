@@ -237,6 +237,74 @@ done
 exit 0
 "#;
 
+/// Command of the `sentinel` container: a replica watch in the background, then Sentinel.
+///
+/// Why the watch: a Sentinel learns the replicas only from the primary's `INFO` (every 10
+/// seconds), and each Pod's Sentinel starts with a fresh configuration. When the primary
+/// fails before the Sentinel that leads the failover has seen a replica, that replica is
+/// never told about the new primary: it keeps following the old primary's host name, and
+/// once the old Pod comes back as a replica it is chained behind it, where no Sentinel can
+/// see it (observed on real processes: 2 Pods x 3 Sentinels listed 1 replica for minutes,
+/// so `WAIT` for N/2 replicas could not be met when one more Pod failed).
+///
+/// Every `REDIS_HA_WATCH_SECONDS`, when this Pod's Redis is a replica whose primary is not
+/// a primary (a replica itself, or gone), while at least `REDIS_HA_QUORUM` Sentinels name
+/// the same other Pod and that Pod answers `ROLE master`, twice in a row: `REPLICAOF` it
+/// (and `CONFIG REWRITE`, as Sentinel does). It never touches a primary, never acts while
+/// the Sentinels disagree, and never moves a replica away from a working primary, so it
+/// cannot undo what a Sentinel leading a failover just did.
+pub const SENTINEL_SCRIPT: &str = r#"port=${REDIS_PORT:-6379}
+sport=${SENTINEL_PORT:-26379}
+name=${REDIS_HA_MASTER:?}
+quorum=${REDIS_HA_QUORUM:?}
+conf=${REDIS_HA_CONF:-/conf}
+period=${REDIS_HA_WATCH_SECONDS:-2}
+ordinal=${POD_NAME##*-}
+me=""
+i=0
+for h in $REDIS_HA_HOSTS; do
+  [ "$i" = "$ordinal" ] && me=$h
+  i=$((i + 1))
+done
+if command -v timeout >/dev/null 2>&1; then t="timeout 2"; else t=""; fi
+# Field $2 of INFO replication of the Redis on host $1 (nothing when it does not answer).
+field() {
+  [ -n "$1" ] || return 0
+  $t redis-cli -h "$1" -p "$port" --raw INFO replication 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
+}
+# The primary that at least $quorum Sentinels name, or nothing.
+named() {
+  all=$(for h in $REDIS_HA_HOSTS; do
+    $t redis-cli -h "$h" -p "$sport" --raw SENTINEL get-master-addr-by-name "$name" 2>/dev/null | head -n 1
+  done | tr '\n' ' ')
+  for a in $all; do
+    n=0
+    for b in $all; do [ "$a" = "$b" ] && n=$((n + 1)); done
+    if [ "$n" -ge "$quorum" ]; then echo "$a"; return 0; fi
+  done
+}
+watch() {
+  suspect=""
+  while sleep "$period"; do
+    [ "$(field "$me" role)" = slave ] || { suspect=""; continue; }
+    cur=$(field "$me" master_host)
+    want=$(named)
+    if [ -z "$want" ] || [ "$want" = "$cur" ] || [ "$want" = "$me" ] ||
+      [ "$(field "$want" role)" != master ] || [ "$(field "$cur" role)" = master ]; then
+      suspect=""
+      continue
+    fi
+    if [ "$suspect" != "$want" ]; then suspect=$want; continue; fi
+    echo "redis-ha: this replica follows $cur, which is not a primary, while the Sentinels name $want: replicating $want"
+    $t redis-cli -h "$me" -p "$port" REPLICAOF "$want" "$port" >/dev/null 2>&1 &&
+      $t redis-cli -h "$me" -p "$port" CONFIG REWRITE >/dev/null 2>&1
+    suspect=""
+  done
+}
+[ -z "$me" ] || watch &
+exec redis-server "$conf/sentinel.conf" --sentinel
+"#;
+
 fn literal(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -396,11 +464,8 @@ pub fn build(
     let sentinel = Container {
         name: "sentinel".into(),
         image: Some(image),
-        args: Some(vec![
-            "redis-server".into(),
-            format!("{CONF_DIR}/sentinel.conf"),
-            "--sentinel".into(),
-        ]),
+        command: Some(sh(SENTINEL_SCRIPT)),
+        env: Some(env.clone()),
         ports: Some(vec![ContainerPort {
             name: Some("sentinel".into()),
             container_port: SENTINEL_PORT,
@@ -621,13 +686,11 @@ mod tests {
             Some(&["redis-server".to_string(), "/conf/redis.conf".to_string()][..])
         );
         assert_eq!(
-            pod.containers[1]
-                .args
-                .as_ref()
-                .map(|a| a.join(" "))
-                .as_deref(),
-            Some("redis-server /conf/sentinel.conf --sentinel")
+            pod.containers[1].command.as_ref().map(|c| c[2].as_str()),
+            Some(SENTINEL_SCRIPT)
         );
+        assert!(SENTINEL_SCRIPT.ends_with("exec redis-server \"$conf/sentinel.conf\" --sentinel\n"));
+        assert!(env_map(&pod.containers[1]).contains_key("REDIS_HA_QUORUM"));
         assert_eq!(
             pod.containers[1].ports.as_ref().expect("ports")[0].container_port,
             26379
