@@ -147,7 +147,8 @@ stop_load_on_error() {
     return 0
 }
 # shellcheck disable=SC2154 # rc is set inside the trap
-trap 'rc=$?; trap - ERR; stop_load_on_error; ((DUMPED)) || dump_logs >&2; exit $rc' ERR
+trap 'rc=$?; trap - ERR; log "FAILED in step '"'"'$CURRENT'"'"': exit $rc of \`$BASH_COMMAND'"'"' (line $LINENO)"
+    stop_load_on_error; ((DUMPED)) || dump_logs >&2; exit $rc' ERR
 
 # until_ok SECONDS WHAT COMMAND...: polls COMMAND (quietly) until it succeeds.
 until_ok() {
@@ -368,7 +369,7 @@ LOAD_PID="" LOAD_SIDS="" LOAD_FILE="" LOAD_STOP="" LOAD_SUMMARY=""
 load_start() {
     local name=$1 url out
     url=$(svc_url)
-    out=$(loadpy login "$url" "$SESSIONS" "$NS-$name")
+    out=$(loadpy login "$url" "$SESSIONS" "$NS-$name") || true
     LOAD_SIDS=$(jq -r '.sids // empty | join(",")' <<<"$out")
     [[ -n $LOAD_SIDS ]] || fail "logins for the load failed: $out"
     LOAD_FILE=$RESULTS/$NS-$name.jsonl
@@ -556,10 +557,10 @@ failover_under_load() {
     load_start "$name"
     sleep 5
     # A logout acknowledged just before the kill.
-    out=$(loadpy login "$url" 1 "$NS-logout-$name")
+    out=$(loadpy login "$url" 1 "$NS-logout-$name") || true
     sidx=$(jq -r '.sids[0] // empty' <<<"$out")
     [[ -n $sidx ]] || fail "login for the logout check: $out"
-    out=$(loadpy logout "$url" --sid="$sidx")
+    out=$(loadpy logout "$url" --sid="$sidx") || true
     [[ $(jq .status <<<"$out") == 200 ]] || fail "logout before the kill not acknowledged: $out"
     t_logout=$(jq .t <<<"$out")
     primary=$(sentinel_primary) || fail "no Sentinel names a primary"
