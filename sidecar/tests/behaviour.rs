@@ -677,6 +677,420 @@ mod cases {
             Some(1 + (clients * per_client) as u64)
         );
     }
+
+    /// Issue 10: an expired session is missing for every operation, whether or not the
+    /// backend has collected it yet (PostgreSQL keeps the row until its clean-up runs).
+    pub async fn expired_session_stays_missing(h: &Harness) {
+        let mut c = h.client();
+        let id = identifier();
+        let old = modern_sid(&id);
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &old),
+                &[],
+                &json!({"data": {"uid": 7}, "ttl": 1}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        let name = format!("/v1/leases/exp.{}", legacy_sid());
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w1", "ttl_ms": 300}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert_eq!(c.get(&s("", &old)).await.unwrap().status, 404);
+        // What the addon sends on an Odoo 19 soft rotation.
+        let new = modern_sid(&identifier());
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &old),
+                &[],
+                &json!({"new_sid": new, "data": {"uid": 7}, "keep_old": {"ttl": 120, "set": {"next_sid": new}}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        let r = c.get(&s("", &old)).await.unwrap();
+        assert_eq!(r.status, 404, "the expired session came back: {r:?}");
+        let other = modern_sid(&identifier());
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &old),
+                &[],
+                &json!({"new_sid": other, "set": {"a": 1}, "keep_old": {"ttl": 120}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "rotate from an expired session: {r:?}");
+        assert_eq!(c.get(&s("", &other)).await.unwrap().status, 404);
+        let r = c
+            .json(Method::PATCH, &s("", &old), &[], &json!({"set": {"a": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "patch of an expired session: {r:?}");
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &old),
+                &[("if-match", "\"1\"")],
+                &json!({"data": {"a": 1}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "If-Match on an expired session: {r:?}");
+        assert!(r.json()["current_version"].is_null());
+        let r = c
+            .send(Method::DELETE, &s("", &old), &[("if-match", "\"1\"")], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 412,
+            "conditional delete of an expired session: {r:?}"
+        );
+        assert_eq!(c.get(&s("", &old)).await.unwrap().status, 404);
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/missing",
+                &[],
+                &json!({"identifiers": [id]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.json()["missing"], json!([id]), "{r:?}");
+        let r = c
+            .json(
+                Method::POST,
+                "/v1/identifiers/delete",
+                &[],
+                &json!({"identifiers": [id]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.json()["deleted"], 0, "{r:?}");
+        // A PUT creates it afresh at version 1 (when not tombstoned by the identifier delete).
+        let fresh = modern_sid(&identifier());
+        c.json(
+            Method::PUT,
+            &s("", &fresh),
+            &[],
+            &json!({"data": {}, "ttl": 1}),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let r = c
+            .json(Method::PUT, &s("", &fresh), &[], &json!({"data": {"b": 2}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.json()["version"].clone()),
+            (201, json!(1)),
+            "{r:?}"
+        );
+        // The expired lease: not held by its former owner, free for another.
+        let r = lease(
+            &mut c,
+            &name,
+            "refresh",
+            json!({"owner": "w1", "ttl_ms": 1000}),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{r:?}");
+        let r = lease(&mut c, &name, "release", json!({"owner": "w1"})).await;
+        assert_eq!(r.status, 404, "{r:?}");
+        let r = lease(
+            &mut c,
+            &name,
+            "acquire",
+            json!({"owner": "w2", "ttl_ms": 1000}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    fn keys(n: usize, prefix: &str) -> serde_json::Map<String, serde_json::Value> {
+        (0..n).map(|i| (format!("{prefix}{i}"), json!(i))).collect()
+    }
+
+    /// Issue 10: one request's work on the shared backend is bounded: 1,000 keys per write,
+    /// 1,000 keys per session; over it, 400 naming the bound and nothing changed.
+    pub async fn key_bounds(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[],
+                &json!({"data": keys(1001, "k")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 1000 keys"),
+            "{r:?}"
+        );
+        assert_eq!(c.get(&s("", &sid)).await.unwrap().status, 404);
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[],
+                &json!({"data": keys(1000, "k")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        let big: Vec<String> = (0..1001).map(|i| format!("r{i}")).collect();
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"x": 1}, "remove": big[..1000]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "set + remove over 1,000: {r:?}");
+        assert_eq!(r.json()["error"], "invalid_body");
+        // Growing the session beyond 1,000 keys.
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"k5": 5, "new": 1}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.json()["error"], "invalid_body");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("1001 keys"),
+            "{r:?}"
+        );
+        let new = legacy_sid();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &sid),
+                &[],
+                &json!({"new_sid": new, "set": {"new": 1}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "rotation growing the session: {r:?}");
+        assert_eq!(c.get(&s("", &new)).await.unwrap().status, 404);
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(r.json()["version"], 1, "nothing changed");
+        assert_eq!(data_of(&r), json!(keys(1000, "k")));
+        // Replacing one key by another stays within the bound.
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"new": 1}, "remove": ["k0"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.json()["version"].clone()),
+            (200, json!(2)),
+            "{r:?}"
+        );
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &sid),
+                &[],
+                &json!({"new_sid": new, "set": {"k0": 0}, "remove": ["k1"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+
+    /// Issue 10: numbers and strings either come back exactly or are refused, the same way
+    /// on every driver; "changed" means the JSON text of a key changed.
+    pub async fn values_kept_or_refused(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        let body = br#"{"data": {"big": 123456789012345678901234567890}}"#.to_vec();
+        let r = c
+            .send(Method::PUT, &s("", &sid), &[], Some(body))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("64 bits"),
+            "{r:?}"
+        );
+        assert_eq!(
+            c.get(&s("", &sid)).await.unwrap().status,
+            404,
+            "nothing stored"
+        );
+        let body = br#"{"data": {"i": -9223372036854775808, "u": 18446744073709551615, "f": 1.0}}"#
+            .to_vec();
+        let r = c
+            .send(Method::PUT, &s("", &sid), &[], Some(body))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        let r = c.get(&s("", &sid)).await.unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(
+            text.contains(r#""i":-9223372036854775808"#)
+                && text.contains(r#""u":18446744073709551615"#)
+                && text.contains(r#""f":1.0"#),
+            "64-bit integers and floats kept exactly: {text}"
+        );
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"s": "a\u{0}b"}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "U+0000: {r:?}");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("U+0000"),
+            "{r:?}"
+        );
+        let r = c
+            .json(
+                Method::PUT,
+                &s("", &sid),
+                &[],
+                &json!({"data": {"s": "\u{0}"}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "U+0000: {r:?}");
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(r.json()["version"], 1, "nothing changed: {r:?}");
+        // 1.0 -> 1 changes the stored text: a change, on every driver.
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &json!({"set": {"f": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.json()["version"], 2, "{r:?}");
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(r#""f":1,"#)
+                || String::from_utf8_lossy(&r.body).contains(r#""f":1}"#),
+            "{r:?}"
+        );
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &json!({"set": {"f": 1}}))
+            .await
+            .unwrap();
+        assert_eq!(r.json()["version"], 2, "same text: no change: {r:?}");
+    }
+
+    /// Issue 10: `If-Match` is honoured by DELETE and rotate.
+    pub async fn conditional_delete_and_rotate(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        c.json(Method::PUT, &s("", &sid), &[], &json!({"data": {"a": 1}}))
+            .await
+            .unwrap();
+        c.json(Method::PATCH, &s("", &sid), &[], &json!({"set": {"a": 2}}))
+            .await
+            .unwrap();
+        let r = c
+            .send(Method::DELETE, &s("", &sid), &[("if-match", "\"1\"")], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "{r:?}");
+        assert_eq!(r.json()["current_version"], 2);
+        assert_eq!(
+            c.get(&s("", &sid)).await.unwrap().status,
+            200,
+            "not deleted"
+        );
+        let r = c
+            .send(
+                Method::DELETE,
+                &s("", &sid),
+                &[("if-none-match", "*")],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        let new = legacy_sid();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &sid),
+                &[("if-match", "\"1\"")],
+                &json!({"new_sid": new}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "{r:?}");
+        assert_eq!(r.json()["current_version"], 2);
+        assert_eq!(
+            c.get(&s("", &new)).await.unwrap().status,
+            404,
+            "not rotated"
+        );
+        assert_eq!(c.get(&s("", &sid)).await.unwrap().status, 200);
+        let missing = legacy_sid();
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &missing),
+                &[("if-match", "\"1\"")],
+                &json!({"new_sid": new, "data": {}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 412, "If-Match on a missing old session: {r:?}");
+        assert_eq!(c.get(&s("", &new)).await.unwrap().status, 404);
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", &sid),
+                &[("if-match", "\"2\"")],
+                &json!({"new_sid": new}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(
+            data_of(&c.get(&s("", &new)).await.unwrap()),
+            json!({"a": 2})
+        );
+        let r = c
+            .send(Method::DELETE, &s("", &sid), &[("if-match", "\"2\"")], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 410, "conditional delete of a tombstone: {r:?}");
+        let r = c
+            .send(Method::DELETE, &s("", &new), &[("if-match", "\"1\"")], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204, "{r:?}");
+        assert_eq!(c.get(&s("", &new)).await.unwrap().status, 404);
+    }
 }
 
 macro_rules! suite {
@@ -705,6 +1119,10 @@ macro_rules! all_cases {
             identifier_batches_of_100k,
             leases,
             concurrent_patches_keep_every_key,
+            expired_session_stays_missing,
+            key_bounds,
+            values_kept_or_refused,
+            conditional_delete_and_rotate,
         );
     };
 }

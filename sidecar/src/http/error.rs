@@ -43,6 +43,7 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 StoreError::Backend(_) => StatusCode::BAD_GATEWAY,
+                StoreError::TooManyKeys { .. } => StatusCode::BAD_REQUEST,
             },
         }
     }
@@ -64,6 +65,7 @@ impl ApiError {
                 // The code clients already treat as "try later"; the message says why.
                 StoreError::Unavailable(_) | StoreError::NotReplicated(_) => "backend_unavailable",
                 StoreError::Backend(_) => "backend_error",
+                StoreError::TooManyKeys { .. } => "invalid_body",
             },
         }
     }

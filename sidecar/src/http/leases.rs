@@ -62,11 +62,15 @@ pub async fn acquire(
         return Err(InputError::Body(format!("wait_ms: expected 0 to {MAX_WAIT_MS}")).into());
     }
     let wait = Duration::from_millis(body.wait_ms);
-    // The wait is the client's; the last try inside it is still bounded by the timeout.
+    // The wait is spent between tries, and only while the backend answers: every try is
+    // bounded by the backend timeout (a hung backend answers 503 within it whatever
+    // `wait_ms` says); the whole request ends by `wait_ms` + one backend timeout.
     let grant = state
         .call_within(
             wait + state.backend_timeout,
-            state.store.acquire(&name, &owner, ttl, wait),
+            state
+                .store
+                .acquire(&name, &owner, ttl, wait, state.backend_timeout),
         )
         .await?;
     Ok(granted(grant))

@@ -17,9 +17,13 @@ use crate::model::{
     fields_from_object, write_object, Condition, Identifier, InputError, KeepOld, Patch,
     RotateSource, Rotation, Sid,
 };
+use crate::store::{within, MAX_SESSION_KEYS};
 
 /// Most identifiers in one request: Odoo's device clean-up sends batches of 100,000.
 pub const MAX_IDENTIFIERS: usize = 100_000;
+
+/// Most keys a soft rotation sets on the old session (Odoo 19 sets two).
+const MAX_KEEP_OLD_KEYS: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +157,7 @@ pub async fn put(
     JsonBody(body): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
     let cond = condition(&headers)?;
+    check_key_count("data", body.data.len())?;
     let ttl = ttl_or_default(body.ttl, &state)?;
     let fields = fields_from_object(body.data)?;
     let w = state.call(state.store.put(&sid, fields, ttl, cond)).await?;
@@ -171,16 +176,8 @@ pub async fn patch(
     headers: HeaderMap,
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<Response, ApiError> {
-    let if_match = match condition(&headers)? {
-        Condition::Unconditional => None,
-        Condition::IfMatch(v) => Some(v),
-        Condition::CreateOnly => {
-            return Err(InputError::Body(
-                "PATCH is update-only: If-None-Match is not accepted".into(),
-            )
-            .into())
-        }
-    };
+    let if_match = if_match(&headers, "PATCH")?;
+    check_key_count("set and remove", body.set.len() + body.remove.len())?;
     let ttl = ttl_or_default(body.ttl, &state)?;
     let patch = Patch::new(fields_from_object(body.set)?, body.remove)?;
     let version = state
@@ -190,11 +187,36 @@ pub async fn patch(
     Ok(versioned(StatusCode::OK, version))
 }
 
+/// `If-Match` of an update-only request (PATCH, DELETE, rotate): `If-None-Match` refused.
+fn if_match(headers: &HeaderMap, what: &str) -> Result<Option<u64>, ApiError> {
+    match condition(headers)? {
+        Condition::Unconditional => Ok(None),
+        Condition::IfMatch(v) => Ok(Some(v)),
+        Condition::CreateOnly => Err(InputError::Body(format!(
+            "{what} is update-only: If-None-Match is not accepted"
+        ))
+        .into()),
+    }
+}
+
+/// Refuses a write naming more keys than a session may hold.
+fn check_key_count(what: &str, n: usize) -> Result<(), ApiError> {
+    if n > MAX_SESSION_KEYS {
+        return Err(InputError::Body(format!(
+            "{what}: at most {MAX_SESSION_KEYS} keys per request, got {n}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 pub async fn delete(
     State(state): State<AppState>,
     SidParam(sid): SidParam,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    state.call(state.store.delete(&sid)).await?;
+    let if_match = if_match(&headers, "DELETE")?;
+    state.call(state.store.delete(&sid, if_match)).await?;
     state.wrote("delete");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -202,9 +224,15 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<AppState>,
     SidParam(sid): SidParam,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> Result<Response, ApiError> {
     let old = sid;
+    let if_match = if_match(&headers, "rotate")?;
+    check_key_count(
+        "set and remove",
+        body.set.len() + body.remove.len() + body.data.as_ref().map_or(0, Map::len),
+    )?;
     let new_sid = Sid::parse(&body.new_sid)?;
     let ttl = ttl_or_default(body.ttl, &state)?;
     let source = match body.data {
@@ -219,6 +247,13 @@ pub async fn rotate(
         None => RotateSource::Stored(Patch::new(fields_from_object(body.set)?, body.remove)?),
     };
     let keep_old = match body.keep_old {
+        Some(k) if k.set.len() > MAX_KEEP_OLD_KEYS => {
+            return Err(InputError::Body(format!(
+                "keep_old.set: at most {MAX_KEEP_OLD_KEYS} keys, got {}",
+                k.set.len()
+            ))
+            .into())
+        }
         Some(k) if (1..=86_400).contains(&k.ttl) => Some(KeepOld {
             ttl: Duration::from_secs(k.ttl),
             set: fields_from_object(k.set)?,
@@ -234,7 +269,9 @@ pub async fn rotate(
         ttl,
         keep_old,
     };
-    let w = state.call(state.store.rotate(&old, rotation)).await?;
+    let w = state
+        .call(state.store.rotate(&old, rotation, if_match))
+        .await?;
     state.wrote("rotate");
     Ok(versioned(StatusCode::CREATED, w.version))
 }
@@ -252,11 +289,14 @@ fn identifiers(raw: Vec<String>) -> Result<Vec<Identifier>, ApiError> {
         .collect()
 }
 
-/// A batch of identifiers is many backend calls: its time limit grows with its size, one
-/// backend timeout per 5,000 identifiers. Each call inside stays bounded by the connection
-/// timeouts, so an outage still fails fast.
+/// Identifiers per backend call of a batch.
+const BATCH_CHUNK: usize = 5_000;
+
+/// A batch of identifiers is one backend call per 5,000 identifiers, each bounded by the
+/// backend timeout (a hung backend answers 503 within one timeout, whatever the batch size);
+/// the whole request by one timeout per call.
 fn batch_limit(state: &AppState, n: usize) -> Duration {
-    state.backend_timeout * (1 + u32::try_from(n / 5_000).unwrap_or(u32::MAX))
+    state.backend_timeout * u32::try_from(n.div_ceil(BATCH_CHUNK).max(1)).unwrap_or(u32::MAX)
 }
 
 pub async fn delete_identifiers(
@@ -265,8 +305,16 @@ pub async fn delete_identifiers(
 ) -> Result<Response, ApiError> {
     let ids = identifiers(body.identifiers)?;
     let limit = batch_limit(&state, ids.len());
+    let store = &state.store;
+    let each = state.backend_timeout;
     let deleted = state
-        .call_within(limit, state.store.delete_identifiers(&ids))
+        .call_within(limit, async {
+            let mut deleted = 0;
+            for chunk in ids.chunks(BATCH_CHUNK) {
+                deleted += within(each, store.delete_identifiers(chunk)).await?;
+            }
+            Ok(deleted)
+        })
         .await?;
     state.wrote("delete_identifiers");
     Ok(Json(json!({"deleted": deleted})).into_response())
@@ -278,8 +326,16 @@ pub async fn missing_identifiers(
 ) -> Result<Response, ApiError> {
     let ids = identifiers(body.identifiers)?;
     let limit = batch_limit(&state, ids.len());
+    let store = &state.store;
+    let each = state.backend_timeout;
     let missing = state
-        .call_within(limit, state.store.missing_identifiers(&ids))
+        .call_within(limit, async {
+            let mut missing = Vec::new();
+            for chunk in ids.chunks(BATCH_CHUNK) {
+                missing.extend(within(each, store.missing_identifiers(chunk)).await?);
+            }
+            Ok(missing)
+        })
         .await?;
     let missing: Vec<&str> = missing.iter().map(Identifier::as_str).collect();
     Ok(Json(json!({"missing": missing})).into_response())

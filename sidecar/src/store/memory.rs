@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{StoreError, StoreResult, StoreSettings};
+use super::{StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
     Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
     Session, Sid, Written,
@@ -118,6 +118,31 @@ impl Inner {
     }
 }
 
+/// Refuses a patch that would leave more than [`MAX_SESSION_KEYS`] keys.
+fn check_keys(fields: &Fields, patch: &Patch) -> StoreResult<()> {
+    if fields.len() + patch.set.len() <= MAX_SESSION_KEYS {
+        return Ok(());
+    }
+    let added = patch
+        .set
+        .keys()
+        .filter(|k| !fields.contains_key(*k))
+        .count();
+    let removed = patch
+        .remove
+        .iter()
+        .filter(|k| fields.contains_key(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let would = fields.len() + added - removed;
+    if would > MAX_SESSION_KEYS {
+        return Err(StoreError::TooManyKeys {
+            would: would as u64,
+        });
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
@@ -213,6 +238,7 @@ impl MemoryStore {
         let (version, fields, expires) = inner
             .live_mut(sid.as_str(), now)
             .ok_or(StoreError::NotFound)?;
+        check_keys(fields, &patch)?;
         if patch.apply(fields) {
             *version += 1;
         }
@@ -220,18 +246,39 @@ impl MemoryStore {
         Ok(*version)
     }
 
-    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+    pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
         let now = Instant::now();
         let until = now + self.settings.tombstone_ttl;
-        Ok(self.inner.lock().tombstone(sid.as_str(), until, now))
+        let mut inner = self.inner.lock();
+        if let Some(want) = if_match {
+            match inner.state(sid.as_str(), now) {
+                State::Tombstone => return Err(StoreError::Gone),
+                State::Missing => return Err(StoreError::Precondition { current: None }),
+                State::Live(v) if v != want => {
+                    return Err(StoreError::Precondition { current: Some(v) })
+                }
+                State::Live(_) => {}
+            }
+        }
+        Ok(inner.tombstone(sid.as_str(), until, now))
     }
 
-    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+    pub async fn rotate(
+        &self,
+        old: &Sid,
+        rotation: Rotation,
+        if_match: Option<u64>,
+    ) -> StoreResult<Written> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         let old_state = inner.state(old.as_str(), now);
-        if matches!(old_state, State::Tombstone) {
-            return Err(StoreError::Gone);
+        match (&old_state, if_match) {
+            (State::Tombstone, _) => return Err(StoreError::Gone),
+            (State::Missing, Some(_)) => return Err(StoreError::Precondition { current: None }),
+            (State::Live(v), Some(want)) if *v != want => {
+                return Err(StoreError::Precondition { current: Some(*v) })
+            }
+            _ => {}
         }
         match inner.state(rotation.new_sid.as_str(), now) {
             State::Missing => {}
@@ -244,6 +291,7 @@ impl MemoryStore {
                 let (_, stored, _) = inner
                     .live_mut(old.as_str(), now)
                     .ok_or(StoreError::NotFound)?;
+                check_keys(stored, patch)?;
                 let mut fields = stored.clone();
                 patch.apply(&mut fields);
                 fields

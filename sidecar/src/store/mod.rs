@@ -36,7 +36,14 @@ pub enum StoreError {
     NotReplicated(String),
     #[error("backend answered unexpectedly: {0}")]
     Backend(String),
+    /// The write would leave the session with more than [`MAX_SESSION_KEYS`] keys (400).
+    #[error("the session would hold {would} keys, more than the {MAX_SESSION_KEYS} a session may hold; nothing was changed")]
+    TooManyKeys { would: u64 },
 }
+
+/// Most data keys one session may hold after a `PATCH` or a rotation (a `PUT` names at most
+/// as many): bounds what one request makes the backend copy or compare.
+pub const MAX_SESSION_KEYS: usize = 1_000;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -102,16 +109,24 @@ impl Store {
         dispatch!(self, s => s.patch(sid, patch, ttl, if_match).await)
     }
 
-    /// Deletes and tombstones; true when a live session was removed.
-    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
-        dispatch!(self, s => s.delete(sid).await)
+    /// Deletes and tombstones; true when a live session was removed. With `if_match`, only
+    /// a live session at that version is deleted (else `Precondition`, or `Gone` for a
+    /// tombstone).
+    pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
+        dispatch!(self, s => s.delete(sid, if_match).await)
     }
 
-    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+    /// With `if_match`, the old session must be live at that version.
+    pub async fn rotate(
+        &self,
+        old: &Sid,
+        rotation: Rotation,
+        if_match: Option<u64>,
+    ) -> StoreResult<Written> {
         if &rotation.new_sid == old {
             return Err(StoreError::Precondition { current: None });
         }
-        dispatch!(self, s => s.rotate(old, rotation).await)
+        dispatch!(self, s => s.rotate(old, rotation, if_match).await)
     }
 
     /// Deletes every live session of these identifiers; returns how many.
@@ -133,18 +148,22 @@ impl Store {
         dispatch!(self, s => s.try_acquire(name, owner, ttl).await)
     }
 
-    /// Acquires, retrying while another owner holds the lease, for up to `wait`.
+    /// Acquires, retrying while another owner holds the lease, for up to `wait`. Each try
+    /// must answer within `per_try` (the backend timeout): the wait goes on only while the
+    /// backend answers.
     pub async fn acquire(
         &self,
         name: &LeaseName,
         owner: &Owner,
         ttl: Duration,
         wait: Duration,
+        per_try: Duration,
     ) -> StoreResult<LeaseGrant> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            match self.try_acquire(name, owner, ttl).await {
+            let attempt = within(per_try, self.try_acquire(name, owner, ttl)).await;
+            match attempt {
                 Err(StoreError::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     tokio::time::sleep(pause.min(left)).await;
@@ -175,6 +194,21 @@ impl Store {
             Store::Redis(s) => s.pool_in_use(),
             Store::Postgres(s) => s.pool_in_use(),
         }
+    }
+}
+
+/// Runs one backend call under a hard time limit: late is an outage (503), like a refused
+/// connection.
+pub async fn within<T>(
+    limit: Duration,
+    op: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the backend did not answer within {} ms",
+            millis(limit)
+        ))),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{millis, StoreError, StoreResult, StoreSettings};
+use super::{millis, StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
     fields_from_object, write_object, Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner,
     Patch, RotateSource, Rotation, Session, Sid, Written,
@@ -40,6 +40,7 @@ struct Sql {
     patch: String,
     classify: String,
     delete: String,
+    delete_match: String,
     lock_pair: String,
     rotate_insert_stored: String,
     rotate_insert_given: String,
@@ -57,6 +58,14 @@ impl Sql {
     fn new(t: &str) -> Self {
         let l = format!("{t}_leases");
         let ttl = |p: &str| format!("now() + ({p}::float8 * interval '1 millisecond')");
+        // "Changed" as on every driver: a key of `set` whose JSON text differs from the stored
+        // one (jsonb's text keeps a number as written, so 1.0 -> 1 is a change).
+        let changed = |data: &str, set: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM jsonb_each(({set}::text)::jsonb) e \
+                 WHERE ({data} -> e.key)::text IS DISTINCT FROM e.value::text)"
+            )
+        };
         Sql {
             get: format!(
                 "SELECT version, data, (extract(epoch from expires_at - now()) * 1000)::bigint \
@@ -85,17 +94,32 @@ impl Sql {
                  AND version = $5 RETURNING version",
                 e = ttl("$4")
             ),
+            // One statement: lock the live row, compute the result and its key count, write
+            // only when within the bound. Answers (new version, key count): (NULL, NULL) when
+            // no live row matched, (NULL, n) when n keys are over the bound.
             patch: format!(
-                "UPDATE {t} SET data = (data || ($3::text)::jsonb) - ($4::text[]), \
-                 version = version + CASE WHEN ((data || ($3::text)::jsonb) - ($4::text[])) \
-                 IS DISTINCT FROM data THEN 1 ELSE 0 END, expires_at = {e} \
-                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
-                 AND ($6::bigint IS NULL OR version = $6) RETURNING version",
-                e = ttl("$5")
+                "WITH cur AS (SELECT data, (data || ($3::text)::jsonb) - ($4::text[]) AS new \
+                 FROM {t} WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
+                 AND ($6::bigint IS NULL OR version = $6) FOR UPDATE), \
+                 n AS (SELECT new, (SELECT count(*) FROM jsonb_object_keys(new)) AS keys, \
+                 (data ?| ($4::text[])) OR {changed} AS changed FROM cur), \
+                 upd AS (UPDATE {t} s SET data = n.new, \
+                 version = s.version + CASE WHEN n.changed THEN 1 ELSE 0 END, expires_at = {e} \
+                 FROM n WHERE s.ns = $1 AND s.sid = $2 AND n.keys <= {MAX_SESSION_KEYS} \
+                 RETURNING s.version) \
+                 SELECT (SELECT version FROM upd), (SELECT keys FROM n)",
+                e = ttl("$5"),
+                changed = changed("data", "$3"),
             ),
             classify: format!(
                 "SELECT data IS NULL, version FROM {t} \
                  WHERE ns = $1 AND sid = $2 AND expires_at > now()"
+            ),
+            delete_match: format!(
+                "UPDATE {t} SET ident = NULL, data = NULL, expires_at = {e} \
+                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
+                 AND version = $4 RETURNING 1",
+                e = ttl("$3")
             ),
             delete: format!(
                 "WITH old AS (SELECT data IS NOT NULL AND expires_at > now() AS live FROM {t} \
@@ -115,9 +139,11 @@ impl Sql {
                 "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
                  SELECT $1, $3, $4, 1, (o.data || ($5::text)::jsonb) - ($6::text[]), {e} \
                  FROM {t} o WHERE o.ns = $1 AND o.sid = $2 \
+                 AND o.data IS NOT NULL AND o.expires_at > now() \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
                  data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
-                 WHERE s.expires_at <= now() RETURNING version",
+                 WHERE s.expires_at <= now() \
+                 RETURNING version, (SELECT count(*) FROM jsonb_object_keys(s.data))",
                 e = ttl("$7")
             ),
             rotate_insert_given: format!(
@@ -130,10 +156,10 @@ impl Sql {
             ),
             keep_old: format!(
                 "UPDATE {t} SET data = data || ($3::text)::jsonb, \
-                 version = version + CASE WHEN (data || ($3::text)::jsonb) IS DISTINCT FROM data \
-                 THEN 1 ELSE 0 END, expires_at = {e} \
-                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL",
-                e = ttl("$4")
+                 version = version + CASE WHEN {changed} THEN 1 ELSE 0 END, expires_at = {e} \
+                 WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now()",
+                e = ttl("$4"),
+                changed = changed("data", "$3"),
             ),
             delete_identifiers: format!(
                 "WITH target AS (SELECT sid, expires_at > now() AS live FROM {t} \
@@ -612,7 +638,7 @@ impl PgStore {
         let c = self.client().await?;
         let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
         let row = c
-            .query_opt(
+            .query_one(
                 &st,
                 &[
                     &self.ns(),
@@ -625,14 +651,33 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        match row {
-            Some(row) => Ok(row.get::<_, i64>(0) as u64),
-            None => Err(self.classify(&c, sid).await),
+        match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+            (Some(version), _) => Ok(version as u64),
+            (None, Some(keys)) => Err(StoreError::TooManyKeys { would: keys as u64 }),
+            (None, None) => Err(self.classify(&c, sid).await),
         }
     }
 
-    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+    pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
         let c = self.client().await?;
+        if let Some(want) = if_match {
+            let st = c
+                .prepare_cached(&self.sql.delete_match)
+                .await
+                .map_err(pg_err)?;
+            let tomb = millis(self.settings.tombstone_ttl) as f64;
+            let row = c
+                .query_opt(&st, &[&self.ns(), &sid.as_str(), &tomb, &(want as i64)])
+                .await
+                .map_err(pg_err)?;
+            return match row {
+                Some(_) => Ok(true),
+                None => Err(match self.classify(&c, sid).await {
+                    StoreError::NotFound => StoreError::Precondition { current: None },
+                    other => other,
+                }),
+            };
+        }
         let st = c.prepare_cached(&self.sql.delete).await.map_err(pg_err)?;
         let row = c
             .query_one(
@@ -648,7 +693,12 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+    pub async fn rotate(
+        &self,
+        old: &Sid,
+        rotation: Rotation,
+        if_match: Option<u64>,
+    ) -> StoreResult<Written> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err)?;
         let ns = self.ns();
@@ -661,24 +711,34 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let rows = tx.query(&lock, &[&ns, &pair]).await.map_err(pg_err)?;
-        let mut old_live = false;
+        // (tombstone, version) of each live-or-tombstoned row; expired rows are not there.
+        let mut old_row = None;
+        let mut new_row = None;
         for row in &rows {
             let sid: &str = row.get(0);
-            let tomb: bool = row.get(1);
-            let version: i64 = row.get(2);
+            let found = (row.get::<_, bool>(1), row.get::<_, i64>(2) as u64);
             if sid == old.as_str() {
-                if tomb {
-                    return Err(StoreError::Gone);
-                }
-                old_live = true;
-            } else if tomb {
-                return Err(StoreError::Precondition { current: None });
+                old_row = Some(found);
             } else {
-                return Err(StoreError::Precondition {
-                    current: Some(version as u64),
-                });
+                new_row = Some(found);
             }
         }
+        let old_live = match old_row {
+            Some((true, _)) => return Err(StoreError::Gone),
+            Some((false, v)) => Some(v),
+            None => None,
+        };
+        if let Some(want) = if_match {
+            if old_live != Some(want) {
+                return Err(StoreError::Precondition { current: old_live });
+            }
+        }
+        match new_row {
+            Some((true, _)) => return Err(StoreError::Precondition { current: None }),
+            Some((false, v)) => return Err(StoreError::Precondition { current: Some(v) }),
+            None => {}
+        }
+        let old_live = old_live.is_some();
         let ttl_ms = millis(rotation.ttl) as f64;
         let new_ident = rotation.new_sid.identifier();
         let inserted = match &rotation.source {
@@ -721,9 +781,16 @@ impl PgStore {
             }
         }
         .map_err(pg_err)?;
-        if inserted.is_none() {
+        let Some(inserted) = inserted else {
             // Someone created the new sid between our check and the insert.
             return Err(StoreError::Precondition { current: None });
+        };
+        if matches!(rotation.source, RotateSource::Stored(_)) {
+            // Dropping the transaction rolls the insert back.
+            let keys: i64 = inserted.get(1);
+            if keys > MAX_SESSION_KEYS as i64 {
+                return Err(StoreError::TooManyKeys { would: keys as u64 });
+            }
         }
         match &rotation.keep_old {
             Some(keep) => {

@@ -17,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 
 use super::sentinel::{HostPort, PrimaryCheck, Sentinels};
-use super::{millis, StoreError, StoreResult, StoreSettings};
+use super::{millis, StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
     Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
     Session, Sid, Written,
@@ -37,7 +37,11 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Self {
-        let with_common = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        let with_common = |body: &str| {
+            Script::new(&format!(
+                "local MAX_KEYS = {MAX_SESSION_KEYS}\n{COMMON}\n{body}"
+            ))
+        };
         Scripts {
             put: with_common(include_str!("lua/put.lua")),
             patch: with_common(include_str!("lua/patch.lua")),
@@ -719,7 +723,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn delete(&self, sid: &Sid) -> StoreResult<bool> {
+    pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
         let k = self.keys(sid);
         let mut inv = self.scripts.delete.prepare_invoke();
         inv.key(&k.session)
@@ -727,13 +731,24 @@ impl RedisStore {
             .key(k.index.as_ref().unwrap_or(&k.session))
             .arg(millis(self.settings.tombstone_ttl))
             .arg(sid.as_str())
-            .arg(if k.index.is_some() { "1" } else { "0" });
-        // A delete always writes (the tombstone).
-        let r = self.run_ending(inv, Ending::Delete, |_| true).await?;
-        Ok(status(&r)? == 1)
+            .arg(if k.index.is_some() { "1" } else { "0" })
+            .arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+        // A delete writes (the tombstone) unless its condition failed.
+        let r = self
+            .run_ending(inv, Ending::Delete, |r| matches!(status(r), Ok(0)))
+            .await?;
+        match status(&r)? {
+            0 => Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1),
+            code => Err(outcome(code, &r)),
+        }
     }
 
-    pub async fn rotate(&self, old: &Sid, rotation: Rotation) -> StoreResult<Written> {
+    pub async fn rotate(
+        &self,
+        old: &Sid,
+        rotation: Rotation,
+        if_match: Option<u64>,
+    ) -> StoreResult<Written> {
         let ko = self.keys(old);
         let kn = self.keys(&rotation.new_sid);
         let (mode, set, remove): (&str, &Fields, &[String]) = match &rotation.source {
@@ -772,6 +787,7 @@ impl RedisStore {
         for (key, val) in keep_set {
             inv.arg(key).arg(val);
         }
+        inv.arg(if_match.map(|v| v.to_string()).unwrap_or_default());
         let r = self
             .run_ending(inv, Ending::Rotation, |r| matches!(status(r), Ok(0)))
             .await?;
@@ -818,9 +834,9 @@ impl RedisStore {
             .map_err(|e| c.fail(e))?;
         if self.min_replicas > 0 {
             let mut c = c;
-            // The HTTP layer allows one backend timeout per 5,000 identifiers.
-            let budget = self.timeout * (1 + u32::try_from(ids.len() / 5_000).unwrap_or(u32::MAX));
-            self.wait_replicas(&mut c, start, budget, Ending::IdentifierDelete)
+            // The HTTP layer sends at most 5,000 identifiers per call, each call within one
+            // backend timeout.
+            self.wait_replicas(&mut c, start, self.timeout, Ending::IdentifierDelete)
                 .await?;
         }
         Ok(counts.into_iter().sum())
@@ -960,6 +976,13 @@ fn outcome(code: i64, r: &[Value]) -> StoreError {
                 .and_then(|v| u64::try_from(v).ok()),
         },
         3 => StoreError::NotFound,
+        4 => StoreError::TooManyKeys {
+            would: r
+                .get(1)
+                .and_then(|v| int(v).ok())
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0),
+        },
         other => StoreError::Backend(format!("unknown script status {other}")),
     }
 }

@@ -26,6 +26,42 @@ fn wait_for_port(port: u16, limit: Duration) -> bool {
     false
 }
 
+/// Sends `sig` to `pid` and to every process descended from it (PostgreSQL's backends are
+/// children of the postmaster), found through `/proc`.
+fn signal_tree(pid: u32, sig: libc::c_int) {
+    let mut todo = vec![pid];
+    let mut all = Vec::new();
+    while let Some(p) = todo.pop() {
+        all.push(p);
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for entry in dir.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid ...": comm may hold spaces, so read after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(p) && !all.contains(&child) {
+                todo.push(child);
+            }
+        }
+    }
+    for p in all {
+        unsafe {
+            libc::kill(p as libc::pid_t, sig);
+        }
+    }
+}
+
 /// Spawns from a thread that lives as long as the process, so the parent-death signal
 /// fires when the test process ends and not when the spawning test's thread ends.
 fn spawn_owned(mut cmd: Command, run_as: Option<(u32, u32)>) -> Child {
@@ -340,6 +376,20 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server keeps its connections open and answers nothing (a hung backend).
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            signal_tree(c.id(), libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            signal_tree(c.id(), libc::SIGCONT);
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
@@ -648,6 +698,20 @@ impl PostgresServer {
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// SIGSTOP of the postmaster and every backend: connections stay open, nothing answers.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            signal_tree(c.id(), libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            signal_tree(c.id(), libc::SIGCONT);
         }
     }
 

@@ -42,3 +42,23 @@ local function set_changed(key, args, first, count)
   end
   return changed
 end
+
+-- The key count a patch would leave (set pairs from args[first], `count` of them; remove
+-- keys args[rm_first..rm_last], none of them in the set) when it is over MAX_KEYS
+-- (prepended by the driver), else nil. Exact count only when the cheap bound is over.
+local function keys_after(key, args, first, count, rm_first, rm_last)
+  local n = redis.call('HLEN', key) - 1
+  if n + count <= MAX_KEYS then return nil end
+  for i = first, first + 2 * count - 1, 2 do
+    if redis.call('HEXISTS', key, 'd:' .. args[i]) == 0 then n = n + 1 end
+  end
+  local seen = {}
+  for i = rm_first, rm_last do
+    if not seen[args[i]] and redis.call('HEXISTS', key, 'd:' .. args[i]) == 1 then
+      seen[args[i]] = true
+      n = n - 1
+    end
+  end
+  if n > MAX_KEYS then return n end
+  return nil
+end

@@ -6,6 +6,8 @@ if not cur then return {3} end
 if ARGV[1] ~= '' and cur ~= ARGV[1] then return {2, tonumber(cur)} end
 local nset = tonumber(ARGV[5])
 local last_set = 5 + 2 * nset
+local would = keys_after(KEYS[1], ARGV, 6, nset, last_set + 1, #ARGV)
+if would then return {4, would} end
 local changed = set_changed(KEYS[1], ARGV, 6, nset)
 for i = last_set + 1, #ARGV do
   if redis.call('HDEL', KEYS[1], 'd:' .. ARGV[i]) == 1 then changed = true end

@@ -1,18 +1,25 @@
 -- KEYS: old session, old tombstone, old index, new session, new tombstone, new index
 -- ARGV: [1] mode ("stored"|"given"), [2] ttl ms, [3] old sid, [4] new sid, [5] tombstone ttl ms,
 --       [6] keep-old ttl ms (0 = tombstone the old sid), [7] old has index, [8] new has index,
---       [9] set count, set pairs..., remove count, remove keys..., keep count, keep pairs...
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {2, -1} end
-local newv = redis.call('HGET', KEYS[4], 'v')
-if newv then return {2, tonumber(newv)} end
-local oldv = redis.call('HGET', KEYS[1], 'v')
-if ARGV[1] == 'stored' and not oldv then return {3} end
+--       [9] set count, set pairs..., remove count, remove keys..., keep count, keep pairs...,
+--       expected version of the old session ("" = any)
 local nset = tonumber(ARGV[9])
 local rm_at = 10 + 2 * nset
 local nrm = tonumber(ARGV[rm_at])
 local keep_at = rm_at + 1 + nrm
 local nkeep = tonumber(ARGV[keep_at])
+local expected = ARGV[keep_at + 1 + 2 * nkeep]
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local oldv = redis.call('HGET', KEYS[1], 'v')
+if expected ~= '' and oldv ~= expected then return {2, oldv and tonumber(oldv) or -1} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {2, -1} end
+local newv = redis.call('HGET', KEYS[4], 'v')
+if newv then return {2, tonumber(newv)} end
+if ARGV[1] == 'stored' and not oldv then return {3} end
+if ARGV[1] == 'stored' then
+  local would = keys_after(KEYS[1], ARGV, 10, nset, rm_at + 1, rm_at + nrm)
+  if would then return {4, would} end
+end
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
 if ARGV[1] == 'stored' then
