@@ -11,9 +11,24 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
-    pub method: String,
+    /// A route as the router declares it (`/v1/sessions/{sid}`), or `unmatched`.
+    pub route: &'static str,
+    /// A standard method, or `other`: a closed set, so made-up methods add no series.
+    pub method: &'static str,
     pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `session` or `health`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub listener: &'static str,
+    /// `header_timeout`, `idle` or `write_timeout`.
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +43,12 @@ pub struct Metrics {
     pub writes: Family<KindLabels, Counter>,
     pub conflicts: Family<KindLabels, Counter>,
     pub backend_connections: Gauge,
+    /// Client connections open, by listener.
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// Connections refused because the listener's budget was full.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Connections the sidecar closed for a time limit.
+    pub connections_closed: Family<ClosedLabels, Counter>,
     /// 1 while the backend answers, 0 while it does not or before the first answer.
     pub backend_up: Gauge,
     /// Changes between up and down since the start (the first state is not counted).
@@ -54,6 +75,9 @@ impl Default for Metrics {
         let writes = Family::<KindLabels, Counter>::default();
         let conflicts = Family::<KindLabels, Counter>::default();
         let backend_connections = Gauge::default();
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
         let backend_up = Gauge::default();
         let backend_transitions = Counter::default();
         let backend_state_seconds = Gauge::<f64, AtomicU64>::default();
@@ -98,6 +122,21 @@ impl Default for Metrics {
             "Backend connections open (Redis) or checked out (PostgreSQL)",
             backend_connections.clone(),
         );
+        sidecar.register(
+            "connections",
+            "Client connections open, by listener (session or health)",
+            connections.clone(),
+        );
+        sidecar.register(
+            "connections_refused",
+            "Connections answered 503 too_many_connections: the listener's budget was full",
+            connections_refused.clone(),
+        );
+        sidecar.register(
+            "connections_closed",
+            "Connections closed by the sidecar for a time limit (header_timeout, idle, write_timeout)",
+            connections_closed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -105,6 +144,9 @@ impl Default for Metrics {
             writes,
             conflicts,
             backend_connections,
+            connections,
+            connections_refused,
+            connections_closed,
             backend_up,
             backend_transitions,
             backend_state_seconds,

@@ -162,15 +162,80 @@ impl AppState {
     }
 }
 
+/// The routes of `router()` and `health_router()` (kept as literals there, which
+/// tests/openapi.rs reads): the `route` label takes only these values, or `unmatched`.
+/// `route_labels_cover_the_router` checks the two agree.
+const SESSION: &str = "/v1/sessions/{sid}";
+const ROTATE: &str = "/v1/sessions/{sid}/rotate";
+const IDENTIFIERS_DELETE: &str = "/v1/identifiers/delete";
+const IDENTIFIERS_MISSING: &str = "/v1/identifiers/missing";
+const ACQUIRE: &str = "/v1/leases/{name}/acquire";
+const REFRESH: &str = "/v1/leases/{name}/refresh";
+const RELEASE: &str = "/v1/leases/{name}/release";
+const OPENAPI: &str = "/v1/openapi.json";
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const METRICS: &str = "/metrics";
+const ROUTES: [&str; 11] = [
+    SESSION,
+    ROTATE,
+    IDENTIFIERS_DELETE,
+    IDENTIFIERS_MISSING,
+    ACQUIRE,
+    REFRESH,
+    RELEASE,
+    OPENAPI,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+];
+
+/// A secret (a sid) as logs show it: its first 8 characters and its length.
+pub fn redacted(secret: &str) -> String {
+    let head: String = secret.chars().take(8).collect();
+    format!("{head}...({} chars)", secret.chars().count())
+}
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()))
+        .copied()
+        .unwrap_or("unmatched")
+}
+
+/// The standard methods by name; any other (HTTP allows made-up ones) is `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
+}
+
 async fn timing(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = req.method().as_str().to_owned();
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
+    // The debug access log names the route, never the path: a sid is a bearer token.
+    let sid = (tracing::enabled!(tracing::Level::DEBUG) && (route == SESSION || route == ROTATE))
+        .then(|| req.uri().path().split('/').nth(3).map(redacted))
+        .flatten();
     let resp = next.run(req).await;
+    tracing::debug!(
+        route,
+        method,
+        status = resp.status().as_u16(),
+        sid = sid.as_deref(),
+        elapsed_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
     state
         .metrics
         .requests
@@ -228,4 +293,23 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route);
     v1.layer(middleware::from_fn_with_state(state.clone(), timing))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_cover_the_router() {
+        let src = include_str!("mod.rs");
+        let body = src.split("pub fn health_router(").nth(1).unwrap_or("");
+        let body = body.split("#[cfg(test)]").next().unwrap_or("");
+        let mut found = 0;
+        // Not written out: tests/openapi.rs reads this file for route calls too.
+        let call = [".", "route("].concat();
+        for chunk in body.split(call.as_str()).skip(1) {
+            let path = chunk.split('"').nth(1).unwrap_or("");
+            assert!(super::ROUTES.contains(&path), "{path:?} is not in ROUTES");
+            found += 1;
+        }
+        assert!(found >= super::ROUTES.len(), "{found} routes read");
+    }
 }

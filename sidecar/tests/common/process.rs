@@ -37,8 +37,25 @@ pub struct Process {
 impl Process {
     /// Starts the sidecar on a free loopback port with these extra flags; stderr is kept.
     pub fn start(flags: &[String]) -> Self {
+        Self::spawn(command(), flags)
+    }
+
+    /// As `start`, under an open-file limit of `files` (set by `sh`'s `ulimit -n`).
+    pub fn start_with_file_limit(files: u32, flags: &[String]) -> Self {
+        let mut cmd = Command::new("sh");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DKN_AUTH_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(bin());
+        Self::spawn(cmd, flags)
+    }
+
+    fn spawn(mut cmd: Command, flags: &[String]) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = command();
         cmd.arg(format!("--listen={addr}"))
             .args(flags)
             .stdout(Stdio::null())
