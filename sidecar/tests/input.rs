@@ -283,7 +283,15 @@ proptest! {
     fn sid_parser_accepts_exactly_odoo_formats(s in "[ -~]{0,90}") {
         let ok = odoo_session_sidecar::model::Sid::parse(&s).is_ok();
         let legacy = s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let modern = s.len() == 84 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let modern = (s.len() == 84 || s.len() == 86) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         prop_assert_eq!(ok, legacy || modern);
+    }
+
+    /// Random printable strings almost never look like a modern sid: this one generates
+    /// URL-safe strings around the accepted lengths (84 for Odoo 18/19, 86 after 19).
+    #[test]
+    fn sid_parser_accepts_only_the_modern_lengths(s in "[A-Za-z0-9_-]{80,90}") {
+        let ok = odoo_session_sidecar::model::Sid::parse(&s).is_ok();
+        prop_assert_eq!(ok, s.len() == 84 || s.len() == 86);
     }
 }
