@@ -50,28 +50,32 @@ pub struct OdooSessionStoreSpec {
     /// Session backend driver: `redis` or `db` (PostgreSQL). Becomes the sidecar's DKN_AUTH_DRIVER.
     pub driver: Driver,
 
-    /// Key (Redis) or table (PostgreSQL) namespace for the sessions. Becomes DKN_AUTH_PREFIX.
+    /// Key (Redis) or table (PostgreSQL) namespace for the sessions: 1 to 64 printable
+    /// ASCII characters without spaces, braces or the wildcards * ? [ ]. Becomes
+    /// DKN_AUTH_PREFIX.
     #[serde(default = "default_prefix")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(transform = contract::prefix)]
     pub prefix: String,
 
-    /// Seconds of inactivity before a logged-in session expires. Becomes DKN_AUTH_EXPIRY.
+    /// Seconds of inactivity before a logged-in session expires, 60 to 31536000 (a year).
+    /// Becomes DKN_AUTH_EXPIRY.
     #[serde(default = "default_expiry")]
-    #[schemars(range(min = 60))]
+    #[schemars(transform = contract::expiry)]
     pub expiry_seconds: i64,
 
     /// Seconds of inactivity before an anonymous (not logged-in) session expires.
-    /// Becomes DKN_AUTH_ANONYMOUS_EXPIRY in the Odoo containers.
+    /// 60 to 31536000. Becomes DKN_AUTH_ANONYMOUS_EXPIRY in the Odoo containers.
     #[serde(default = "default_anonymous_expiry")]
-    #[schemars(range(min = 60))]
+    #[schemars(transform = contract::anonymous_expiry)]
     pub anonymous_expiry_seconds: i64,
 
     /// Where the sessions are kept. Set exactly one of `managed`, `external` or `cloudNativePG`.
     pub backend: Backend,
 
-    /// Size of the sidecar's Redis connection pool. Becomes DKN_AUTH_REDIS_MAX_CONN.
+    /// Size of the sidecar's Redis connection pool, 1 to 10000. Becomes
+    /// DKN_AUTH_REDIS_MAX_CONN.
     #[serde(default = "default_pool_size")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(transform = contract::redis_max_conn)]
     pub redis_pool_size: i32,
 
     /// The session sidecar injected into opted-in Pods.
@@ -349,6 +353,44 @@ pub struct RedisReplicationStatus {
     pub message: String,
 }
 
+/// Schema bounds and patterns of the fields that become `DKN_AUTH_*` settings, taken from
+/// the settings contract (`contract/src/lib.rs`), never written here.
+pub mod contract {
+    use odoo_ha_contract::{Format, Setting};
+    use schemars::Schema;
+    use serde_json::json;
+
+    fn apply(schema: &mut Schema, s: &Setting) {
+        match s.format {
+            Format::Integer { min, max } => {
+                schema.insert("minimum".into(), json!(min));
+                schema.insert("maximum".into(), json!(max));
+            }
+            Format::Text {
+                min_len, max_len, ..
+            } => {
+                schema.insert("minLength".into(), json!(min_len));
+                schema.insert("maxLength".into(), json!(max_len));
+                schema.insert("pattern".into(), json!(s.pattern()));
+            }
+            _ => {}
+        }
+    }
+
+    pub fn prefix(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::PREFIX)
+    }
+    pub fn expiry(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::EXPIRY)
+    }
+    pub fn anonymous_expiry(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::ANONYMOUS_EXPIRY)
+    }
+    pub fn redis_max_conn(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::REDIS_MAX_CONN)
+    }
+}
+
 pub fn default_prefix() -> String {
     "session:".to_string()
 }
@@ -432,6 +474,47 @@ mod tests {
             "{replicas}"
         );
         assert_eq!(replicas["type"], "integer");
+    }
+
+    /// The fields that become DKN_AUTH_* settings carry the contract's bounds and pattern.
+    #[test]
+    fn schema_bounds_come_from_the_settings_contract() {
+        let crd = serde_json::to_value(OdooSessionStore::crd()).expect("crd");
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        for (field, setting) in [
+            ("expirySeconds", odoo_ha_contract::EXPIRY),
+            ("anonymousExpirySeconds", odoo_ha_contract::ANONYMOUS_EXPIRY),
+            ("redisPoolSize", odoo_ha_contract::REDIS_MAX_CONN),
+        ] {
+            let (min, max) = setting.int_bounds().expect("integer");
+            assert_eq!(
+                props[field]["minimum"].as_f64(),
+                Some(min as f64),
+                "{field}"
+            );
+            assert_eq!(
+                props[field]["maximum"].as_f64(),
+                Some(max as f64),
+                "{field}"
+            );
+            assert_eq!(
+                setting.crd_field,
+                Some(format!("spec.{field}").as_str()),
+                "{field}"
+            );
+        }
+        let prefix = &props["prefix"];
+        assert_eq!(
+            prefix["pattern"].as_str(),
+            odoo_ha_contract::PREFIX.pattern().as_deref()
+        );
+        assert_eq!(prefix["maxLength"].as_u64(), Some(64));
+        assert_eq!(prefix["minLength"].as_u64(), Some(1));
+        assert_eq!(prefix["default"], "session:");
+        assert!(prefix["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("DKN_AUTH_PREFIX")));
     }
 
     #[test]

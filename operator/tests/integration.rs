@@ -424,6 +424,23 @@ async fn invalid_specs_are_rejected_or_reported() {
             json!({"driver": "redis", "expirySeconds": 5, "backend": {"managed": {}}}),
             "expirySeconds",
         ),
+        // Issue 13: what the sidecar or the addon refuse, refused at apply (the settings
+        // contract's bounds and pattern in the CRD schema).
+        (
+            "brace-prefix",
+            json!({"driver": "redis", "prefix": "a{b", "backend": {"managed": {}}}),
+            "spec.prefix",
+        ),
+        (
+            "long-expiry",
+            json!({"driver": "redis", "expirySeconds": 40_000_000, "backend": {"managed": {}}}),
+            "spec.expirySeconds",
+        ),
+        (
+            "long-anonymous-expiry",
+            json!({"driver": "redis", "anonymousExpirySeconds": 40_000_000, "backend": {"managed": {}}}),
+            "spec.anonymousExpirySeconds",
+        ),
     ] {
         let mut obj = kube::api::DynamicObject::new(
             name,

@@ -23,5 +23,7 @@ fi
 # The chart's CRDs are the generated ones (the test also compares them with crds/).
 if command -v cargo >/dev/null; then
     cargo run -q -p odoo-session-operator --bin crdgen -- --check charts/odoo-ha-session/crds
+    # The settings contract the addon's tests read (docs/settings-contract.json).
+    cargo run -q -p odoo-ha-contract --bin contractgen -- --check
 fi
 exec "$VENV/bin/python" -m pytest -q tests/chart "$@"

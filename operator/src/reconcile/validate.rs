@@ -37,36 +37,30 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
     if matches!(spec.backend, Backend::CloudNativePg(_)) && spec.driver != Driver::Db {
         problems.push("spec.backend.cloudNativePG needs spec.driver: db".to_string());
     }
-    if spec.prefix.is_empty() || spec.prefix.len() > 64 {
-        problems.push("spec.prefix must be 1 to 64 characters".to_string());
+    // The settings contract's bounds and format, the same the CRD schema carries.
+    if let Err(e) = odoo_ha_contract::PREFIX.check_text(&spec.prefix) {
+        problems.push(format!("spec.prefix: {e}"));
     }
-    if spec
-        .prefix
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '[' | ']'))
-    {
-        problems.push(
-            "spec.prefix must not contain whitespace, control or wildcard characters (* ? [ ])"
-                .to_string(),
-        );
-    }
-    if spec.expiry_seconds < 60 {
-        problems.push(format!(
-            "spec.expirySeconds must be at least 60, got {}",
-            spec.expiry_seconds
-        ));
-    }
-    if spec.anonymous_expiry_seconds < 60 {
-        problems.push(format!(
-            "spec.anonymousExpirySeconds must be at least 60, got {}",
-            spec.anonymous_expiry_seconds
-        ));
-    }
-    if !(1..=10_000).contains(&spec.redis_pool_size) {
-        problems.push(format!(
-            "spec.redisPoolSize must be 1 to 10000, got {}",
-            spec.redis_pool_size
-        ));
+    for (field, setting, value) in [
+        (
+            "spec.expirySeconds",
+            &odoo_ha_contract::EXPIRY,
+            spec.expiry_seconds,
+        ),
+        (
+            "spec.anonymousExpirySeconds",
+            &odoo_ha_contract::ANONYMOUS_EXPIRY,
+            spec.anonymous_expiry_seconds,
+        ),
+        (
+            "spec.redisPoolSize",
+            &odoo_ha_contract::REDIS_MAX_CONN,
+            i64::from(spec.redis_pool_size),
+        ),
+    ] {
+        if let Err(e) = setting.check_int(value) {
+            problems.push(format!("{field}: {e}"));
+        }
     }
     let side = &spec.sidecar;
     for (field, port) in [
@@ -208,6 +202,33 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in {all}");
         }
+    }
+
+    /// Issue 13: values the sidecar or the addon refuse are refused here too, by the
+    /// settings contract.
+    #[test]
+    fn contract_bounds_of_issue_13() {
+        for (spec, needle) in [
+            (serde_json::json!({"prefix": "a{b"}), "spec.prefix: DKN_AUTH_PREFIX"),
+            (
+                serde_json::json!({"expirySeconds": 40_000_000}),
+                "spec.expirySeconds: DKN_AUTH_EXPIRY must be from 60 to 31536000",
+            ),
+            (
+                serde_json::json!({"anonymousExpirySeconds": 40_000_000}),
+                "spec.anonymousExpirySeconds: DKN_AUTH_ANONYMOUS_EXPIRY must be from 60 to 31536000",
+            ),
+        ] {
+            let mut full = serde_json::json!({"driver": "redis", "backend": {"managed": {}}});
+            full.as_object_mut()
+                .expect("object")
+                .extend(spec.as_object().expect("object").clone());
+            let err = validate(&store("s", full)).expect_err("invalid");
+            assert!(err.iter().any(|e| e.contains(needle)), "{err:?}");
+        }
+        let ok = serde_json::json!({"driver": "redis", "backend": {"managed": {}},
+            "prefix": "odoo|prod~1:", "expirySeconds": 31_536_000, "anonymousExpirySeconds": 60});
+        assert!(validate(&store("s", ok)).is_ok());
     }
 
     #[test]
