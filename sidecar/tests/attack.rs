@@ -514,3 +514,48 @@ async fn debug_logs_hold_no_secrets_redis() {
 async fn debug_logs_hold_no_secrets_postgres() {
     debug_logs_hold_no_secrets(Backend::Postgres).await;
 }
+
+/// A PATCH naming far more keys than a write may (1,000), within the body limit: 400
+/// naming the bound, the session unchanged, the sidecar still serving.
+async fn big_patch(backend: Backend) {
+    let mut p = Process::start(&backend_flags(backend));
+    wait_usable(&mut p).await;
+    let sid = legacy_sid();
+    let path = format!("/v1/sessions/{sid}");
+    let mut c = p.client();
+    let r = c
+        .json(Method::PUT, &path, &[], &json!({"data": {"k": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    let set: serde_json::Map<String, Value> =
+        (0..50_000).map(|i| (format!("k{i}"), json!(i))).collect();
+    let t = Instant::now();
+    let r = c
+        .json(Method::PATCH, &path, &[], &json!({"set": set}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let message = r.json()["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("1000"), "{message}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let r = c.get(&path).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"], json!({"k": 1}));
+    assert_eq!(r.json()["version"], 1);
+}
+
+#[tokio::test]
+async fn big_patch_memory() {
+    big_patch(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn big_patch_redis() {
+    big_patch(Backend::Redis).await;
+}
+
+#[tokio::test]
+async fn big_patch_postgres() {
+    big_patch(Backend::Postgres).await;
+}
