@@ -188,7 +188,9 @@ fn document_is_self_consistent() {
     }
     assert_eq!(
         d.pointer("/components/schemas/Sid/pattern"),
-        Some(&json!("^([0-9a-f]{40}|[A-Za-z0-9_-]{84}|[A-Za-z0-9_-]{86})$"))
+        Some(&json!(
+            "^([0-9a-f]{40}|[A-Za-z0-9_-]{84}|[A-Za-z0-9_-]{86})$"
+        ))
     );
     assert_eq!(
         d.pointer("/components/schemas/Identifier/pattern"),
