@@ -19,7 +19,7 @@
 #   tests/e2e/run-kind.sh                     everything, cluster deleted at the end
 #   E2E_KEEP=1 tests/e2e/run-kind.sh          keep the cluster
 #   KIND_NODE_IMAGE=kindest/node:v1.31.0 ...  another Kubernetes version
-#   E2E_HA=1 tests/e2e/run-kind.sh            Sentinel failover cases, availability enforced
+#   E2E_HA=0 tests/e2e/run-kind.sh            a single Redis Pod instead of 3 with Sentinel
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
