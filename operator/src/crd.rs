@@ -42,8 +42,12 @@ pub const FINALIZER: &str = "odoo-ha.io/cleanup";
     printcolumn = r#"{"name":"Driver","type":"string","description":"Session backend driver","jsonPath":".spec.driver"}"#,
     printcolumn = r#"{"name":"Backend","type":"string","description":"Kind of backend in use","jsonPath":".status.backend"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the store is ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Reason of the Ready condition (why it is False)","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Primary","type":"string","description":"Redis primary Pod (managed Redis with Sentinel)","jsonPath":".status.redis.primary"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Failing","type":"integer","priority":1,"description":"Injected Pods whose sidecar or target container keeps failing","jsonPath":".status.podsFailing"}"#,
+    printcolumn = r#"{"name":"No-Sidecar","type":"integer","priority":1,"description":"Opted-in Pods running without the sidecar","jsonPath":".status.podsWithoutSidecar"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"description":"Message of the Ready condition","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OdooSessionStoreSpec {
@@ -321,6 +325,11 @@ pub struct OdooSessionStoreStatus {
     /// Number of running opted-in Pods found without the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods_without_sidecar: Option<i32>,
+    /// Number of injected Pods whose sidecar or target container keeps failing
+    /// (CrashLoopBackOff, image pull errors, repeated restarts, not Ready for 5 minutes);
+    /// `InjectionReady` names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_failing: Option<i32>,
     /// Replication of a managed Redis with Sentinel (replicas > 1), as its Sentinels see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisReplicationStatus>,
@@ -569,9 +578,24 @@ mod tests {
             .as_ref()
             .expect("printer columns")
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| (c.name.as_str(), c.priority.unwrap_or(0)))
             .collect();
-        assert_eq!(cols, ["Driver", "Backend", "Ready", "Primary", "Age"]);
+        // Issue 13: the reason of a False Ready by default; -o wide adds the counts and the
+        // message.
+        assert_eq!(
+            cols,
+            [
+                ("Driver", 0),
+                ("Backend", 0),
+                ("Ready", 0),
+                ("Reason", 0),
+                ("Primary", 0),
+                ("Age", 0),
+                ("Failing", 1),
+                ("No-Sidecar", 1),
+                ("Message", 1)
+            ]
+        );
     }
 
     /// `kubectl explain` prints descriptions: every property of the schema must have one.

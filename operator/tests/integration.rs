@@ -608,6 +608,113 @@ async fn pods_created_while_the_webhook_was_down_are_reported() {
     .await;
 }
 
+/// Issue 13: an injected Pod whose sidecar keeps crashing (its status patched here, there
+/// is no node) makes InjectionReady and Ready False naming the Pod and the reason, shown by
+/// `kubectl get oss` (REASON) and `-o wide` (the message); gone again with the Pod.
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn a_crash_looping_injected_pod_is_reported() {
+    let client = client().await;
+    let ns = "it-crash";
+    let _op = start_operator(&client).await;
+    fresh_namespace(&client, ns).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-uri"},
+        "stringData": {"uri": "redis://redis.example:6379/0"}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
+    create_store(
+        &client,
+        ns,
+        "sessions",
+        json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "redis-uri", "key": "uri"}}}}),
+    )
+    .await;
+    wait_condition(&client, ns, "sessions", "Ready", "True", "Ready").await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = pods
+        .create(&PostParams::default(), &labelled_pod("web-1", "sessions"))
+        .await
+        .expect("pod created");
+    let spec = created.spec.expect("spec");
+    assert!(
+        spec.containers.iter().any(|c| c.name == SIDECAR_CONTAINER),
+        "injected"
+    );
+    let now = jiff::Timestamp::now();
+    let status = json!({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "odoo", "ready": true, "restartCount": 0, "image": "localhost/odoo:test", "imageID": "",
+         "state": {"running": {"startedAt": now.to_string()}}},
+        {"name": SIDECAR_CONTAINER, "ready": false, "restartCount": 20, "image": "sidecar", "imageID": "",
+         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}},
+         "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": now.to_string(),
+             "message": "DKN_AUTH_EXPIRY=\"40000000\" is invalid"}}}
+    ]}});
+    pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status patched");
+    let s = wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "InjectionReady",
+        "False",
+        "PodsFailing",
+    )
+    .await;
+    let message = condition(&s, "InjectionReady")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message
+            .contains("Pod web-1 container odoo-session-sidecar: CrashLoopBackOff (20 restarts)")
+            && message.contains("DKN_AUTH_EXPIRY"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&s, "Ready").map(|c| c.reason.clone()).as_deref(),
+        Some("PodsFailing")
+    );
+    assert_eq!(s.status.as_ref().and_then(|s| s.pods_failing), Some(1));
+    let (ok, out) = kubectl(&["-n", ns, "get", "oss", "sessions"]);
+    assert!(
+        ok && out.contains("REASON") && out.contains("PodsFailing"),
+        "{out}"
+    );
+    let (ok, out) = kubectl(&["-n", ns, "get", "oss", "sessions", "-o", "wide"]);
+    assert!(
+        ok && out.contains("MESSAGE")
+            && out.contains("FAILING")
+            && out.contains("CrashLoopBackOff"),
+        "{out}"
+    );
+
+    pods.delete(
+        "web-1",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("pod deleted");
+    wait_condition(
+        &client,
+        ns,
+        "sessions",
+        "InjectionReady",
+        "True",
+        "WebhookReady",
+    )
+    .await;
+}
+
 #[tokio::test]
 #[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
 async fn metrics_and_the_lease_are_served() {

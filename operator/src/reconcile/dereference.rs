@@ -30,6 +30,8 @@ pub struct Observed {
     pub cnpg_installed: bool,
     /// Live opted-in Pods without the sidecar (names).
     pub pods_without_sidecar: Vec<String>,
+    /// Injected Pods whose sidecar or target containers keep failing, or are settling.
+    pub pods: super::pods::PodsSummary,
     /// `spec.serviceName` of the managed backend's existing StatefulSet (immutable: a
     /// change between a single Redis and Redis with Sentinel recreates the StatefulSet).
     pub statefulset_service_name: Option<String>,
@@ -90,6 +92,11 @@ pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed
         .filter(|p| lacks_sidecar(p))
         .filter_map(|p| p.metadata.name.clone())
         .collect();
+    observed.pods = super::pods::summarize(
+        list.items.iter().filter(|p| !lacks_sidecar(p)),
+        &store.spec.injection.containers,
+        jiff::Timestamp::now(),
+    );
     Ok(observed)
 }
 

@@ -469,3 +469,82 @@ async fn sentinel_store_applies_its_objects_and_reports_unreachable_sentinels() 
         "{redis}"
     );
 }
+
+/// Issue 13: an injected Pod whose sidecar crash-loops (a setting it refuses) makes
+/// InjectionReady and Ready False, naming the Pod, the container and the reason.
+#[tokio::test]
+async fn crash_looping_injected_pod_makes_injection_not_ready() {
+    let (ctx, mut handle) = context();
+    let s = store(
+        json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "r", "key": "uri"}}}}),
+    );
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/secrets/r",
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r", "namespace": "shop"},
+                       "data": {"uri": "cmVkaXM6Ly9yOjYzNzk="}}),
+            ),
+        )
+        .await;
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-7d9-abc", "namespace": "shop", "labels": {"odoo-ha.io/session-store": "s"}},
+            "spec": {"containers": [{"name": "odoo", "image": "odoo"}, {"name": "odoo-session-sidecar", "image": "s"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "odoo", "ready": true, "restartCount": 0, "image": "odoo", "imageID": "",
+                 "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}},
+                {"name": "odoo-session-sidecar", "ready": false, "restartCount": 20, "image": "s", "imageID": "",
+                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}},
+                 "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "finishedAt": "2026-01-01T00:10:00Z"}}}]}
+        });
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/pods",
+            (
+                200,
+                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [pod]}),
+            ),
+        )
+        .await;
+        let patch = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
+            (200, store_json()),
+        )
+        .await;
+        // Ready and InjectionReady share the cause: one event for both, one for BackendReady.
+        answer_events(&mut handle, 2).await;
+        patch
+    });
+    let action = reconcile(Arc::new(s), ctx.clone())
+        .await
+        .expect("a reported problem is not an error");
+    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("the reconciler made every expected request")
+        .expect("mock server");
+    assert_eq!(condition(&patch, "BackendReady")["status"], "True");
+    let injection = condition(&patch, "InjectionReady");
+    assert_eq!(injection["status"], "False");
+    assert_eq!(injection["reason"], "PodsFailing");
+    let message = injection["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "1 injected Pod(s) keep failing: Pod web-7d9-abc container odoo-session-sidecar: CrashLoopBackOff (20 restarts): last exit code 2 (Error)"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&patch, "Ready")["reason"], "PodsFailing");
+    assert_eq!(patch["status"]["podsFailing"], 1);
+    assert_eq!(patch["status"]["podsWithoutSidecar"], 0);
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(super::REQUEUE_PENDING)
+    );
+}

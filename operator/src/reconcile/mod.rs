@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod dereference;
+pub mod pods;
 pub mod sentinel;
 pub mod status;
 pub mod validate;
@@ -57,6 +58,8 @@ pub struct Context {
 /// Requeue intervals: soon while something is pending, rarely once all is ready.
 const REQUEUE_PENDING: Duration = Duration::from_secs(15);
 const REQUEUE_READY: Duration = Duration::from_secs(300);
+/// While an injected container is starting or not Ready yet.
+const REQUEUE_SETTLING: Duration = Duration::from_secs(60);
 /// A managed Redis with Sentinel: its replication status is asked this often.
 const REQUEUE_SENTINEL: Duration = Duration::from_secs(30);
 
@@ -330,7 +333,10 @@ async fn prune_sentinel_objects(valid: &ValidStore, ctx: &Context) -> Result<()>
     Ok(())
 }
 
-fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
+/// Most failing Pods named in the `InjectionReady` message.
+const FAILING_NAMED: usize = 3;
+
+pub(crate) fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
     if !observed.pods_without_sidecar.is_empty() {
         let mut names = observed.pods_without_sidecar.clone();
         names.truncate(5);
@@ -342,6 +348,27 @@ fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
                 "{} opted-in Pod(s) run without the session sidecar (webhook unavailable when they were created?): {}; delete them to get it injected",
                 observed.pods_without_sidecar.len(),
                 names.join(", ")
+            ),
+        );
+    }
+    let failing = &observed.pods.failing;
+    if !failing.is_empty() {
+        let mut named: Vec<String> = failing
+            .iter()
+            .take(FAILING_NAMED)
+            .map(pods::PodFailure::describe)
+            .collect();
+        if failing.len() > FAILING_NAMED {
+            named.push(format!("and {} more", failing.len() - FAILING_NAMED));
+        }
+        return Decided::new(
+            INJECTION_READY,
+            false,
+            "PodsFailing",
+            format!(
+                "{} injected Pod(s) keep failing: {}",
+                failing.len(),
+                named.join("; ")
             ),
         );
     }
@@ -427,12 +454,17 @@ async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> 
         pods_without_sidecar: Some(
             i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX),
         ),
+        pods_failing: Some(i32::try_from(observed.pods.failing.len()).unwrap_or(i32::MAX)),
         redis: outcome.redis,
         ..OdooSessionStoreStatus::default()
     };
     write_status(store, ctx, &[ready, backend, injection], extra).await?;
+    let settling = observed.pods.settling > 0;
     Ok(Action::requeue(match (all_ready, sentinel_store) {
         (false, _) => REQUEUE_PENDING,
+        // A container not Ready yet turns into a failure after a while without any Pod
+        // event: look again before the limit.
+        (true, _) if settling => REQUEUE_SETTLING,
         (true, true) => REQUEUE_SENTINEL,
         (true, false) => REQUEUE_READY,
     }))
