@@ -1,6 +1,7 @@
 //! The `odoo-session-sidecar` binary: settings, logging, and the listeners' lifetime.
 
 mod drain;
+mod import;
 mod serve;
 
 use std::io::IsTerminal;
@@ -91,7 +92,11 @@ fn init_tracing(settings: &Settings, filter: EnvFilter) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "import") {
+        return import::main(argv[1..].to_vec());
+    }
+    let args = Args::parse_from(argv);
     let settings = match Settings::from_args(&args) {
         Ok(s) => s,
         Err(e) => {
