@@ -10,8 +10,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the CRD.
-pub const GROUP: &str = "odoo-ha.io";
 /// Label a Pod carries to opt in; its value names an `OdooSessionStore` in the Pod's namespace.
 pub const STORE_LABEL: &str = "odoo-ha.io/session-store";
 /// Annotation the webhook writes on a Pod it injected (idempotency marker).

@@ -8,9 +8,6 @@ pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[source] kube::Error),
 
-    #[error("invalid OdooSessionStore spec: {0}")]
-    InvalidSpec(String),
-
     #[error("object has no {0}")]
     MissingField(&'static str),
 
@@ -59,7 +56,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::InvalidSpec(_) => "invalid_spec",
             Error::MissingField(_) => "missing_field",
             Error::Serialization(_) => "serialization",
             Error::Finalizer(_) => "finalizer",
@@ -81,7 +77,6 @@ mod tests {
     #[test]
     fn labels_are_distinct_and_snake_case() {
         let errors = [
-            Error::InvalidSpec("x".into()),
             Error::MissingField("name"),
             Error::Finalizer("x".into()),
             Error::Certificate("x".into()),

@@ -670,8 +670,3 @@ pub async fn run(ctx: Arc<Context>) {
     .for_each(|_| futures::future::ready(()))
     .await;
 }
-
-/// The names used by a store's managed backend (for docs and tests).
-pub fn managed_backend_name(store: &ValidStore) -> String {
-    managed_names(store).0
-}
