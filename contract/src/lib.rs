@@ -567,6 +567,42 @@ pub fn contract_text() -> String {
     s
 }
 
+/// The contract as a Markdown table (setting, odoo.conf key, read by, default, accepted
+/// values), for the README and the docs: `contractgen --markdown`.
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| setting | odoo.conf key | read by | default | accepted |\n|---|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        let accepted = match s.format {
+            Format::Integer { min, max } => format!("{min} to {max}"),
+            Format::Decimal { min, max } => format!("{min} to {max}"),
+            Format::Text { rule, .. } => rule.to_string(),
+            Format::Choice(w) => w
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Format::Boolean => "`true` or `false`".to_string(),
+            Format::Free(what) => what.to_string(),
+        };
+        let readers: Vec<&str> = s.readers.iter().map(|r| r.as_str()).collect();
+        let crd = s
+            .crd_field
+            .map(|f| format!(" (operator: `{f}`)"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| `{}` | `{}` | {}{crd} | {} | {} |\n",
+            s.env,
+            s.odoo_conf_key(),
+            readers.join(", "),
+            s.default.map_or("none".to_string(), |d| format!("`{d}`")),
+            accepted.replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
 /// Where the generated file lives, relative to the workspace root.
 pub const JSON_PATH: &str = "docs/settings-contract.json";
 
@@ -655,6 +691,53 @@ mod tests {
         assert!(EXPIRY.check_int(40_000_000).is_err());
         assert!(ANONYMOUS_EXPIRY.check_int(40_000_000).is_err());
         assert!(EXPIRY.check_int(MAX_TTL_SECS).is_ok());
+    }
+
+    /// The README's settings table is written by hand: every row it has must name a
+    /// setting of the contract and give the contract's default (or none / required).
+    #[test]
+    fn readme_rows_agree_with_the_contract() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let Ok(readme) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let mut rows = 0;
+        for line in readme.lines() {
+            let Some(rest) = line.strip_prefix("| `DKN_AUTH_") else {
+                continue;
+            };
+            let Some((name, _)) = rest.split_once('`') else {
+                continue;
+            };
+            let env = format!("DKN_AUTH_{name}");
+            let s = setting(&env)
+                .unwrap_or_else(|| panic!("README.md lists {env}, the contract does not"));
+            let default_col = line
+                .trim_end_matches('|')
+                .rsplit('|')
+                .next()
+                .unwrap_or("")
+                .trim();
+            match s.default {
+                Some(d) => assert!(
+                    default_col.starts_with(&format!("`{d}`")),
+                    "README.md gives {env} the default {default_col:?}, the contract `{d}`"
+                ),
+                None => assert!(
+                    !default_col.starts_with('`'),
+                    "README.md gives {env} a default {default_col:?}, the contract none"
+                ),
+            }
+            rows += 1;
+        }
+        assert!(rows == 0 || rows >= 10, "{rows} rows read from README.md");
+    }
+
+    #[test]
+    fn markdown_lists_every_setting() {
+        let t = markdown_table();
+        assert_eq!(t.lines().count(), SETTINGS.len() + 2);
+        assert!(t.contains("| `DKN_AUTH_EXPIRY` | `dkn_auth_expiry` | sidecar, addon (operator: `spec.expirySeconds`) | `604800` | 60 to 31536000 |"), "{t}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Writes `docs/settings-contract.json` from the table in `contract/src/lib.rs`;
-//! `contractgen --check` fails when the committed file differs, `--stdout` prints it.
+//! `contractgen --check` fails when the committed file differs, `--stdout` prints it,
+//! `--markdown` prints the contract as a Markdown table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,8 +17,12 @@ fn main() -> ExitCode {
                 print!("{text}");
                 return ExitCode::SUCCESS;
             }
+            "--markdown" => {
+                print!("{}", odoo_ha_contract::markdown_table());
+                return ExitCode::SUCCESS;
+            }
             "-h" | "--help" => {
-                println!("usage: contractgen [--check] [--stdout] [FILE]");
+                println!("usage: contractgen [--check] [--stdout] [--markdown] [FILE]");
                 return ExitCode::SUCCESS;
             }
             other => path = PathBuf::from(other),
