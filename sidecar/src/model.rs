@@ -209,10 +209,16 @@ pub enum Condition {
     IfMatch(u64),
 }
 
+/// What a client read for each key of a conditional `PATCH`: the JSON text it held, or
+/// `None` when the key was absent.
+pub type Expect = BTreeMap<String, Option<String>>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patch {
     pub set: Fields,
     pub remove: Vec<String>,
+    /// Per-key conditions, checked atomically with the write (`PATCH` only).
+    pub expect: Expect,
 }
 
 impl Patch {
@@ -225,7 +231,23 @@ impl Patch {
                 )));
             }
         }
-        Ok(Patch { set, remove })
+        Ok(Patch {
+            set,
+            remove,
+            expect: Expect::new(),
+        })
+    }
+
+    /// The `expect` keys in conflict with `fields` (sorted): a key conflicts when its stored
+    /// value is not the one the client read. A concurrent write of the very value this patch
+    /// writes is a conflict too: the client computed it from what it read (a counter read
+    /// at 5 by two requests must end at 7, not 6).
+    pub fn conflicts(&self, fields: &Fields) -> Vec<String> {
+        self.expect
+            .iter()
+            .filter(|(k, want)| fields.get(k.as_str()).map(String::as_str) != want.as_deref())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     pub fn apply(&self, fields: &mut Fields) -> bool {
@@ -350,6 +372,33 @@ mod tests {
         let other = Patch::new(Fields::new(), vec!["a".into()]).unwrap();
         assert!(other.apply(&mut f));
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn patch_conflicts() {
+        let stored: Fields = [
+            ("a".to_string(), "2".to_string()),
+            ("b".to_string(), "5".to_string()),
+        ]
+        .into();
+        let mut p = Patch::new(
+            [("a".to_string(), "3".to_string())].into(),
+            vec!["c".into()],
+        )
+        .unwrap();
+        p.expect.insert("a".into(), Some("1".into()));
+        p.expect.insert("c".into(), None);
+        assert_eq!(p.conflicts(&stored), vec!["a".to_string()]);
+        p.expect.insert("a".into(), Some("2".into()));
+        assert!(p.conflicts(&stored).is_empty());
+        // Another writer already wrote what this patch writes: still a conflict.
+        p.expect.insert("a".into(), Some("0".into()));
+        p.set.insert("a".into(), "2".into());
+        assert_eq!(p.conflicts(&stored), vec!["a".to_string()]);
+        p.expect.insert("a".into(), Some("2".into()));
+        // A key only read (not written) must be as read.
+        p.expect.insert("b".into(), None);
+        assert_eq!(p.conflicts(&stored), vec!["b".to_string()]);
     }
 
     #[test]

@@ -678,6 +678,236 @@ mod cases {
         );
     }
 
+    /// Issue 11.1: two requests of one browser soft-rotate the same sid at once (Odoo 19).
+    /// Exactly one new session is created; every other rotation answers `409
+    /// already_rotated` naming it, and the old sid keeps only its grace period.
+    pub async fn concurrent_soft_rotations_make_one_session(h: &Harness) {
+        for round in 0..5 {
+            let ident = identifier();
+            let old = modern_sid(&ident);
+            let mut c = h.client();
+            c.json(Method::PUT, &s("", &old), &[], &json!({"data": {"uid": 5}}))
+                .await
+                .unwrap();
+            let racers = 8;
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(racers));
+            let mut tasks = Vec::new();
+            for i in 0..racers {
+                let mut c = h.client();
+                let (old, new) = (old.clone(), modern_sid(&ident));
+                let barrier = barrier.clone();
+                tasks.push(tokio::spawn(async move {
+                    let body = json!({"new_sid": new, "set": {"by": i}, "keep_old": {"ttl": 120, "set": {"next_sid": new, "deletion_time": 1.5}}});
+                    barrier.wait().await;
+                    let r = c
+                        .json(Method::POST, &s("/rotate", &old), &[], &body)
+                        .await
+                        .unwrap();
+                    (new, r)
+                }));
+            }
+            let mut winners = Vec::new();
+            let mut followed = Vec::new();
+            let mut tried = Vec::new();
+            for t in tasks {
+                let (new, r) = t.await.unwrap();
+                tried.push(new.clone());
+                match r.status.as_u16() {
+                    201 => winners.push(new),
+                    409 => {
+                        assert_eq!(r.json()["error"], "already_rotated", "{r:?}");
+                        followed.push(r.json()["new_sid"].as_str().unwrap().to_owned());
+                    }
+                    other => panic!("round {round}: rotation answered {other}: {r:?}"),
+                }
+            }
+            assert_eq!(
+                winners.len(),
+                1,
+                "round {round}: one rotation wins: {winners:?}"
+            );
+            let winner = &winners[0];
+            assert!(
+                followed.iter().all(|f| f == winner),
+                "round {round}: every loser is told the winner's sid"
+            );
+            let mut live = 0;
+            for new in &tried {
+                let r = c.get(&s("", new)).await.unwrap();
+                if r.status == 200 {
+                    live += 1;
+                    assert!(r.json()["ttl"].as_u64().unwrap() > 600_000);
+                }
+            }
+            assert_eq!(live, 1, "round {round}: exactly one new sid lives");
+            let r = c.get(&s("", &old)).await.unwrap();
+            assert_eq!(data_of(&r)["next_sid"], json!(winner));
+            assert!(r.json()["ttl"].as_u64().unwrap() <= 120, "{r:?}");
+            // A later soft rotation answers the same; a PATCH of the old sid keeps the
+            // marker; a hard rotation (logout) of the old sid is still allowed.
+            c.json(Method::PATCH, &s("", &old), &[], &json!({"set": {"x": 1}}))
+                .await
+                .unwrap();
+            let other = modern_sid(&ident);
+            let r = c
+                .json(
+                    Method::POST,
+                    &s("/rotate", &old),
+                    &[],
+                    &json!({"new_sid": other, "data": {}, "keep_old": {"ttl": 120}}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 409, "{r:?}");
+            assert_eq!(r.json()["new_sid"], json!(winner));
+            assert_eq!(c.get(&s("", &other)).await.unwrap().status, 404);
+            let r = c
+                .json(
+                    Method::POST,
+                    &s("/rotate", &old),
+                    &[],
+                    &json!({"new_sid": other}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "hard rotation of a soft-rotated sid: {r:?}");
+        }
+    }
+
+    /// Issue 11.2: a PATCH with per-key conditions is refused (409 conflict, the keys named,
+    /// nothing written) when a key changed since the client read it; different keys merge.
+    pub async fn patch_expect_detects_same_key_writes(h: &Harness) {
+        let mut c = h.client();
+        let sid = legacy_sid();
+        c.json(
+            Method::PUT,
+            &s("", &sid),
+            &[],
+            &json!({"data": {"n": 0, "z": null, "other": "a"}}),
+        )
+        .await
+        .unwrap();
+        // Two requests read n = 0 and both write n + 1.
+        let first = json!({"set": {"n": 1}, "expect": {"n": 0}});
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &first)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let second =
+            json!({"set": {"n": 1, "m": 1}, "expect": {"n": 0, "z": null}, "expect_absent": ["m"]});
+        // The second read n = 0 too: refused although it writes what is stored now (its
+        // n + 1 was computed from a stale n), and m is not written either.
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &second)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409, "{r:?}");
+        assert_eq!(r.json()["keys"], json!(["n"]));
+        assert_eq!(
+            c.get(&s("", &sid)).await.unwrap().json()["data"].get("m"),
+            None
+        );
+        let second =
+            json!({"set": {"n": 2, "m": 1}, "expect": {"n": 1, "z": null}, "expect_absent": ["m"]});
+        let r = c
+            .json(Method::PATCH, &s("", &sid), &[], &second)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "re-read and re-done: {r:?}");
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"n": 5, "y": 1}, "remove": ["m"], "expect": {"n": 0, "m": 2}, "expect_absent": ["y"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409, "{r:?}");
+        assert_eq!(r.json()["error"], "conflict");
+        assert_eq!(r.json()["keys"], json!(["m", "n"]));
+        assert_eq!(r.json()["current_version"], 3);
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(
+            data_of(&r),
+            json!({"n": 2, "m": 1, "z": null, "other": "a"}),
+            "a refused patch writes nothing"
+        );
+        assert_eq!(r.json()["version"], 3);
+        // A key that was absent and now exists; JSON null is a value, not absence.
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"z": 1}, "expect_absent": ["z"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 409, "{r:?}");
+        assert_eq!(r.json()["keys"], json!(["z"]));
+        // A different key merges as without conditions.
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"set": {"other": "b"}, "expect": {"other": "a"}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = c
+            .json(
+                Method::PATCH,
+                &s("", &sid),
+                &[],
+                &json!({"expect": {"a": 1}, "expect_absent": ["a"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{r:?}");
+        // Read-modify-write counters under contention: every increment lands once.
+        let clients = 8;
+        let per_client = 25;
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let mut c = h.client();
+            let sid = sid.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut refused = 0;
+                for _ in 0..per_client {
+                    loop {
+                        let r = c.get(&s("", &sid)).await.unwrap();
+                        let n = data_of(&r)["n"].as_i64().unwrap();
+                        let body = json!({"set": {"n": n + 1}, "expect": {"n": n}});
+                        let r = c
+                            .json(Method::PATCH, &s("", &sid), &[], &body)
+                            .await
+                            .unwrap();
+                        match r.status.as_u16() {
+                            200 => break,
+                            409 => refused += 1,
+                            other => panic!("patch answered {other}: {r:?}"),
+                        }
+                    }
+                }
+                refused
+            }));
+        }
+        let mut refused = 0;
+        for t in tasks {
+            refused += t.await.unwrap();
+        }
+        let r = c.get(&s("", &sid)).await.unwrap();
+        assert_eq!(
+            data_of(&r)["n"],
+            json!(2 + clients * per_client),
+            "no increment lost ({refused} refused and retried)"
+        );
+    }
+
     /// Issue 10: an expired session is missing for every operation, whether or not the
     /// backend has collected it yet (PostgreSQL keeps the row until its clean-up runs).
     pub async fn expired_session_stays_missing(h: &Harness) {
@@ -1123,6 +1353,8 @@ macro_rules! all_cases {
             key_bounds,
             values_kept_or_refused,
             conditional_delete_and_rotate,
+            concurrent_soft_rotations_make_one_session,
+            patch_expect_detects_same_key_writes,
         );
     };
 }

@@ -33,6 +33,7 @@ import os
 import pickle
 import re
 import sys
+import threading
 import time
 import types
 from http.cookies import SimpleCookie
@@ -298,6 +299,20 @@ def pickle_copy(value):
     return pickle.loads(pickle.dumps(value))
 
 
+class _HttpModule(types.ModuleType):
+    """``odoo.http`` whose ``request`` is per thread (core: a werkzeug LocalProxy)."""
+
+    _local = threading.local()
+
+    @property
+    def request(self):
+        return getattr(self._local, "request", None)
+
+    @request.setter
+    def request(self, value):
+        self._local.request = value
+
+
 def json_copy(value):
     return json.loads(json.dumps(value))
 
@@ -333,8 +348,14 @@ class FakeEnv:
 
 
 class FakeRequest:
-    def __init__(self, env):
+    def __init__(self, env, db=None, session=None):
         self.env = env
+        self.db = db  # 16+ requests with a database run inside the retry loop
+        self.session = session
+
+
+SESSION_ROTATION_INTERVAL = 3 * 3600  # Odoo 19
+MAX_TRIES_ON_CONCURRENCY_FAILURE = 5
 
 
 def compute_session_token(session, env):
@@ -631,7 +652,10 @@ def build(major):
     vendored.FilesystemSessionStore = VendoredFilesystemSessionStore
     mods["odoo.service.security"].compute_session_token = compute_session_token
     http = mods["odoo.http"]
+    http.__class__ = _HttpModule  # ``request`` per thread, as core's LocalProxy
     http.request = None
+    http.retries = []  # pgcode names of the retries the 16+ retry loop made
+    http.errors = []  # exceptions that became a 500
     env = FakeEnv()
     http.fake_env = env
     build_routing(http, major)
@@ -720,35 +744,75 @@ def build_application(http, major):
         else:
             session_store = lazy_property(make_store)
 
+        def _get_session(self, environ):
+            store = self.session_store
+            sid = _cookie_sid(environ)
+            if not sid or not store.is_valid_key(sid):
+                session = store.new()
+            else:
+                session = store.get(sid)
+                session.sid = sid
+            for key, value in default_session(major).items():
+                session.setdefault(key, value)
+            session.is_dirty = False
+            return session
+
+        def _save_session(self, session):
+            # Core's Request._save_session; 19 soft-rotates a logged-in session three
+            # hours after create_time, on any request, dirty or not.
+            store = self.session_store
+            if not session.can_save:
+                return
+            if session.should_rotate:
+                store.rotate(session, http.fake_env)
+            elif (
+                major >= 19
+                and session.get("uid")
+                and time.time() >= session.get("create_time", 0) + SESSION_ROTATION_INTERVAL
+            ):
+                store.rotate(session, http.fake_env, True)
+            elif session.is_dirty:
+                store.save(session)
+
         def __call__(self, environ, start_response):
             try:
-                store = self.session_store
-                sid = _cookie_sid(environ)
-                if not sid or not store.is_valid_key(sid):
-                    session = store.new()
-                else:
-                    session = store.get(sid)
-                    session.sid = sid
-                for key, value in default_session(major).items():
-                    session.setdefault(key, value)
-                session.is_dirty = False
+                session = self._get_session(environ)
                 served = dispatch(http, major, environ, start_response, session)
                 if served is not None:
                     return served
-                http.request = FakeRequest(http.fake_env)
+                request = http.request = FakeRequest(http.fake_env, db="db1", session=session)
+                handler = environ.get("fake.handler", lambda s: None)
                 try:
-                    result = environ.get("fake.handler", lambda s: None)(session)
-                    if session.can_save:
-                        if session.should_rotate:
-                            store.rotate(session, http.fake_env)
-                        elif session.is_dirty:
-                            store.save(session)
+                    # Core's service.model.retrying around the dispatch, whose
+                    # post_dispatch saves the session: a concurrency error rolls
+                    # back, re-reads the session from the store and runs again.
+                    import psycopg2.errors
+                    from psycopg2 import errorcodes
+
+                    retry = (
+                        psycopg2.errors.LockNotAvailable,
+                        psycopg2.errors.SerializationFailure,
+                        psycopg2.errors.DeadlockDetected,
+                    )
+                    for tryno in range(1, MAX_TRIES_ON_CONCURRENCY_FAILURE + 1):
+                        try:
+                            result = handler(request.session)
+                            self._save_session(request.session)
+                            break
+                        except psycopg2.OperationalError as exc:
+                            request.session = self._get_session(environ)
+                            if not isinstance(exc, retry) or tryno == MAX_TRIES_ON_CONCURRENCY_FAILURE:
+                                raise
+                            http.retries.append(errorcodes.lookup(exc.pgcode))
+                            time.sleep(environ.get("fake.retry_wait", 0.01))
+                    session = request.session
                 finally:
                     http.request = None
                 return _respond(
                     start_response, "200 OK", {"sid": session.sid, "result": result}, cookie_sid=session.sid
                 )
             except Exception:
+                http.errors.append(sys.exc_info()[1])
                 return _error(environ, start_response)
 
     http.Application = Application

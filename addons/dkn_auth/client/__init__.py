@@ -6,8 +6,10 @@ Odoo version's session store interface.
 """
 
 from .api import (
+    AlreadyRotated,
     BadRequest,
     Client,
+    Conflict,
     Gone,
     NotFound,
     PreconditionFailed,
@@ -18,9 +20,11 @@ from .api import (
 from .config import ConfigError, Settings, load_settings
 
 __all__ = [
+    "AlreadyRotated",
     "BadRequest",
     "Client",
     "ConfigError",
+    "Conflict",
     "Gone",
     "NotFound",
     "PreconditionFailed",

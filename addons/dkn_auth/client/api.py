@@ -48,7 +48,24 @@ class Unavailable(SidecarError):
     """Sidecar unreachable, timing out, or its backend is down (503/5xx)."""
 
 
+class AlreadyRotated(SidecarError):
+    """409 ``already_rotated``: an earlier soft rotation moved the session to ``new_sid``."""
+
+    @property
+    def new_sid(self):
+        return self.body.get("new_sid")
+
+
+class Conflict(SidecarError):
+    """409 ``conflict``: keys of a conditional patch changed since they were read."""
+
+    @property
+    def keys(self):
+        return list(self.body.get("keys") or [])
+
+
 _BY_STATUS = {404: NotFound, 410: Gone, 412: PreconditionFailed}
+_BY_CODE = {"already_rotated": AlreadyRotated, "conflict": Conflict}
 
 
 class SessionRecord:
@@ -109,7 +126,8 @@ class Client:
         message = err.get("message", "") or raw[:200].decode("utf-8", "replace")
         if status >= 500:
             raise Unavailable(status, code, message, err)
-        raise _BY_STATUS.get(status, BadRequest)(status, code, message, err)
+        cls = _BY_CODE.get(code) if status == 409 else None
+        raise (cls or _BY_STATUS.get(status, BadRequest))(status, code, message, err)
 
     # -- sessions ---------------------------------------------------------
 
@@ -137,12 +155,17 @@ class Client:
             headers["If-Match"] = f'"{if_match}"'
         return int(self._call("PUT", f"/v1/sessions/{_quote(sid)}", body, headers, ok=(200, 201))["version"])
 
-    def patch(self, sid, set_=None, remove=None, ttl=None, if_match=None):
+    def patch(self, sid, set_=None, remove=None, ttl=None, if_match=None, expect=None, expect_absent=None):
+        """``expect``/``expect_absent``: what keys held when read (``Conflict`` if changed)."""
         body = {}
         if set_:
             body["set"] = set_
         if remove:
             body["remove"] = list(remove)
+        if expect:
+            body["expect"] = expect
+        if expect_absent:
+            body["expect_absent"] = list(expect_absent)
         if ttl is not None:
             body["ttl"] = ttl
         headers = {"If-Match": f'"{if_match}"'} if if_match is not None else None

@@ -11,7 +11,16 @@ import os
 import re
 import time
 
-from ..client import Gone, NotFound, PreconditionFailed, SidecarError, Unavailable
+from ..client import (
+    AlreadyRotated,
+    BadRequest,
+    Conflict,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    SidecarError,
+    Unavailable,
+)
 from ..client.codec import decode, encode
 from ..client.diff import Snapshot, changes
 from . import wsgi
@@ -41,6 +50,29 @@ def _unavailable_exception():
 
 
 SessionStoreUnavailable = _unavailable_exception()
+
+
+def _conflict_exception():
+    """The error Odoo's request retry loop (``service.model.retrying``, 16+) retries.
+
+    A psycopg2 serialization failure: the loop rolls the transaction back,
+    re-reads the session from the store and runs the request again. Its
+    ``pgcode`` is set because the loop logs ``errorcodes.lookup(exc.pgcode)``.
+    ``None`` without psycopg2 (never the case inside Odoo).
+    """
+    try:
+        from psycopg2.errors import SerializationFailure
+    except ImportError:
+        return None
+
+    class SessionConflict(SerializationFailure):
+        pgcode = "40001"
+        pgerror = None
+
+    return SessionConflict
+
+
+SessionConflict = _conflict_exception()
 
 
 def make_session_class(base):
@@ -188,6 +220,10 @@ class DknSessionStoreBase:
             return self.session_class({}, sid, False)
         return self.new()
 
+    def _decoded(self, record):
+        data = {k: v for k, v in record.data.items() if k != TTL_KEY}
+        return decode(data) if self.tagged else data
+
     def get(self, sid, *, keep_sid=False):
         if not self.is_valid_key(sid):
             return self.new()
@@ -199,10 +235,7 @@ class DknSessionStoreBase:
         if record is None:
             return self._missing(sid, keep_sid)
         try:
-            data = {k: v for k, v in record.data.items() if k != TTL_KEY}
-            if self.tagged:
-                data = decode(data)
-            session = self.session_class(data, sid, False)
+            session = self.session_class(self._decoded(record), sid, False)
         except Exception as exc:  # noqa: BLE001 - unreadable stored data: core's stores reset too
             _logger.warning("session %s... is unreadable (%s), starting a new one", sid[:8], exc)
             return self._missing(sid, keep_sid)
@@ -240,8 +273,30 @@ class DknSessionStoreBase:
         if snap.gone:
             return
         set_, remove = changes(snap, data)
+        # Each changed key must still hold what this request loaded: a request that
+        # changed the same key meanwhile makes the sidecar refuse (409 conflict).
+        expect, absent = _expectations(snap, set_, remove)
         try:
-            version = self._call("patch", session.sid, set_=set_, remove=remove, ttl=ttl)
+            try:
+                version = self._call(
+                    "patch",
+                    session.sid,
+                    set_=set_,
+                    remove=remove,
+                    ttl=ttl,
+                    expect=expect,
+                    expect_absent=absent,
+                )
+            except Conflict as exc:
+                self._conflict(session, exc)
+                # Outside a retry loop: last writer wins, as before this check.
+                version = self._call("patch", session.sid, set_=set_, remove=remove, ttl=ttl)
+            except BadRequest as exc:
+                if not (expect or absent) or "expect" not in exc.message:
+                    raise
+                # A sidecar older than the addon (rolling upgrade): no per-key check.
+                _logger.warning("the sidecar does not check per-key conditions (%s): upgrade it", exc.message)
+                version = self._call("patch", session.sid, set_=set_, remove=remove, ttl=ttl)
         except (NotFound, Gone):
             # Logged out, revoked or expired since it was loaded: never bring
             # it back (the stale copy would still pass check_session).
@@ -249,6 +304,37 @@ class DknSessionStoreBase:
             snap.gone = True
             return
         set_snapshot(session, Snapshot(session.sid, data, version, ttl))
+
+    def _in_retry_loop(self):
+        """True when this save runs inside Odoo's ``service.model.retrying`` (16+).
+
+        Odoo 16 and later save the session from ``post_dispatch``, inside the
+        retry loop of a request with a database (``_serve_db``); requests
+        without one (``_serve_nodb``), 14/15 and code outside requests do not.
+        """
+        if SessionConflict is None or (self.major < 16 and self.layout != "module"):
+            return False
+        try:
+            from odoo.http import request
+        except ImportError:
+            return False
+        try:
+            return bool(request) and bool(getattr(request, "db", None)) and request.env is not None
+        except Exception:  # noqa: BLE001 - no request bound to this thread
+            return False
+
+    def _conflict(self, session, exc):
+        keys = ", ".join(exc.keys) or "?"
+        if self._in_retry_loop():
+            _logger.info("session %s...: %s changed meanwhile, the request is retried", session.sid[:8], keys)
+            raise SessionConflict(
+                f"session {session.sid[:8]}... keys changed by a concurrent request: {keys}"
+            )
+        _logger.warning(
+            "session %s...: %s changed by a concurrent request; no retry loop here, this request's wins",
+            session.sid[:8],
+            keys,
+        )
 
     def _create(self, session, data, ttl):
         sid = session.sid
@@ -290,11 +376,15 @@ class DknSessionStoreBase:
         old_sid = session.sid
         snap = get_snapshot(session)
         keep_old = None
+        own = None
         if soft:
+            if snap is not None and snap.sid == old_sid and not snap.gone:
+                # This request's own changes, to carry over if it follows another rotation.
+                own = changes(snap, self._encode(session, snap.data.get(TTL_KEY)))
             recent = self._call("get", old_sid)
             if recent is not None and "next_sid" in recent.data:
                 # A concurrent request already rotated: follow it (core does).
-                session.sid = recent.data["next_sid"]
+                self._follow(session, recent.data["next_sid"], own)
                 return
             new_sid = old_sid[:STORED_SESSION_BYTES] + self.generate_key()[STORED_SESSION_BYTES:]
             keep_old = {
@@ -327,6 +417,11 @@ class DknSessionStoreBase:
                 # in core; a key another request added meanwhile must not survive
                 # a logout into the anonymous session.
                 version = self._call("rotate", old_sid, new_sid, data=data, ttl=ttl, keep_old=keep_old)
+        except AlreadyRotated as exc:
+            # Another request of this browser soft-rotated the same sid first (the
+            # check above raced with it): the sidecar names its new sid, follow it.
+            self._follow(session, exc.new_sid, own)
+            return
         except (NotFound, Gone):
             if soft:
                 # Deleted since it was loaded (revoked, logged out): stay deleted.
@@ -337,6 +432,36 @@ class DknSessionStoreBase:
             # session is legitimate on its own, the old sid stays deleted.
             version = self._call("put", new_sid, data, ttl=ttl, create_only=True)
         set_snapshot(session, Snapshot(new_sid, data, version, ttl))
+
+    def _follow(self, session, next_sid, own):
+        """End up on the session another request's soft rotation created.
+
+        As core: ``session.sid = next_sid`` (the cookie follows). Beyond core,
+        the session takes that session's stored data (its ``session_token`` and
+        ``create_time``), and this request's own changes, if any, are saved onto
+        it like any save (with their conditions).
+        """
+        session.sid = next_sid
+        if self.major >= 16:
+            session.should_rotate = False
+        record = self._call("get", next_sid)
+        if record is None:
+            # Gone already (logged out, revoked): nothing to follow into.
+            set_snapshot(session, Snapshot(next_sid, {}, gone=True))
+            return
+        for key in list(session):
+            del session[key]
+        session.update(self._decoded(record))
+        set_snapshot(session, Snapshot(next_sid, record.data, record.version, record.ttl))
+        if own is None or not (own[0] or own[1]):
+            return
+        set_, remove = own
+        for key, value in set_.items():
+            if key != TTL_KEY:
+                session[key] = decode({key: value})[key] if self.tagged else value
+        for key in remove:
+            session.pop(key, None)
+        self.save(session)
 
     def _update_session_token(self, session, env):
         if self.layout == "module":
@@ -356,6 +481,23 @@ class DknSessionStoreBase:
     # Part of werkzeug's store API that some addons call: refuse it plainly.
     def list(self):
         raise NotImplementedError("dkn_auth does not list sessions (they are keyed in the sidecar's backend)")
+
+
+def _expectations(snap, set_, remove):
+    """``(expect, expect_absent)`` of a save: what each changed key held when loaded.
+
+    The hidden TTL key is left out: two requests that refresh it to the same
+    value do not conflict.
+    """
+    expect, absent = {}, []
+    for key in list(set_) + list(remove):
+        if key == TTL_KEY:
+            continue
+        if key in snap.data:
+            expect[key] = snap.data[key]
+        else:
+            absent.append(key)
+    return expect, absent
 
 
 class DeviceMethods:

@@ -38,7 +38,9 @@ impl ApiError {
                 StoreError::NotFound | StoreError::LeaseNotHeld => StatusCode::NOT_FOUND,
                 StoreError::Gone => StatusCode::GONE,
                 StoreError::Precondition { .. } => StatusCode::PRECONDITION_FAILED,
-                StoreError::LeaseHeld { .. } => StatusCode::CONFLICT,
+                StoreError::LeaseHeld { .. }
+                | StoreError::AlreadyRotated { .. }
+                | StoreError::Conflict { .. } => StatusCode::CONFLICT,
                 StoreError::Unavailable(_) | StoreError::NotReplicated(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -62,6 +64,8 @@ impl ApiError {
                 StoreError::Gone => "gone",
                 StoreError::Precondition { .. } => "precondition_failed",
                 StoreError::LeaseHeld { .. } => "held",
+                StoreError::AlreadyRotated { .. } => "already_rotated",
+                StoreError::Conflict { .. } => "conflict",
                 // The code clients already treat as "try later"; the message says why.
                 StoreError::Unavailable(_) | StoreError::NotReplicated(_) => "backend_unavailable",
                 StoreError::Backend(_) => "backend_error",
@@ -80,6 +84,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Store(StoreError::LeaseHeld { owner }) => {
                 body["owner"] = json!(owner);
+            }
+            ApiError::Store(StoreError::AlreadyRotated { new_sid }) => {
+                body["new_sid"] = json!(new_sid);
+            }
+            ApiError::Store(StoreError::Conflict { keys, current }) => {
+                body["keys"] = json!(keys);
+                body["current_version"] = json!(current);
             }
             _ => {}
         }

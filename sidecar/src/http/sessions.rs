@@ -14,7 +14,7 @@ use super::body::{JsonBody, LargeJsonBody, SidParam};
 use super::{ApiError, AppState};
 use crate::config::MAX_TTL_SECS;
 use crate::model::{
-    fields_from_object, write_object, Condition, Identifier, InputError, KeepOld, Patch,
+    check_key, fields_from_object, write_object, Condition, Identifier, InputError, KeepOld, Patch,
     RotateSource, Rotation, Sid,
 };
 use crate::store::{within, MAX_SESSION_KEYS};
@@ -40,6 +40,12 @@ pub struct PatchBody {
     #[serde(default)]
     remove: Vec<String>,
     ttl: Option<u64>,
+    /// Per-key conditions: the value each key held when the client read it.
+    #[serde(default)]
+    expect: Map<String, Value>,
+    /// Per-key conditions: keys that were absent when the client read them.
+    #[serde(default)]
+    expect_absent: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -179,7 +185,24 @@ pub async fn patch(
     let if_match = if_match(&headers, "PATCH")?;
     check_key_count("set and remove", body.set.len() + body.remove.len())?;
     let ttl = ttl_or_default(body.ttl, &state)?;
-    let patch = Patch::new(fields_from_object(body.set)?, body.remove)?;
+    check_key_count(
+        "expect and expect_absent",
+        body.expect.len() + body.expect_absent.len(),
+    )?;
+    let mut patch = Patch::new(fields_from_object(body.set)?, body.remove)?;
+    patch.expect = fields_from_object(body.expect)?
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    for k in body.expect_absent {
+        check_key(&k)?;
+        if patch.expect.insert(k.clone(), None).is_some() {
+            return Err(InputError::Body(format!(
+                "key {k:?} is both in expect and in expect_absent"
+            ))
+            .into());
+        }
+    }
     let version = state
         .call(state.store.patch(&sid, patch, ttl, if_match))
         .await?;

@@ -15,7 +15,12 @@ use crate::model::{
 };
 
 enum Slot {
-    Live { version: u64, fields: Fields },
+    Live {
+        version: u64,
+        fields: Fields,
+        /// Set by a soft rotation: the sid the session moved to.
+        next: Option<String>,
+    },
     Tombstone,
 }
 
@@ -62,7 +67,9 @@ impl Inner {
     ) -> Option<(&mut u64, &mut Fields, &mut Instant)> {
         match self.sessions.get_mut(sid) {
             Some(Entry {
-                slot: Slot::Live { version, fields },
+                slot: Slot::Live {
+                    version, fields, ..
+                },
                 expires,
             }) if *expires > now => Some((version, fields, expires)),
             _ => None,
@@ -79,10 +86,25 @@ impl Inner {
         self.sessions.insert(
             sid.as_str().to_owned(),
             Entry {
-                slot: Slot::Live { version, fields },
+                slot: Slot::Live {
+                    version,
+                    fields,
+                    next: None,
+                },
                 expires,
             },
         );
+    }
+
+    /// The sid a soft rotation moved this live session to, if any.
+    fn next_sid(&self, sid: &str, now: Instant) -> Option<String> {
+        match self.sessions.get(sid) {
+            Some(Entry {
+                slot: Slot::Live { next, .. },
+                expires,
+            }) if *expires > now => next.clone(),
+            _ => None,
+        }
     }
 
     fn tombstone(&mut self, sid: &str, until: Instant, now: Instant) -> bool {
@@ -176,7 +198,9 @@ impl MemoryStore {
         let inner = self.inner.lock();
         Ok(match inner.sessions.get(sid.as_str()) {
             Some(Entry {
-                slot: Slot::Live { version, fields },
+                slot: Slot::Live {
+                    version, fields, ..
+                },
                 expires,
             }) if *expires > now => Some(Session {
                 version: *version,
@@ -238,6 +262,13 @@ impl MemoryStore {
         let (version, fields, expires) = inner
             .live_mut(sid.as_str(), now)
             .ok_or(StoreError::NotFound)?;
+        let conflicts = patch.conflicts(fields);
+        if !conflicts.is_empty() {
+            return Err(StoreError::Conflict {
+                keys: conflicts,
+                current: *version,
+            });
+        }
         check_keys(fields, &patch)?;
         if patch.apply(fields) {
             *version += 1;
@@ -274,6 +305,14 @@ impl MemoryStore {
         let old_state = inner.state(old.as_str(), now);
         match (&old_state, if_match) {
             (State::Tombstone, _) => return Err(StoreError::Gone),
+            _ if rotation.keep_old.is_some() => {
+                if let Some(new_sid) = inner.next_sid(old.as_str(), now) {
+                    return Err(StoreError::AlreadyRotated { new_sid });
+                }
+            }
+            _ => {}
+        }
+        match (&old_state, if_match) {
             (State::Missing, Some(_)) => return Err(StoreError::Precondition { current: None }),
             (State::Live(v), Some(want)) if *v != want => {
                 return Err(StoreError::Precondition { current: Some(*v) })
@@ -298,18 +337,31 @@ impl MemoryStore {
             }
         };
         inner.insert_live(&rotation.new_sid, 1, fields, now + rotation.ttl);
-        match (&rotation.keep_old, inner.live_mut(old.as_str(), now)) {
-            (Some(keep), Some((version, fields, expires))) => {
+        let old_entry = inner.sessions.get_mut(old.as_str());
+        match (&rotation.keep_old, old_entry) {
+            (
+                Some(keep),
+                Some(Entry {
+                    slot:
+                        Slot::Live {
+                            version,
+                            fields,
+                            next,
+                        },
+                    expires,
+                }),
+            ) if *expires > now => {
                 let keep_patch = Patch {
                     set: keep.set.clone(),
-                    remove: Vec::new(),
+                    ..Patch::default()
                 };
                 if keep_patch.apply(fields) {
                     *version += 1;
                 }
                 *expires = now + keep.ttl;
+                *next = Some(rotation.new_sid.as_str().to_owned());
             }
-            (Some(_), None) => {}
+            (Some(_), _) => {}
             (None, _) => {
                 inner.tombstone(old.as_str(), now + self.settings.tombstone_ttl, now);
             }

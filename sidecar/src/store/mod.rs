@@ -23,6 +23,14 @@ pub enum StoreError {
     Gone,
     #[error("version condition failed")]
     Precondition { current: Option<u64> },
+    /// A soft rotation (`keep_old`) of a sid that an earlier soft rotation already moved:
+    /// nothing was written; the session lives on at `new_sid`, the first rotation's (409).
+    #[error("this session was already rotated (softly) to another sid; nothing was written")]
+    AlreadyRotated { new_sid: String },
+    /// A `PATCH` whose `expect`/`expect_absent` keys changed since the client read them:
+    /// nothing was written (409). `keys` in sorted order.
+    #[error("keys changed since they were read: {}; nothing was written", keys.join(", "))]
+    Conflict { keys: Vec<String>, current: u64 },
     #[error("lease is held by another owner")]
     LeaseHeld { owner: String },
     #[error("lease is not held")]

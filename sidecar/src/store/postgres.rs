@@ -75,7 +75,7 @@ impl Sql {
                 "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
                  VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
-                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE s.expires_at <= now() RETURNING version",
                 e = ttl("$5")
             ),
@@ -84,12 +84,13 @@ impl Sql {
                  VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, \
                  version = CASE WHEN s.data IS NULL OR s.expires_at <= now() THEN 1 ELSE s.version + 1 END, \
-                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE NOT (s.data IS NULL AND s.expires_at > now()) RETURNING version",
                 e = ttl("$5")
             ),
             put_match: format!(
-                "UPDATE {t} SET version = version + 1, data = ($3::text)::jsonb, expires_at = {e} \
+                "UPDATE {t} SET version = version + 1, data = ($3::text)::jsonb, expires_at = {e}, \
+                 next_sid = NULL \
                  WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
                  AND version = $5 RETURNING version",
                 e = ttl("$4")
@@ -97,17 +98,24 @@ impl Sql {
             // One statement: lock the live row, compute the result and its key count, write
             // only when within the bound. Answers (new version, key count): (NULL, NULL) when
             // no live row matched, (NULL, n) when n keys are over the bound.
+            // The `expect` conditions ($7 the values read, $8 the keys read as absent) are
+            // checked on the locked row: (NULL, n, keys, version) when some failed.
             patch: format!(
-                "WITH cur AS (SELECT data, (data || ($3::text)::jsonb) - ($4::text[]) AS new \
+                "WITH cur AS (SELECT data, version, (data || ($3::text)::jsonb) - ($4::text[]) AS new \
                  FROM {t} WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
                  AND ($6::bigint IS NULL OR version = $6) FOR UPDATE), \
+                 exp AS (SELECT e.key AS k, e.value::text AS want FROM jsonb_each(($7::text)::jsonb) e \
+                 UNION ALL SELECT a, NULL FROM unnest($8::text[]) a), \
+                 bad AS (SELECT array_agg(exp.k) AS keys FROM cur, exp \
+                 WHERE (cur.data -> exp.k)::text IS DISTINCT FROM exp.want), \
                  n AS (SELECT new, (SELECT count(*) FROM jsonb_object_keys(new)) AS keys, \
                  (data ?| ($4::text[])) OR {changed} AS changed FROM cur), \
                  upd AS (UPDATE {t} s SET data = n.new, \
                  version = s.version + CASE WHEN n.changed THEN 1 ELSE 0 END, expires_at = {e} \
                  FROM n WHERE s.ns = $1 AND s.sid = $2 AND n.keys <= {MAX_SESSION_KEYS} \
-                 RETURNING s.version) \
-                 SELECT (SELECT version FROM upd), (SELECT keys FROM n)",
+                 AND (SELECT keys FROM bad) IS NULL RETURNING s.version) \
+                 SELECT (SELECT version FROM upd), (SELECT keys FROM n), (SELECT keys FROM bad), \
+                 (SELECT version FROM cur)",
                 e = ttl("$5"),
                 changed = changed("data", "$3"),
             ),
@@ -116,7 +124,7 @@ impl Sql {
                  WHERE ns = $1 AND sid = $2 AND expires_at > now()"
             ),
             delete_match: format!(
-                "UPDATE {t} SET ident = NULL, data = NULL, expires_at = {e} \
+                "UPDATE {t} SET ident = NULL, data = NULL, next_sid = NULL, expires_at = {e} \
                  WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
                  AND version = $4 RETURNING 1",
                 e = ttl("$3")
@@ -126,13 +134,13 @@ impl Sql {
                  WHERE ns = $1 AND sid = $2 FOR UPDATE) \
                  INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
                  VALUES ($1, $2, NULL, 0, NULL, {e}) \
-                 ON CONFLICT (ns, sid) DO UPDATE SET ident = NULL, data = NULL, \
+                 ON CONFLICT (ns, sid) DO UPDATE SET ident = NULL, data = NULL, next_sid = NULL, \
                  expires_at = EXCLUDED.expires_at \
                  RETURNING coalesce((SELECT live FROM old), false)",
                 e = ttl("$3")
             ),
             lock_pair: format!(
-                "SELECT sid, data IS NULL, version FROM {t} \
+                "SELECT sid, data IS NULL, version, next_sid FROM {t} \
                  WHERE ns = $1 AND sid = ANY($2::text[]) AND expires_at > now() FOR UPDATE"
             ),
             rotate_insert_stored: format!(
@@ -141,7 +149,7 @@ impl Sql {
                  FROM {t} o WHERE o.ns = $1 AND o.sid = $2 \
                  AND o.data IS NOT NULL AND o.expires_at > now() \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
-                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE s.expires_at <= now() \
                  RETURNING version, (SELECT count(*) FROM jsonb_object_keys(s.data))",
                 e = ttl("$7")
@@ -150,12 +158,12 @@ impl Sql {
                 "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
                  VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
-                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at \
+                 data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE s.expires_at <= now() RETURNING version",
                 e = ttl("$5")
             ),
             keep_old: format!(
-                "UPDATE {t} SET data = data || ($3::text)::jsonb, \
+                "UPDATE {t} SET data = data || ($3::text)::jsonb, next_sid = $5, \
                  version = version + CASE WHEN {changed} THEN 1 ELSE 0 END, expires_at = {e} \
                  WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now()",
                 e = ttl("$4"),
@@ -164,7 +172,7 @@ impl Sql {
             delete_identifiers: format!(
                 "WITH target AS (SELECT sid, expires_at > now() AS live FROM {t} \
                  WHERE ns = $1 AND ident = ANY($2::text[]) AND data IS NOT NULL FOR UPDATE), \
-                 gone AS (UPDATE {t} s SET data = NULL, ident = NULL, expires_at = {e} \
+                 gone AS (UPDATE {t} s SET data = NULL, ident = NULL, next_sid = NULL, expires_at = {e} \
                  FROM target WHERE s.ns = $1 AND s.sid = target.sid RETURNING 1) \
                  SELECT count(*) FILTER (WHERE live) FROM target",
                 e = ttl("$3")
@@ -345,6 +353,9 @@ impl PgStore {
                data jsonb,
                expires_at timestamptz NOT NULL,
                PRIMARY KEY (ns, sid));
+             -- Added in place (older sidecars ignore it): the sid a soft rotation moved
+             -- the session to.
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS next_sid text;
              CREATE INDEX IF NOT EXISTS {t}_ident ON {t} (ns, ident)
                WHERE ident IS NOT NULL AND data IS NOT NULL;
              CREATE INDEX IF NOT EXISTS {t}_expiry ON {t} (expires_at);
@@ -635,6 +646,19 @@ impl PgStore {
     ) -> StoreResult<u64> {
         let mut set = String::new();
         write_object(&patch.set, &mut set);
+        let present: Fields = patch
+            .expect
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        let mut expect = String::new();
+        write_object(&present, &mut expect);
+        let absent: Vec<&str> = patch
+            .expect
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
         let c = self.client().await?;
         let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
         let row = c
@@ -647,10 +671,19 @@ impl PgStore {
                     &patch.remove,
                     &(millis(ttl) as f64),
                     &if_match.map(|v| v as i64),
+                    &expect,
+                    &absent,
                 ],
             )
             .await
             .map_err(pg_err)?;
+        if let Some(mut keys) = row.get::<_, Option<Vec<String>>>(2) {
+            keys.sort();
+            return Err(StoreError::Conflict {
+                keys,
+                current: row.get::<_, Option<i64>>(3).unwrap_or(0) as u64,
+            });
+        }
         match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
             (Some(version), _) => Ok(version as u64),
             (None, Some(keys)) => Err(StoreError::TooManyKeys { would: keys as u64 }),
@@ -714,11 +747,13 @@ impl PgStore {
         // (tombstone, version) of each live-or-tombstoned row; expired rows are not there.
         let mut old_row = None;
         let mut new_row = None;
+        let mut old_next: Option<String> = None;
         for row in &rows {
             let sid: &str = row.get(0);
             let found = (row.get::<_, bool>(1), row.get::<_, i64>(2) as u64);
             if sid == old.as_str() {
                 old_row = Some(found);
+                old_next = row.get(3);
             } else {
                 new_row = Some(found);
             }
@@ -728,6 +763,10 @@ impl PgStore {
             Some((false, v)) => Some(v),
             None => None,
         };
+        if let (Some(_), Some(new_sid)) = (&rotation.keep_old, old_next) {
+            // A second soft rotation of the same sid: the first one's new sid answers.
+            return Err(StoreError::AlreadyRotated { new_sid });
+        }
         if let Some(want) = if_match {
             if old_live != Some(want) {
                 return Err(StoreError::Precondition { current: old_live });
@@ -800,9 +839,18 @@ impl PgStore {
                     .prepare_cached(&self.sql.keep_old)
                     .await
                     .map_err(pg_err)?;
-                tx.execute(&st, &[&ns, &old.as_str(), &set, &(millis(keep.ttl) as f64)])
-                    .await
-                    .map_err(pg_err)?;
+                tx.execute(
+                    &st,
+                    &[
+                        &ns,
+                        &old.as_str(),
+                        &set,
+                        &(millis(keep.ttl) as f64),
+                        &rotation.new_sid.as_str(),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
             }
             None => {
                 let st = tx.prepare_cached(&self.sql.delete).await.map_err(pg_err)?;

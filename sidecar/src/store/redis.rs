@@ -713,8 +713,14 @@ impl RedisStore {
         for (key, val) in &patch.set {
             inv.arg(key).arg(val);
         }
+        inv.arg(patch.remove.len());
         for key in &patch.remove {
             inv.arg(key);
+        }
+        inv.arg(patch.expect.len());
+        for (key, val) in &patch.expect {
+            // Stored JSON text is never empty: "" stands for an absent key.
+            inv.arg(key).arg(val.as_deref().unwrap_or(""));
         }
         let r = self.run(inv).await?;
         match status(&r)? {
@@ -965,7 +971,8 @@ fn status(r: &[Value]) -> StoreResult<i64> {
 }
 
 /// The scripts' shared failure codes: 1 gone, 2 precondition (+ current version or -1),
-/// 3 not found.
+/// 3 not found, 4 too many keys (+ count), 5 conflict (+ current version, keys), 6 already
+/// soft-rotated (+ next sid).
 fn outcome(code: i64, r: &[Value]) -> StoreError {
     match code {
         1 => StoreError::Gone,
@@ -982,6 +989,27 @@ fn outcome(code: i64, r: &[Value]) -> StoreError {
                 .and_then(|v| int(v).ok())
                 .and_then(|v| u64::try_from(v).ok())
                 .unwrap_or(0),
+        },
+        5 => match (r.get(1).map(int), r.get(2)) {
+            (Some(Ok(current)), Some(Value::Array(keys))) => {
+                match keys
+                    .iter()
+                    .cloned()
+                    .map(text)
+                    .collect::<StoreResult<Vec<_>>>()
+                {
+                    Ok(keys) => StoreError::Conflict {
+                        keys,
+                        current: u64::try_from(current).unwrap_or(0),
+                    },
+                    Err(e) => e,
+                }
+            }
+            _ => StoreError::Backend("conflicting keys missing from reply".into()),
+        },
+        6 => match r.get(1).cloned().map(text) {
+            Some(Ok(new_sid)) => StoreError::AlreadyRotated { new_sid },
+            _ => StoreError::Backend("next sid missing from reply".into()),
         },
         other => StoreError::Backend(format!("unknown script status {other}")),
     }

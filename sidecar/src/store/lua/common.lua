@@ -1,5 +1,5 @@
 -- Shared by every session script. Keys: a session hash ("v" = version, "d:<key>" = the JSON
--- text of one data key), a tombstone string, and the identifier index (a sorted set of sids
+-- text of one data key, "n" = the sid a soft rotation moved it to), a tombstone string, and the identifier index (a sorted set of sids
 -- scored by expiry time in ms). All keys of one sid carry the same hash tag.
 local function now_ms()
   local t = redis.call('TIME')
@@ -47,7 +47,8 @@ end
 -- keys args[rm_first..rm_last], none of them in the set) when it is over MAX_KEYS
 -- (prepended by the driver), else nil. Exact count only when the cheap bound is over.
 local function keys_after(key, args, first, count, rm_first, rm_last)
-  local n = redis.call('HLEN', key) - 1
+  -- "v" (version) and, after a soft rotation, "n" (next sid) are not data keys.
+  local n = redis.call('HLEN', key) - 1 - redis.call('HEXISTS', key, 'n')
   if n + count <= MAX_KEYS then return nil end
   for i = first, first + 2 * count - 1, 2 do
     if redis.call('HEXISTS', key, 'd:' .. args[i]) == 0 then n = n + 1 end

@@ -10,6 +10,12 @@ local keep_at = rm_at + 1 + nrm
 local nkeep = tonumber(ARGV[keep_at])
 local expected = ARGV[keep_at + 1 + 2 * nkeep]
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local keep_ttl = tonumber(ARGV[6])
+if keep_ttl > 0 then
+  -- A second soft rotation of the same sid: answer with the first one's new sid.
+  local next_sid = redis.call('HGET', KEYS[1], 'n')
+  if next_sid then return {6, next_sid} end
+end
 local oldv = redis.call('HGET', KEYS[1], 'v')
 if expected ~= '' and oldv ~= expected then return {2, oldv and tonumber(oldv) or -1} end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {2, -1} end
@@ -26,7 +32,7 @@ if ARGV[1] == 'stored' then
   local all = redis.call('HGETALL', KEYS[1])
   local copy = {}
   for i = 1, #all, 2 do
-    if all[i] ~= 'v' then
+    if string.sub(all[i], 1, 2) == 'd:' then
       copy[#copy + 1] = all[i]
       copy[#copy + 1] = all[i + 1]
     end
@@ -44,12 +50,12 @@ for i = rm_at + 1, rm_at + nrm do
 end
 redis.call('PEXPIRE', KEYS[4], ttl)
 if ARGV[8] == '1' then index_add(KEYS[6], ARGV[4], ttl, now) end
-local keep_ttl = tonumber(ARGV[6])
 if keep_ttl > 0 then
   if oldv then
     if set_changed(KEYS[1], ARGV, keep_at + 1, nkeep) then
       redis.call('HINCRBY', KEYS[1], 'v', 1)
     end
+    redis.call('HSET', KEYS[1], 'n', ARGV[4])
     redis.call('PEXPIRE', KEYS[1], keep_ttl)
     if ARGV[7] == '1' then index_add(KEYS[3], ARGV[3], keep_ttl, now) end
   end
