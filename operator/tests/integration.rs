@@ -335,8 +335,12 @@ async fn deployment_pods_come_back_with_the_sidecar_and_settings_changes_roll_th
         (h != first_hash).then_some(h)
     })
     .await;
-    let s = api.get("sessions").await.expect("store");
-    assert_eq!(s.status.and_then(|s| s.config_hash), Some(new_hash.clone()));
+    // The reconcile rolls the workloads first and writes the status after: wait for it.
+    eventually("status with the new hash", 30, || async {
+        let s = api.get("sessions").await.ok()?;
+        (s.status?.config_hash? == new_hash).then_some(())
+    })
+    .await;
     eventually("a Pod with the new settings", 60, || async {
         let pods = pods
             .list(&ListParams::default().labels("app=odoo"))
