@@ -292,10 +292,10 @@ pub const SETTINGS: &[Setting] = &[
     ),
     free(
         "DKN_AUTH_LISTEN",
-        "TCP listen address of the sidecar (loopback unless DKN_AUTH_ALLOW_REMOTE).",
+        "TCP listen address of the sidecar (loopback unless DKN_AUTH_ALLOW_REMOTE); the addon derives its address from it when DKN_AUTH_URL is unset.",
         Some("127.0.0.1:7070"),
         "an address like 127.0.0.1:7070",
-        S,
+        SA,
     ),
     Setting {
         env: "DKN_AUTH_LOG_FORMAT",
