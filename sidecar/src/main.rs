@@ -23,8 +23,8 @@ use odoo_session_sidecar::store;
 
 use serve::{Connections, Listener};
 
-/// Once the sidecar stops serving, the longest wait for requests still in flight (a long
-/// lease wait, a client that sent half a request and went silent) before exiting anyway.
+/// Once the sidecar stops serving, the longest wait for requests still in flight (a large
+/// identifier batch, a client that sent half a request and went silent) before exiting anyway.
 const FINISH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Crates whose debug and trace lines show what clients sent (SQL statements with their
@@ -262,7 +262,7 @@ async fn run(settings: Settings) -> Result<(), Failure> {
     }
     if !session_conns.wait_closed(FINISH_LIMIT).await {
         tracing::warn!(
-            "requests still unfinished {} s after the stop (a long lease wait, or a client that sent half a request): exiting without them",
+            "requests still unfinished {} s after the stop (a large identifier batch, or a client that sent half a request): exiting without them",
             FINISH_LIMIT.as_secs()
         );
     }

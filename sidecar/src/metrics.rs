@@ -114,7 +114,7 @@ impl Default for Metrics {
         );
         sidecar.register(
             "conflicts",
-            "Writes refused by a version condition, a tombstone or a held lease",
+            "Writes refused by a version condition or a tombstone",
             conflicts.clone(),
         );
         sidecar.register(

@@ -17,7 +17,6 @@ const LEGACY_SID_LEN: usize = 40;
 /// 19 also lets 85 through, a length it never generates: here it stays `invalid_sid`.
 const MODERN_SID_LENS: [usize; 2] = [84, 86];
 const MAX_KEY_LEN: usize = 256;
-const MAX_NAME_LEN: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
@@ -27,8 +26,6 @@ pub enum InputError {
         "invalid identifier {0:?}: expected exactly 42 URL-safe base64 characters [A-Za-z0-9_-]"
     )]
     Identifier(String),
-    #[error("invalid lease name: expected 1 to 200 characters of [A-Za-z0-9_.:-]")]
-    LeaseName,
     #[error("invalid {0}")]
     Body(String),
 }
@@ -38,7 +35,6 @@ impl InputError {
         match self {
             InputError::Sid => "invalid_sid",
             InputError::Identifier(_) => "invalid_identifier",
-            InputError::LeaseName => "invalid_lease_name",
             InputError::Body(_) => "invalid_body",
         }
     }
@@ -102,48 +98,6 @@ impl Identifier {
         } else {
             let shown: String = s.chars().take(100).collect();
             Err(InputError::Identifier(shown))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LeaseName(String);
-
-impl LeaseName {
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_NAME_LEN
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
-        if ok {
-            Ok(LeaseName(s.to_owned()))
-        } else {
-            Err(InputError::LeaseName)
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The holder of a lease, as named by the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner(String);
-
-impl Owner {
-    pub fn parse(s: &str) -> Result<Self, InputError> {
-        if !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(|c| (0x20..0x7f).contains(&c))
-        {
-            Ok(Owner(s.to_owned()))
-        } else {
-            Err(InputError::Body(
-                "owner: expected 1 to 200 printable ASCII characters".into(),
-            ))
         }
     }
 
@@ -293,12 +247,6 @@ pub struct Rotation {
 pub struct Written {
     pub version: u64,
     pub created: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseGrant {
-    pub token: u64,
-    pub ttl: Duration,
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http::Method;
 use odoo_ha_testkit::{free_port, Client};
-use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// This build's binary, or `SIDECAR_TEST_BIN` (another build).
 fn bin() -> String {
@@ -96,35 +95,30 @@ async fn sigterm_drains_requests_in_flight() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = spawn(&["--driver=memory".into(), format!("--listen={addr}")]);
     wait_ready(&addr).await;
-    let mut holder = Client::new(addr.clone());
-    let r = holder
-        .json(
-            Method::POST,
-            "/v1/leases/drain/acquire",
-            &[],
-            &json!({"owner": "a", "ttl_ms": 60000}),
+    // In flight across the stop: a PUT whose body is finished only after SIGTERM.
+    let body = br#"{"data": {"uid": 2}}"#;
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "PUT /v1/sessions/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "d".repeat(40),
+            body.len()
         )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    let waiter_addr = addr.clone();
-    let waiter = tokio::spawn(async move {
-        let mut c = Client::new(waiter_addr);
-        c.json(
-            Method::POST,
-            "/v1/leases/drain/acquire",
-            &[],
-            &json!({"owner": "b", "ttl_ms": 1000, "wait_ms": 1500}),
-        )
-        .await
-    });
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(&body[..5]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     send_sigterm(child.id());
-    let r = waiter
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.write_all(&body[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer)
         .await
-        .unwrap()
         .expect("the request in flight is answered");
-    assert_eq!(r.status, 409, "{r:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -142,39 +142,34 @@ async fn no_drain_finishes_in_flight_and_exits_promptly() {
     p.wait_serving().await;
     let mut idle = p.client();
     put_session(&mut idle).await;
-    let mut holder = p.client();
-    let r = holder
-        .json(
-            Method::POST,
-            "/v1/leases/l/acquire",
-            &[],
-            &json!({"owner": "a", "ttl_ms": 60000}),
+    // In flight across the stop: a PUT whose body is finished only after SIGTERM.
+    let body = br#"{"data": {"uid": 2}}"#;
+    let mut slow = tokio::net::TcpStream::connect(&p.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s("", &legacy_sid()),
+            body.len()
         )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    let addr = p.addr.clone();
-    let waiter = tokio::spawn(async move {
-        Client::new(addr)
-            .json(
-                Method::POST,
-                "/v1/leases/l/acquire",
-                &[],
-                &json!({"owner": "b", "ttl_ms": 1000, "wait_ms": 1500}),
-            )
-            .await
-    });
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.write_all(&body[..5]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.sigterm();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = Client::new(health).get("/readyz").await.unwrap();
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.json()["error"], "draining");
-    let r = waiter
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.write_all(&body[5..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut answer)
         .await
-        .unwrap()
         .expect("the request in flight is answered");
-    assert_eq!(r.status, 409, "{r:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     let answered = Instant::now();
     let status = p
         .exit_within(Duration::from_secs(1))

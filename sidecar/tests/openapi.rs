@@ -21,9 +21,6 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/sessions/{sid}/rotate", &["post"]),
     ("/v1/identifiers/delete", &["post"]),
     ("/v1/identifiers/missing", &["post"]),
-    ("/v1/leases/{name}/acquire", &["post"]),
-    ("/v1/leases/{name}/refresh", &["post"]),
-    ("/v1/leases/{name}/release", &["post"]),
     ("/v1/openapi.json", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
@@ -526,94 +523,6 @@ async fn answers_are_listed_in_the_document() {
         ),
     ];
     run_cases(&d, &mut c, cases).await;
-
-    let acq = "/v1/leases/{name}/acquire";
-    let refr = "/v1/leases/{name}/refresh";
-    let rel = "/v1/leases/{name}/release";
-    let l = |name: &str, verb: &str| format!("/v1/leases/{name}/{verb}");
-    let cases = vec![
-        (
-            Method::POST,
-            acq,
-            l("cron:db1", "acquire"),
-            vec![],
-            Some(json!({"owner": "w1", "ttl_ms": 30000})),
-            200,
-        ),
-        (
-            Method::POST,
-            acq,
-            l("cron:db1", "acquire"),
-            vec![],
-            Some(json!({"owner": "w2", "ttl_ms": 30000})),
-            409,
-        ),
-        (
-            Method::POST,
-            acq,
-            l("bad*name", "acquire"),
-            vec![],
-            Some(json!({"owner": "w1", "ttl_ms": 30000})),
-            400,
-        ),
-        (
-            Method::POST,
-            acq,
-            l("cron:db1", "acquire"),
-            vec![],
-            Some(json!({"owner": "w1", "ttl_ms": 30000, "wait_ms": 60001})),
-            400,
-        ),
-        (
-            Method::POST,
-            refr,
-            l("cron:db1", "refresh"),
-            vec![],
-            Some(json!({"owner": "w1", "ttl_ms": 1000})),
-            200,
-        ),
-        (
-            Method::POST,
-            refr,
-            l("cron:db1", "refresh"),
-            vec![],
-            Some(json!({"owner": "w2", "ttl_ms": 1000})),
-            409,
-        ),
-        (
-            Method::POST,
-            refr,
-            l("free", "refresh"),
-            vec![],
-            Some(json!({"owner": "w1", "ttl_ms": 1000})),
-            404,
-        ),
-        (
-            Method::POST,
-            rel,
-            l("cron:db1", "release"),
-            vec![],
-            Some(json!({"owner": "w2"})),
-            409,
-        ),
-        (
-            Method::POST,
-            rel,
-            l("cron:db1", "release"),
-            vec![],
-            Some(json!({"owner": "w1"})),
-            204,
-        ),
-        (
-            Method::POST,
-            rel,
-            l("cron:db1", "release"),
-            vec![],
-            Some(json!({"owner": "w1"})),
-            404,
-        ),
-    ];
-    run_cases(&d, &mut c, cases).await;
 }
 
 type Case<'a> = (
@@ -692,14 +601,14 @@ async fn media_type_and_size_errors_are_listed() {
         .client()
         .json(
             Method::POST,
-            "/v1/leases/x/acquire",
+            &s("/rotate", &sid),
             &[],
-            &json!({"owner": "x".repeat(2000), "ttl_ms": 1}),
+            &json!({"new_sid": "x".repeat(2000)}),
         )
         .await
         .unwrap();
     assert_eq!(r.status, 413, "{r:?}");
-    conforms(&d, "post", "/v1/leases/{name}/acquire", &r);
+    conforms(&d, "post", "/v1/sessions/{sid}/rotate", &r);
 }
 
 /// The contract says every error is JSON. A path parameter that percent-decodes to invalid
@@ -714,11 +623,11 @@ async fn invalid_utf8_in_path_is_a_json_error() {
     let r = c
         .json(
             Method::POST,
-            "/v1/leases/%C3%28/acquire",
+            "/v1/sessions/%C3%28/rotate",
             &[],
-            &json!({"owner": "w", "ttl_ms": 1}),
+            &json!({"new_sid": legacy_sid()}),
         )
         .await
         .unwrap();
-    conforms(&d, "post", "/v1/leases/{name}/acquire", &r);
+    conforms(&d, "post", "/v1/sessions/{sid}/rotate", &r);
 }

@@ -121,9 +121,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for LargeJsonBody<T> {
 /// The `{sid}` path segment, parsed; a segment that is not even UTF-8 is `invalid_sid` too.
 pub struct SidParam(pub crate::model::Sid);
 
-/// The `{name}` path segment of the lease routes, parsed.
-pub struct LeaseParam(pub crate::model::LeaseName);
-
 async fn segment(parts: &mut axum::http::request::Parts, state: &AppState) -> Option<String> {
     use axum::extract::{FromRequestParts, Path};
     Path::<String>::from_request_parts(parts, state)
@@ -141,17 +138,5 @@ impl axum::extract::FromRequestParts<AppState> for SidParam {
     ) -> Result<Self, Self::Rejection> {
         let raw = segment(parts, state).await.ok_or(InputError::Sid)?;
         Ok(SidParam(crate::model::Sid::parse(&raw)?))
-    }
-}
-
-impl axum::extract::FromRequestParts<AppState> for LeaseParam {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let raw = segment(parts, state).await.ok_or(InputError::LeaseName)?;
-        Ok(LeaseParam(crate::model::LeaseName::parse(&raw)?))
     }
 }

@@ -35,12 +35,12 @@ impl ApiError {
             ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::Method => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(e) => match e {
-                StoreError::NotFound | StoreError::LeaseNotHeld => StatusCode::NOT_FOUND,
+                StoreError::NotFound => StatusCode::NOT_FOUND,
                 StoreError::Gone => StatusCode::GONE,
                 StoreError::Precondition { .. } => StatusCode::PRECONDITION_FAILED,
-                StoreError::LeaseHeld { .. }
-                | StoreError::AlreadyRotated { .. }
-                | StoreError::Conflict { .. } => StatusCode::CONFLICT,
+                StoreError::AlreadyRotated { .. } | StoreError::Conflict { .. } => {
+                    StatusCode::CONFLICT
+                }
                 StoreError::Unavailable(_) | StoreError::NotReplicated(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -60,10 +60,8 @@ impl ApiError {
             ApiError::Method => "method_not_allowed",
             ApiError::Store(e) => match e {
                 StoreError::NotFound => "not_found",
-                StoreError::LeaseNotHeld => "not_held",
                 StoreError::Gone => "gone",
                 StoreError::Precondition { .. } => "precondition_failed",
-                StoreError::LeaseHeld { .. } => "held",
                 StoreError::AlreadyRotated { .. } => "already_rotated",
                 StoreError::Conflict { .. } => "conflict",
                 // The code clients already treat as "try later"; the message says why.
@@ -81,9 +79,6 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Store(StoreError::Precondition { current }) => {
                 body["current_version"] = json!(current);
-            }
-            ApiError::Store(StoreError::LeaseHeld { owner }) => {
-                body["owner"] = json!(owner);
             }
             ApiError::Store(StoreError::AlreadyRotated { new_sid }) => {
                 body["new_sid"] = json!(new_sid);

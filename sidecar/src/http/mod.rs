@@ -3,7 +3,6 @@
 pub mod backend;
 mod body;
 mod error;
-mod leases;
 mod ops;
 mod sessions;
 
@@ -106,7 +105,7 @@ impl AppState {
         self.call_within(self.backend_timeout, op).await
     }
 
-    /// As `call`, with a time limit of the caller's (a lease acquire that may wait).
+    /// As `call`, with a time limit of the caller's (an identifier batch of several calls).
     pub async fn call_within<T>(
         &self,
         limit: Duration,
@@ -141,7 +140,6 @@ impl AppState {
             let conflict = match e {
                 ApiError::Store(StoreError::Precondition { .. }) => Some("precondition"),
                 ApiError::Store(StoreError::Gone) => Some("gone"),
-                ApiError::Store(StoreError::LeaseHeld { .. }) => Some("lease_held"),
                 _ => None,
             };
             if let Some(kind) = conflict {
@@ -169,21 +167,15 @@ const SESSION: &str = "/v1/sessions/{sid}";
 const ROTATE: &str = "/v1/sessions/{sid}/rotate";
 const IDENTIFIERS_DELETE: &str = "/v1/identifiers/delete";
 const IDENTIFIERS_MISSING: &str = "/v1/identifiers/missing";
-const ACQUIRE: &str = "/v1/leases/{name}/acquire";
-const REFRESH: &str = "/v1/leases/{name}/refresh";
-const RELEASE: &str = "/v1/leases/{name}/release";
 const OPENAPI: &str = "/v1/openapi.json";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 8] = [
     SESSION,
     ROTATE,
     IDENTIFIERS_DELETE,
     IDENTIFIERS_MISSING,
-    ACQUIRE,
-    REFRESH,
-    RELEASE,
     OPENAPI,
     HEALTHZ,
     READYZ,
@@ -282,9 +274,6 @@ pub fn router(state: AppState) -> Router {
             "/v1/identifiers/missing",
             post(sessions::missing_identifiers),
         )
-        .route("/v1/leases/{name}/acquire", post(leases::acquire))
-        .route("/v1/leases/{name}/refresh", post(leases::refresh))
-        .route("/v1/leases/{name}/release", post(leases::release))
         .route("/v1/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

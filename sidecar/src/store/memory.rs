@@ -10,8 +10,7 @@ use tokio::time::Instant;
 
 use super::{StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
-    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
-    Session, Sid, Written,
+    Condition, Fields, Identifier, Patch, RotateSource, Rotation, Session, Sid, Written,
 };
 
 enum Slot {
@@ -29,18 +28,10 @@ struct Entry {
     expires: Instant,
 }
 
-struct Lease {
-    owner: String,
-    token: u64,
-    expires: Instant,
-}
-
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Entry>,
     by_identifier: HashMap<String, HashSet<String>>,
-    leases: HashMap<String, Lease>,
-    fences: HashMap<String, u64>,
 }
 
 enum State {
@@ -136,7 +127,6 @@ impl Inner {
             sids.retain(|s| sessions.contains_key(s));
             !sids.is_empty()
         });
-        self.leases.retain(|_, l| l.expires > now);
     }
 }
 
@@ -405,72 +395,5 @@ impl MemoryStore {
             })
             .cloned()
             .collect())
-    }
-
-    pub async fn try_acquire(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let now = Instant::now();
-        let mut inner = self.inner.lock();
-        if let Some(l) = inner.leases.get(name.as_str()) {
-            if l.expires > now && l.owner != owner.as_str() {
-                return Err(StoreError::LeaseHeld {
-                    owner: l.owner.clone(),
-                });
-            }
-        }
-        let fence = inner.fences.entry(name.as_str().to_owned()).or_insert(0);
-        *fence += 1;
-        let token = *fence;
-        inner.leases.insert(
-            name.as_str().to_owned(),
-            Lease {
-                owner: owner.as_str().to_owned(),
-                token,
-                expires: now + ttl,
-            },
-        );
-        Ok(LeaseGrant { token, ttl })
-    }
-
-    pub async fn refresh_lease(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let now = Instant::now();
-        let mut inner = self.inner.lock();
-        match inner.leases.get_mut(name.as_str()) {
-            Some(l) if l.expires > now && l.owner == owner.as_str() => {
-                l.expires = now + ttl;
-                Ok(LeaseGrant {
-                    token: l.token,
-                    ttl,
-                })
-            }
-            Some(l) if l.expires > now => Err(StoreError::LeaseHeld {
-                owner: l.owner.clone(),
-            }),
-            _ => Err(StoreError::LeaseNotHeld),
-        }
-    }
-
-    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
-        let now = Instant::now();
-        let mut inner = self.inner.lock();
-        match inner.leases.get(name.as_str()) {
-            Some(l) if l.expires > now && l.owner == owner.as_str() => {
-                inner.leases.remove(name.as_str());
-                Ok(())
-            }
-            Some(l) if l.expires > now => Err(StoreError::LeaseHeld {
-                owner: l.owner.clone(),
-            }),
-            _ => Err(StoreError::LeaseNotHeld),
-        }
     }
 }

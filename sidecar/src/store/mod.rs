@@ -10,10 +10,7 @@ pub mod sentinel;
 
 use std::time::Duration;
 
-use crate::model::{
-    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, Rotation, Session, Sid,
-    Written,
-};
+use crate::model::{Condition, Fields, Identifier, Patch, Rotation, Session, Sid, Written};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -31,10 +28,6 @@ pub enum StoreError {
     /// nothing was written (409). `keys` in sorted order.
     #[error("keys changed since they were read: {}; nothing was written", keys.join(", "))]
     Conflict { keys: Vec<String>, current: u64 },
-    #[error("lease is held by another owner")]
-    LeaseHeld { owner: String },
-    #[error("lease is not held")]
-    LeaseNotHeld,
     #[error("backend unavailable: {0}")]
     Unavailable(String),
     /// An ending was written on the Redis primary, but fewer replicas than
@@ -145,54 +138,6 @@ impl Store {
     /// The identifiers without any live session, in request order.
     pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
         dispatch!(self, s => s.missing_identifiers(ids).await)
-    }
-
-    pub async fn try_acquire(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        dispatch!(self, s => s.try_acquire(name, owner, ttl).await)
-    }
-
-    /// Acquires, retrying while another owner holds the lease, for up to `wait`. Each try
-    /// must answer within `per_try` (the backend timeout): the wait goes on only while the
-    /// backend answers.
-    pub async fn acquire(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-        wait: Duration,
-        per_try: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let attempt = within(per_try, self.try_acquire(name, owner, ttl)).await;
-            match attempt {
-                Err(StoreError::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    tokio::time::sleep(pause.min(left)).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
-    }
-
-    pub async fn refresh_lease(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        dispatch!(self, s => s.refresh_lease(name, owner, ttl).await)
-    }
-
-    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
-        dispatch!(self, s => s.release_lease(name, owner).await)
     }
 
     /// Connections of the backend pool in use, for `/metrics`.

@@ -13,8 +13,8 @@ use tokio_postgres::error::SqlState;
 
 use super::{millis, StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
-    fields_from_object, write_object, Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner,
-    Patch, RotateSource, Rotation, Session, Sid, Written,
+    fields_from_object, write_object, Condition, Fields, Identifier, Patch, RotateSource, Rotation,
+    Session, Sid, Written,
 };
 
 const SCHEMA_VERSION: i32 = 1;
@@ -47,16 +47,11 @@ struct Sql {
     keep_old: String,
     delete_identifiers: String,
     missing: String,
-    lease_acquire: String,
-    lease_owner: String,
-    lease_refresh: String,
-    lease_release: String,
     gc: String,
 }
 
 impl Sql {
     fn new(t: &str) -> Self {
-        let l = format!("{t}_leases");
         let ttl = |p: &str| format!("now() + ({p}::float8 * interval '1 millisecond')");
         // "Changed" as on every driver: a key of `set` whose JSON text differs from the stored
         // one (jsonb's text keeps a number as written, so 1.0 -> 1 is a change).
@@ -181,28 +176,6 @@ impl Sql {
                 "SELECT u.i FROM unnest($2::text[]) WITH ORDINALITY AS u(i, n) \
                  WHERE NOT EXISTS (SELECT 1 FROM {t} s WHERE s.ns = $1 AND s.ident = u.i \
                  AND s.data IS NOT NULL AND s.expires_at > now()) ORDER BY u.n"
-            ),
-            lease_acquire: format!(
-                "INSERT INTO {l} AS l (ns, name, owner, token, expires_at) \
-                 VALUES ($1, $2, $3, 1, {e}) \
-                 ON CONFLICT (ns, name) DO UPDATE SET owner = EXCLUDED.owner, \
-                 token = l.token + 1, expires_at = EXCLUDED.expires_at \
-                 WHERE l.owner IS NULL OR l.expires_at <= now() OR l.owner = EXCLUDED.owner \
-                 RETURNING token",
-                e = ttl("$4")
-            ),
-            lease_owner: format!(
-                "SELECT owner FROM {l} WHERE ns = $1 AND name = $2 \
-                 AND owner IS NOT NULL AND expires_at > now()"
-            ),
-            lease_refresh: format!(
-                "UPDATE {l} SET expires_at = {e} WHERE ns = $1 AND name = $2 AND owner = $3 \
-                 AND expires_at > now() RETURNING token",
-                e = ttl("$4")
-            ),
-            lease_release: format!(
-                "UPDATE {l} SET owner = NULL, expires_at = now() WHERE ns = $1 AND name = $2 \
-                 AND owner = $3 AND expires_at > now()"
             ),
             gc: format!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
@@ -343,6 +316,8 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         let kind = if unlogged { "UNLOGGED " } else { "" };
+        // `{t}_leases`, made by sidecars that still had the lease API, is no longer created
+        // nor read; an existing one is left alone (docs/sidecar.md: it may be dropped).
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {t}_meta (key text PRIMARY KEY, value text NOT NULL);
              CREATE {kind}TABLE IF NOT EXISTS {t} (
@@ -358,14 +333,7 @@ impl PgStore {
              ALTER TABLE {t} ADD COLUMN IF NOT EXISTS next_sid text;
              CREATE INDEX IF NOT EXISTS {t}_ident ON {t} (ns, ident)
                WHERE ident IS NOT NULL AND data IS NOT NULL;
-             CREATE INDEX IF NOT EXISTS {t}_expiry ON {t} (expires_at);
-             CREATE TABLE IF NOT EXISTS {t}_leases (
-               ns text NOT NULL,
-               name text NOT NULL,
-               owner text,
-               token bigint NOT NULL,
-               expires_at timestamptz NOT NULL,
-               PRIMARY KEY (ns, name));"
+             CREATE INDEX IF NOT EXISTS {t}_expiry ON {t} (expires_at);"
         ))
         .await
         .map_err(pg_err)?;
@@ -902,111 +870,5 @@ impl PgStore {
         rows.iter()
             .map(|r| Identifier::parse(r.get(0)).map_err(|e| StoreError::Backend(e.to_string())))
             .collect()
-    }
-
-    pub async fn try_acquire(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let c = self.client().await?;
-        let acquire = c
-            .prepare_cached(&self.sql.lease_acquire)
-            .await
-            .map_err(pg_err)?;
-        // The holder may release between the insert and the look-up: try twice.
-        for _ in 0..2 {
-            let row = c
-                .query_opt(
-                    &acquire,
-                    &[
-                        &self.ns(),
-                        &name.as_str(),
-                        &owner.as_str(),
-                        &(millis(ttl) as f64),
-                    ],
-                )
-                .await
-                .map_err(|e| match e.code() {
-                    Some(c) if *c == SqlState::UNIQUE_VIOLATION => {
-                        StoreError::Unavailable("lease contention, retry".into())
-                    }
-                    _ => pg_err(e),
-                })?;
-            if let Some(row) = row {
-                return Ok(LeaseGrant {
-                    token: row.get::<_, i64>(0) as u64,
-                    ttl,
-                });
-            }
-            match self.lease_miss(&c, name).await {
-                StoreError::LeaseNotHeld => continue,
-                other => return Err(other),
-            }
-        }
-        Err(StoreError::Unavailable("lease contention, retry".into()))
-    }
-
-    /// Why a lease write touched no row: held by someone (who), or not held at all.
-    async fn lease_miss(&self, c: &deadpool_postgres::Object, name: &LeaseName) -> StoreError {
-        let who = match c.prepare_cached(&self.sql.lease_owner).await {
-            Ok(st) => st,
-            Err(e) => return pg_err(e),
-        };
-        match c.query_opt(&who, &[&self.ns(), &name.as_str()]).await {
-            Ok(Some(row)) => StoreError::LeaseHeld { owner: row.get(0) },
-            Ok(None) => StoreError::LeaseNotHeld,
-            Err(e) => pg_err(e),
-        }
-    }
-
-    pub async fn refresh_lease(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let c = self.client().await?;
-        let st = c
-            .prepare_cached(&self.sql.lease_refresh)
-            .await
-            .map_err(pg_err)?;
-        match c
-            .query_opt(
-                &st,
-                &[
-                    &self.ns(),
-                    &name.as_str(),
-                    &owner.as_str(),
-                    &(millis(ttl) as f64),
-                ],
-            )
-            .await
-            .map_err(pg_err)?
-        {
-            Some(row) => Ok(LeaseGrant {
-                token: row.get::<_, i64>(0) as u64,
-                ttl,
-            }),
-            None => Err(self.lease_miss(&c, name).await),
-        }
-    }
-
-    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
-        let c = self.client().await?;
-        let st = c
-            .prepare_cached(&self.sql.lease_release)
-            .await
-            .map_err(pg_err)?;
-        let n = c
-            .execute(&st, &[&self.ns(), &name.as_str(), &owner.as_str()])
-            .await
-            .map_err(pg_err)?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(self.lease_miss(&c, name).await)
-        }
     }
 }

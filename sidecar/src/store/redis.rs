@@ -19,8 +19,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 use super::sentinel::{HostPort, PrimaryCheck, Sentinels};
 use super::{millis, StoreError, StoreResult, StoreSettings, MAX_SESSION_KEYS};
 use crate::model::{
-    Condition, Fields, Identifier, LeaseGrant, LeaseName, Owner, Patch, RotateSource, Rotation,
-    Session, Sid, Written,
+    Condition, Fields, Identifier, Patch, RotateSource, Rotation, Session, Sid, Written,
 };
 
 const COMMON: &str = include_str!("lua/common.lua");
@@ -31,8 +30,6 @@ struct Scripts {
     delete: Script,
     rotate: Script,
     delete_identifier: Script,
-    lease_acquire: Script,
-    lease_refresh: Script,
 }
 
 impl Scripts {
@@ -48,8 +45,6 @@ impl Scripts {
             delete: Script::new(include_str!("lua/delete.lua")),
             rotate: with_common(include_str!("lua/rotate.lua")),
             delete_identifier: Script::new(include_str!("lua/delete_identifier.lua")),
-            lease_acquire: Script::new(include_str!("lua/lease_acquire.lua")),
-            lease_refresh: Script::new(include_str!("lua/lease_refresh.lua")),
         }
     }
 }
@@ -878,64 +873,6 @@ impl RedisStore {
         }
         Ok(missing)
     }
-
-    fn lease_keys(&self, name: &LeaseName) -> (String, String) {
-        let k = format!("{}{{lease:{}}}", self.settings.prefix, name.as_str());
-        let fence = format!("{k}:fence");
-        (k, fence)
-    }
-
-    pub async fn try_acquire(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let (k, fence) = self.lease_keys(name);
-        let mut inv = self.scripts.lease_acquire.prepare_invoke();
-        inv.key(&k)
-            .key(&fence)
-            .arg(owner.as_str())
-            .arg(millis(ttl).max(1));
-        let r = self.run(inv).await?;
-        match status(&r)? {
-            0 => Ok(LeaseGrant {
-                token: uint(r.get(1))?,
-                ttl,
-            }),
-            code => Err(lease_outcome(code, r)),
-        }
-    }
-
-    pub async fn refresh_lease(
-        &self,
-        name: &LeaseName,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> StoreResult<LeaseGrant> {
-        let (k, _) = self.lease_keys(name);
-        let mut inv = self.scripts.lease_refresh.prepare_invoke();
-        inv.key(&k).arg(owner.as_str()).arg(millis(ttl).max(1));
-        let r = self.run(inv).await?;
-        match status(&r)? {
-            0 => Ok(LeaseGrant {
-                token: uint(r.get(1))?,
-                ttl,
-            }),
-            code => Err(lease_outcome(code, r)),
-        }
-    }
-
-    pub async fn release_lease(&self, name: &LeaseName, owner: &Owner) -> StoreResult<()> {
-        let (k, _) = self.lease_keys(name);
-        let mut inv = self.scripts.lease_refresh.prepare_invoke();
-        inv.key(&k).arg(owner.as_str()).arg("");
-        let r = self.run(inv).await?;
-        match status(&r)? {
-            0 => Ok(()),
-            code => Err(lease_outcome(code, r)),
-        }
-    }
 }
 
 fn int(v: &Value) -> StoreResult<i64> {
@@ -1012,16 +949,5 @@ fn outcome(code: i64, r: &[Value]) -> StoreError {
             _ => StoreError::Backend("next sid missing from reply".into()),
         },
         other => StoreError::Backend(format!("unknown script status {other}")),
-    }
-}
-
-fn lease_outcome(code: i64, r: Vec<Value>) -> StoreError {
-    match code {
-        1 => match r.into_iter().nth(1).map(text) {
-            Some(Ok(owner)) => StoreError::LeaseHeld { owner },
-            _ => StoreError::Backend("lease holder missing from reply".into()),
-        },
-        3 => StoreError::LeaseNotHeld,
-        other => StoreError::Backend(format!("unknown lease script status {other}")),
     }
 }
