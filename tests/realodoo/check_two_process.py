@@ -25,6 +25,13 @@ Checks (each PASS/FAIL/SKIP with details):
   9 sidecar_restart  --sidecar-stop-cmd: A answers 503 for a session request (no
                      silent fallback) and keeps the cookie; --sidecar-start-cmd: the
                      session is still there (needs a persistent backend: Redis/PostgreSQL)
+  11 counter_race    one session; per round, two slow read-modify-writes of the same key
+                     (/dkn_probe/slow_incr: read counter, sleep, write counter+1) at once,
+                     one on A and one on B: the counter must end at +2 every round (the
+                     second save refused, re-run by Odoo's retry loop), no 5xx/RPC error;
+                     retries counted by the probe (runs - 1) and in the logs (--log-a/-b)
+  11c counter_race_control  only when named in --only: both requests on A, on a store
+                     without the check (stock Odoo); PASS when increments WERE lost
 
 Exit status: 0 when every check that ran passed, 1 otherwise, 2 on usage errors.
 """
@@ -275,6 +282,9 @@ class Checker:
         self.ws_a = (args.ws_a or args.a).rstrip("/")
         self.sidecar_stop_cmd = args.sidecar_stop_cmd
         self.sidecar_start_cmd = args.sidecar_start_cmd
+        self.log_b = args.log_b
+        self.counter_rounds = args.counter_rounds
+        self.counter_delay = args.counter_delay
         self.results = []
         self.major = server_major(self.a)
         major_b = server_major(self.b)
@@ -442,6 +452,112 @@ class Checker:
         )
         if notes:
             detail += f"; first error: {notes[0][:160]}"
+        self.record(label, "PASS" if ok else "FAIL", detail)
+
+    def _log_offsets(self):
+        offsets = {}
+        for name, path in (("A", self.log_a), ("B", self.log_b)):
+            if path:
+                with open(path, "rb") as fh:
+                    fh.seek(0, 2)
+                    offsets[name] = (path, fh.tell())
+        return offsets
+
+    @staticmethod
+    def _log_counts(offsets):
+        """Retry lines written since ``offsets``: the addon's and Odoo's loop's."""
+        addon = odoo = 0
+        for path, offset in offsets.values():
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                tail = fh.read().decode(errors="replace")
+            addon += tail.count("changed meanwhile, the request is retried")
+            odoo += len(re.findall(r"SERIALIZATION_FAILURE, \d+ tries left", tail))
+        return addon, odoo
+
+    def check_counter_race(self, control=False):
+        """Two slow increments of one session key at once: +2 per round, or (the
+        control, both on A, stock store) the increments a last writer loses."""
+        label = (
+            "11c counter_race_control(both on A, store without the check)"
+            if control
+            else "11 counter_race(A and B at once)"
+        )
+        bases = (self.a, self.a) if control else (self.a, self.b)
+        br = self.new_session("counter")
+        offsets = self._log_offsets()
+        time.sleep(0.2)
+        start = br.call(self.a, "/dkn_probe/get").get("counter") or 0
+        first = start
+        good = lost = retries = http5xx = rpc_errors = disorder = 0
+        mismatch_b = 0
+        notes = []
+        t0 = time.monotonic()
+        for i in range(self.counter_rounds):
+            token = f"{os.getpid()}-{time.time_ns()}-{i}"
+            barrier = threading.Barrier(2)
+            out = [None, None]
+
+            def fire(k, base, token=token, barrier=barrier, out=out):
+                barrier.wait()
+                try:
+                    out[k] = br.call(
+                        base,
+                        "/dkn_probe/slow_incr",
+                        {"token": f"{token}-{k}", "delay": self.counter_delay},
+                    )
+                except RpcError as exc:
+                    out[k] = exc
+                except OSError as exc:
+                    out[k] = exc
+
+            threads = [threading.Thread(target=fire, args=(k, base)) for k, base in enumerate(bases)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            afters = []
+            for res in out:
+                if isinstance(res, dict):
+                    afters.append(res.get("after"))
+                    retries += max(0, int(res.get("runs") or 1) - 1)
+                elif isinstance(res, RpcError) and str(res.error.get("message", "")).startswith("HTTP 5"):
+                    http5xx += 1
+                    notes.append(str(res))
+                else:
+                    rpc_errors += 1
+                    notes.append(str(res))
+            seen = br.call(self.a, "/dkn_probe/get").get("counter") or 0
+            if not control:
+                seen_b = br.call(self.b, "/dkn_probe/get").get("counter") or 0
+                mismatch_b += seen_b != seen
+            if seen == start + 2:
+                good += 1
+            else:
+                lost += max(0, start + 2 - seen)
+            if sorted(a for a in afters if a is not None) != [start + 1, start + 2]:
+                disorder += 1
+            start = seen
+        addon_lines, odoo_lines = self._log_counts(offsets) if offsets else (None, None)
+        rounds = self.counter_rounds
+        detail = (
+            f"{rounds} rounds ({self.counter_delay} s each request, {time.monotonic() - t0:.0f} s): "
+            f"counter {first} -> {start} (expected {first + 2 * rounds}), rounds at +2: {good}/{rounds}, "
+            f"increments lost {lost}; retries (probe runs - 1) {retries}"
+        )
+        if offsets:
+            detail += f", retry lines in the logs: addon {addon_lines}, Odoo {odoo_lines}"
+        detail += (
+            f"; HTTP 5xx {http5xx}, other errors {rpc_errors}, rounds not applied as +1 then +2: {disorder}"
+        )
+        if not control:
+            detail += f"; B read another counter than A {mismatch_b}x"
+        if notes:
+            detail += f"; first error: {notes[0][:200]}"
+        if control:
+            ok = lost > 0 and http5xx == 0 and rpc_errors == 0
+        else:
+            ok = good == rounds and not (lost or http5xx or rpc_errors or disorder or mismatch_b)
         self.record(label, "PASS" if ok else "FAIL", detail)
 
     def check_logout_race(self, same_process):
@@ -725,6 +841,7 @@ class Checker:
             ("concurrent_keys", lambda: self.check_concurrent_keys(same_process=True)),
             ("logout_race", lambda: self.check_logout_race(same_process=False)),
             ("logout_race", lambda: self.check_logout_race(same_process=True)),
+            ("counter_race", self.check_counter_race),
             ("latency", self.latency),
             ("form_login", self.check_form_login),
             ("autovacuum", self.check_autovacuum),
@@ -732,6 +849,9 @@ class Checker:
             ("sidecar_restart", self.check_sidecar_restart),
             ("stop_a", self.check_stop_a),
         ]
+        if only and "counter_race_control" in only:
+            # Never by default: it passes when increments are LOST (stock store).
+            steps.append(("counter_race_control", lambda: self.check_counter_race(control=True)))
         for name, step in steps:
             if only and name not in only:
                 continue
@@ -758,6 +878,9 @@ def main():
         help="websocket base URL of A (prefork: its --gevent-port); default --a",
     )
     parser.add_argument("--log-a", help="Odoo log file of process A (read by the autovacuum check)")
+    parser.add_argument("--log-b", help="Odoo log file of process B (retry lines of check 11)")
+    parser.add_argument("--counter-rounds", type=int, default=10, help="rounds of check 11")
+    parser.add_argument("--counter-delay", type=float, default=0.7, help="sleep of each increment (s)")
     parser.add_argument("--sidecar-stop-cmd", help="shell command that stops the sidecar (check 9)")
     parser.add_argument("--sidecar-start-cmd", help="shell command that starts it again and returns")
     parser.add_argument("--only", nargs="*", help="subset of checks to run")

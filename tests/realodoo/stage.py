@@ -14,8 +14,11 @@ loopback ports, in a temporary directory. One result line per version and
 backend.
 
 Other settings: ``DKN_SIDECAR_BIN`` (the sidecar binary, required),
-``DKN_REALODOO_ROUNDS`` (race rounds, default 5), ``DKN_REALODOO_BACKENDS``
-(default ``redis db``), ``DKN_REALODOO_KEEP=1`` (keep the work directory with
+``DKN_REALODOO_ROUNDS`` (race rounds, default 5), ``DKN_REALODOO_COUNTER_ROUNDS``
+(rounds of the counter check 11 and of its control, default 10),
+``DKN_REALODOO_BACKENDS`` (default ``redis db``), ``DKN_REALODOO_CONTROL=0`` (skip
+the control: check 11 on one stock Odoo process, without ``dkn_auth``, where
+increments must be lost), ``DKN_REALODOO_KEEP=1`` (keep the work directory with
 every log). Exit status 0 when every line passed, 1 otherwise. No Odoo tree
 given: one line, exit 0. Odoo is never downloaded here.
 """
@@ -272,8 +275,9 @@ class OdooTree:
     def start(self, work, name, sidecar_url):
         port = free_port()
         logfile = work / f"odoo-{name}.log"
+        load = "base,web,dkn_auth" if sidecar_url else "base,web"  # None: stock Odoo
         args = self.common() + [
-            "--load=base,web,dkn_auth",
+            f"--load={load}",
             f"--db-filter=^{self.db}$",
             "--no-database-list",
             "--http-interface=127.0.0.1",
@@ -283,7 +287,7 @@ class OdooTree:
             f"--data-dir={work / ('data-' + name)}",
             f"--logfile={logfile}",
         ]
-        env = dict(self.env, DKN_AUTH_URL=sidecar_url)
+        env = dict(self.env, DKN_AUTH_URL=sidecar_url) if sidecar_url else self.env
         proc = subprocess.Popen(self.cmd + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         return proc, url, logfile
@@ -301,7 +305,41 @@ def summary(results):
     return not failed, text
 
 
-def run_one(odoo, backend, work, rounds):
+def counter_details(results):
+    return [f"{r['check']}: {r['detail']}" for r in results if r["check"].startswith("11")]
+
+
+def run_checker(cmd, work):
+    """(results, error): the checker's JSON results, or why there are none."""
+    out = work / "results.json"
+    with open(work / "checks.log", "wb") as fh:
+        cmd = cmd + ["--json", str(out)]
+        subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, timeout=1800)
+    if not out.is_file():
+        return None, f"the checker wrote no result, see {work / 'checks.log'}"
+    return json.loads(out.read_text()), None
+
+
+def run_control(odoo, work, counter_rounds):
+    """Check 11 on ONE stock Odoo process (filesystem store, no dkn_auth): the
+    two increments race inside one process and the last writer wins."""
+    proc = None
+    try:
+        proc, url, log_a = odoo.start(work, "stock", None)
+        wait_for(f"Odoo {url}", lambda: healthy(url, "/web/login"), 180)
+        cmd = [sys.executable, str(CHECKER), "--a", url, "--b", url, "--db", odoo.db]
+        cmd += ["--counter-rounds", str(counter_rounds), "--log-a", str(log_a)]
+        cmd += ["--only", "counter_race_control"]
+        report, error = run_checker(cmd, work)
+        if error:
+            return False, error, []
+        ok, text = summary(report["results"])
+        return ok, text, counter_details(report["results"])
+    finally:
+        stop(proc)
+
+
+def run_one(odoo, backend, work, rounds, counter_rounds=10):
     servers = odoo.servers
     sc_a = Sidecar(work, "a", servers.sidecar_args(backend, odoo.major))
     sc_b = Sidecar(work, "b", servers.sidecar_args(backend, odoo.major))
@@ -311,30 +349,21 @@ def run_one(odoo, backend, work, rounds):
         sc_b.start()
         a, url_a, log_a = odoo.start(work, "a", sc_a.url)
         procs.append(a)
-        b, url_b, _ = odoo.start(work, "b", sc_b.url)
+        b, url_b, log_b = odoo.start(work, "b", sc_b.url)
         procs.append(b)
         for url in (url_a, url_b):
             wait_for(f"Odoo {url}", lambda url=url: healthy(url, "/web/login"), 180)
-        out = work / "results.json"
         cmd = [sys.executable, str(CHECKER), "--a", url_a, "--b", url_b, "--db", odoo.db]
         cmd += ["--rounds", str(rounds), "--stop-a-cmd", f"kill {a.pid}", "--log-a", str(log_a)]
-        cmd += [
-            "--sidecar-stop-cmd",
-            sc_a.stop_cmd,
-            "--sidecar-start-cmd",
-            sc_a.start_cmd,
-            "--json",
-            str(out),
-        ]
-        with open(work / "checks.log", "wb") as fh:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False, timeout=1800)
-        if not out.is_file():
-            return False, f"the checker wrote no result, see {work / 'checks.log'}"
-        report = json.loads(out.read_text())
+        cmd += ["--log-b", str(log_b), "--counter-rounds", str(counter_rounds)]
+        cmd += ["--sidecar-stop-cmd", sc_a.stop_cmd, "--sidecar-start-cmd", sc_a.start_cmd]
+        report, error = run_checker(cmd, work)
+        if error:
+            return False, error, []
         ok, text = summary(report["results"])
         if report["odoo"] != odoo.major:
-            return False, f"the tree runs Odoo {report['odoo']}, not {odoo.major}"
-        return ok, text
+            return False, f"the tree runs Odoo {report['odoo']}, not {odoo.major}", []
+        return ok, text, counter_details(report["results"])
     finally:
         for proc in procs:
             stop(proc)
@@ -352,6 +381,8 @@ def main():
     for key in [k for k in os.environ if k.startswith("DKN_AUTH_")]:
         del os.environ[key]  # Odoo gets DKN_AUTH_URL explicitly, the sidecars their flags
     rounds = int(os.environ.get("DKN_REALODOO_ROUNDS", "5"))
+    counter_rounds = int(os.environ.get("DKN_REALODOO_COUNTER_ROUNDS", "10"))
+    control = os.environ.get("DKN_REALODOO_CONTROL", "1") != "0"
     backends = os.environ.get("DKN_REALODOO_BACKENDS", "redis db").split()
     work = Path(tempfile.mkdtemp(prefix="dkn-realodoo-"))
     work.chmod(0o755)  # PostgreSQL runs as another user when we are root
@@ -374,20 +405,25 @@ def main():
                 all_ok = False
                 continue
             log(f"realodoo Odoo {major}: database {odoo.db} initialised in {time.monotonic() - t0:.0f} s")
-            for backend in backends:
+            for backend in backends + (["stock"] if control else []):
                 bwork = vwork / backend
                 bwork.mkdir()
                 t0 = time.monotonic()
                 try:
-                    ok, text = run_one(odoo, backend, bwork, rounds)
+                    if backend == "stock":
+                        ok, text, details = run_control(odoo, bwork, counter_rounds)
+                    else:
+                        ok, text, details = run_one(odoo, backend, bwork, rounds, counter_rounds)
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-                    ok, text = False, f"{type(exc).__name__}: {exc}"
+                    ok, text, details = False, f"{type(exc).__name__}: {exc}", []
                 all_ok &= ok
                 status = "PASS" if ok else "FAIL"
-                lines.append(
-                    f"realodoo Odoo {major} {backend}: {status} ({text}; {time.monotonic() - t0:.0f} s)"
-                )
-                log(lines[-1])
+                name = "stock (control, no dkn_auth)" if backend == "stock" else backend
+                took = time.monotonic() - t0
+                lines.append(f"realodoo Odoo {major} {name}: {status} ({text}; {took:.0f} s)")
+                lines.extend("    " + d for d in details)
+                for line in lines[-1 - len(details) :]:
+                    log(line)
                 if not ok:
                     log(f"  logs: {bwork}")
     finally:
