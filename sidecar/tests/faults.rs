@@ -221,3 +221,104 @@ async fn postgres_killed_and_restarted() {
     let (p1, p2) = (pg.clone(), pg.clone());
     outage_scenario(h, move || p1.lock().kill(), move || p2.lock().restart()).await;
 }
+
+/// One burst of `n` requests at once over `sids` (GETs, PATCHes and create-only PUTs), so
+/// the sidecar's requests in flight spread over every pool slot. Returns what failed.
+async fn burst(h: &Harness, sids: &[String], n: usize, round: usize) -> Vec<String> {
+    let calls = (0..n).map(|i| {
+        let mut c = h.client();
+        let sid = sids[i % sids.len()].clone();
+        async move {
+            let r = match i % 3 {
+                0 => c.get(&s("", &sid)).await,
+                1 => {
+                    c.json(
+                        Method::PATCH,
+                        &s("", &sid),
+                        &[],
+                        &json!({"set": {"round": round}}),
+                    )
+                    .await
+                }
+                _ => {
+                    c.json(
+                        Method::PUT,
+                        &s("", &legacy_sid()),
+                        &[("if-none-match", "*")],
+                        &json!({"data": {"round": round}}),
+                    )
+                    .await
+                }
+            };
+            match r {
+                Ok(r) if r.status.is_success() => None,
+                Ok(r) => Some(format!(
+                    "{} {:?}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                )),
+                Err(e) => Some(e.to_string()),
+            }
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Issue 8: a Redis restart (no request in between) left a dead connection to the old
+/// process in each pool slot, and each failed the first request that picked it with
+/// `503 ... broken pipe`. Once the backend answers again, no request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_leaves_no_dead_connection_in_the_pool() {
+    let mut redis = RedisServer::start();
+    let h = Harness::with_flags(vec![
+        "--driver=redis".into(),
+        format!("--redis-uri={}", redis.url()),
+        "--redis-max-conn=8".into(),
+    ])
+    .await;
+    let mut c = h.client();
+    let mut sids = Vec::new();
+    for i in 0..16 {
+        let sid = legacy_sid();
+        let r = c
+            .json(Method::PUT, &s("", &sid), &[], &json!({"data": {"i": i}}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        sids.push(sid);
+    }
+    // Parallel load until every slot holds a connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.state.store.pool_in_use() < 8 {
+        assert!(Instant::now() < deadline, "the load never used all 8 slots");
+        let failed = burst(&h, &sids, 64, 0).await;
+        assert!(failed.is_empty(), "before the restart: {failed:?}");
+    }
+
+    tokio::task::block_in_place(|| redis.restart());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("/readyz?backend=1").await.unwrap().status != 200 {
+        assert!(Instant::now() < deadline, "the backend never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut failed = Vec::new();
+    for sid in &sids {
+        let r = c.get(&s("", sid)).await.unwrap();
+        if r.status != 200 {
+            failed.push(format!("sequential GET: {r:?}"));
+        }
+    }
+    for round in 1..=4 {
+        failed.extend(burst(&h, &sids, 64, round).await);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} request(s) failed after the restart: {failed:?}",
+        failed.len()
+    );
+}

@@ -836,3 +836,145 @@ async fn open_sentinels_in_front_of_password_nodes() {
     .await;
     assert_eq!(r.status, 201, "{r:?}");
 }
+
+/// `n` requests at once (GETs and PATCHes of `sids`, create-only PUTs), so the sidecar's
+/// requests in flight spread over every pool slot. Returns what did not succeed.
+async fn burst(h: &Harness, sids: &[String], n: usize) -> Vec<String> {
+    let calls = (0..n).map(|i| {
+        let mut c = h.client();
+        let sid = sids[i % sids.len()].clone();
+        async move {
+            let (method, path, headers, body) = match i % 3 {
+                0 => (Method::GET, s("", &sid), vec![], None),
+                1 => (
+                    Method::PATCH,
+                    s("", &sid),
+                    vec![],
+                    Some(json!({"set": {"i": i}})),
+                ),
+                _ => (
+                    Method::PUT,
+                    s("", &legacy_sid()),
+                    vec![("if-none-match", "*")],
+                    Some(json!({"data": {"i": i}})),
+                ),
+            };
+            let (r, _) = timed(&mut c, method.clone(), &path, &headers, body).await;
+            (!r.status.is_success()).then(|| format!("{method} -> {} {:?}", r.status, r.json()))
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Issue 8: after a fail-over, pool slots not picked during the outage kept their dead
+/// connections to the killed primary, and each failed the first request that picked it
+/// (`503 ... broken pipe`), long after the sidecar served the new primary. Once it does,
+/// no request may fail, whichever slot it lands on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_on_a_dead_connection_after_a_failover() {
+    let mut redis = tokio::task::spawn_blocking(|| SentinelRedis::start(1))
+        .await
+        .unwrap();
+    let h = Harness::with_flags(vec![
+        "--driver=redis".into(),
+        format!("--redis-uri={}", redis.uri()),
+        format!("--redis-password={}", redis.password),
+        "--redis-max-conn=8".into(),
+        format!("--backend-timeout-ms={TIMEOUT_MS}"),
+    ])
+    .await;
+    let mut c = h.client();
+    let mut sids = Vec::new();
+    for i in 0..16 {
+        let sid = legacy_sid();
+        let (r, _) = timed(
+            &mut c,
+            Method::PUT,
+            &s("", &sid),
+            &[],
+            Some(json!({"data": {"i": i}})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        sids.push(sid);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.state.store.pool_in_use() < 8 {
+        assert!(Instant::now() < deadline, "the load never used all 8 slots");
+        let failed = burst(&h, &sids, 64).await;
+        assert!(failed.is_empty(), "before the fail-over: {failed:?}");
+    }
+    // Every acknowledged write is on the replica before its primary dies.
+    let primary = redis.nodes[0].port;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let offsets = redis.nodes[0]
+            .cli(&["INFO", "replication"])
+            .unwrap_or_default();
+        let offset = |field: &str| {
+            offsets
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let synced = offsets
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+            .and_then(|v| v.parse::<u64>().ok());
+        if synced.is_some() && synced == offset("master_repl_offset:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Steady, sequential traffic through the fail-over (as an idle-ish pod sees it): it
+    // answers 503 while there is no primary, and reconnects one slot to the new one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        let mut c = h.client();
+        let sid = sids[0].clone();
+        tokio::spawn(async move {
+            let mut ok_after = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let (r, _) = timed(&mut c, Method::GET, &s("", &sid), &[], None).await;
+                if r.status == 200 {
+                    ok_after += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ok_after
+        })
+    };
+    redis.nodes[0].kill();
+    let (redis, promoted) = tokio::task::spawn_blocking(move || {
+        let p = redis.wait_new_primary(primary, Duration::from_secs(20));
+        (redis, p)
+    })
+    .await
+    .unwrap();
+    promoted.expect("Sentinels promoted the replica within 20 s");
+    wait_status(&h.addr, &s("", &sids[0]), 200, Duration::from_secs(10)).await;
+    // Served on the new primary for a while (the primary check runs every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(trickle.await.unwrap() > 0);
+
+    let mut failed = Vec::new();
+    for _ in 0..4 {
+        failed.extend(burst(&h, &sids, 64).await);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} request(s) failed on the new primary: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    drop(redis);
+}

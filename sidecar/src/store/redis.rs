@@ -6,9 +6,20 @@
 //! A request uses the slot given by the number of requests already in flight, so a quiet
 //! sidecar keeps one connection and a busy one spreads over up to `max_conn`. A checkout
 //! costs no round trip (a ping-on-checkout pool would double the latency of every call).
+//!
+//! Every connection carries the pool generation it was opened in. A broken connection, a
+//! `READONLY`, a reconnect after connects had failed, or the Sentinels naming another primary
+//! start a new generation, and a checkout replaces any connection of an older one: one failure
+//! retires every connection of its era (a connection to a killed server is dead whether or
+//! not a request has noticed yet), and a connect that raced the change is replaced as well.
+//! A command that failed on a broken connection is run once more on a fresh one when that
+//! cannot apply it twice: a read always, a write only when it provably never left the
+//! sidecar (see `attempt`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -186,8 +197,15 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "user or password is not UTF-8 once decoded".to_string())
 }
 
+/// A slot's connection, and the pool generation it was opened in.
+#[derive(Clone)]
+struct Pooled {
+    conn: MultiplexedConnection,
+    generation: u64,
+}
+
 struct Slot {
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<Pooled>>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -221,6 +239,11 @@ pub struct RedisPool {
     /// blocks a connection in `WAIT`, and would hold every request multiplexed behind it.
     waited: Slots,
     config: AsyncConnectionConfig,
+    /// Connections of an older generation are replaced at checkout (module comment).
+    generation: AtomicU64,
+    /// A connect failed since the last one that succeeded: the next success starts a new
+    /// generation (the backend was down and is back).
+    connect_failed: AtomicBool,
 }
 
 struct Checkout<'a> {
@@ -228,14 +251,62 @@ struct Checkout<'a> {
     pool: &'a RedisPool,
     slot: &'a Slot,
     conn: MultiplexedConnection,
+    generation: u64,
 }
 
 impl Checkout<'_> {
-    /// Maps a Redis error, forgetting the connection when it is broken (or points at a
-    /// former primary) so the next use of the slot reconnects.
+    /// Maps a Redis error, retiring the connection when it is broken (or points at a
+    /// former primary) so the next checkout reconnects.
     fn fail(&self, e: RedisError) -> StoreError {
-        self.pool.fail(self.slot, e)
+        self.pool.fail(self.slot, self.generation, e)
     }
+}
+
+/// Whether a failed command may run once more on a fresh connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Reads: on any broken connection (not a time-out: the budget is spent).
+    Read,
+    /// Writes: only when the command provably never left the sidecar, since one that ran
+    /// and lost its answer would run twice (a create-only `PUT` or an `If-Match` write
+    /// would then answer a false 412, a `PATCH` would bump the version twice).
+    Write,
+}
+
+/// A connection-level failure (not an answer of the server).
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+/// Runs a command's future and tells whether it ever waited (returned `Pending`).
+///
+/// A multiplexed connection hands a command to its driver task over a channel and waits
+/// for the answer: the first poll queues the command and then waits. A command that
+/// failed on its first poll, before waiting at all, found the channel closed: the driver
+/// had already ended (its socket was closed by the server), so not a byte of it was
+/// written. That is what redis-rs reports as `broken pipe` for a connection found dead,
+/// and the one case where a write is retried.
+struct Attempt<T> {
+    result: redis::RedisResult<T>,
+    waited: bool,
+}
+
+async fn attempt<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Attempt<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut waited = false;
+    let result = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Pending => {
+            waited = true;
+            Poll::Pending
+        }
+        ready => ready,
+    })
+    .await;
+    Attempt { result, waited }
 }
 
 /// How often the Sentinels are asked whether the primary moved (besides every reconnect).
@@ -265,15 +336,9 @@ impl RedisPool {
             shared: Slots::new("shared", shared),
             waited: Slots::new("waited", waited),
             config,
+            generation: AtomicU64::new(0),
+            connect_failed: AtomicBool::new(false),
         }
-    }
-
-    async fn checkout(&self) -> StoreResult<Checkout<'_>> {
-        self.checkout_from(&self.shared).await
-    }
-
-    async fn checkout_waited(&self) -> StoreResult<Checkout<'_>> {
-        self.checkout_from(&self.waited).await
     }
 
     async fn checkout_from<'a>(&'a self, set: &'a Slots) -> StoreResult<Checkout<'a>> {
@@ -281,53 +346,97 @@ impl RedisPool {
         let in_flight = InFlight(set);
         let index = n % set.slots.len();
         let slot = &set.slots[index];
-        let cached = slot.conn.read().clone();
-        let conn = match cached {
-            Some(c) => c,
+        let current = self.generation.load(Ordering::Acquire);
+        let cached = slot.conn.read().clone().filter(|p| p.generation >= current);
+        let pooled = match cached {
+            Some(p) => p,
             None => self.connect(set.what, index, slot).await?,
         };
         Ok(Checkout {
             _in_flight: in_flight,
             pool: self,
             slot,
-            conn,
+            conn: pooled.conn,
+            generation: pooled.generation,
         })
     }
 
-    async fn connect(
-        &self,
-        what: &'static str,
-        index: usize,
-        s: &Slot,
-    ) -> StoreResult<MultiplexedConnection> {
+    async fn connect(&self, what: &'static str, index: usize, s: &Slot) -> StoreResult<Pooled> {
         let _one_at_a_time = s.connecting.lock().await;
-        if let Some(c) = s.conn.read().clone() {
-            return Ok(c);
+        let mut generation = self.generation.load(Ordering::Acquire);
+        if let Some(p) = s.conn.read().clone().filter(|p| p.generation >= generation) {
+            return Ok(p);
         }
         let conn = match &self.target {
             Target::Direct(client) => client
                 .get_multiplexed_async_connection_with_config(&self.config)
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}")))?,
+                .map_err(|e| StoreError::Unavailable(format!("connecting to Redis: {e}"))),
             Target::Sentinel(sentinels) => sentinels
                 .connect_primary(&self.config)
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("Redis Sentinel: {e}")))?,
+                .map_err(|e| StoreError::Unavailable(format!("Redis Sentinel: {e}"))),
         };
-        *s.conn.write() = Some(conn.clone());
-        tracing::info!(slot = index, set = what, "connected to Redis");
-        Ok(conn)
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                self.connect_failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        };
+        // Back after connects failed: whatever the other slots hold predates the outage.
+        if self.connect_failed.swap(false, Ordering::AcqRel) {
+            // The primary just found is the current one: keep it for the other slots.
+            generation = self.renew(None, false, "Redis reachable again after failed connects");
+        }
+        // A generation that changed meanwhile leaves this connection to this request only.
+        let p = Pooled { conn, generation };
+        *s.conn.write() = Some(p.clone());
+        tracing::info!(slot = index, set = what, generation, "connected to Redis");
+        Ok(p)
     }
 
-    /// Maps a Redis error, forgetting the connection when it is broken so the next use of
-    /// the slot reconnects.
-    fn fail(&self, slot: &Slot, e: RedisError) -> StoreError {
+    /// Starts a new generation, when `of` (the generation of a failed connection) is still
+    /// the current one or is `None`, and drops the connections of older ones. Returns the
+    /// current generation.
+    /// `forget`: also forget the Sentinels' answer, so the next connect asks them again.
+    fn renew(&self, of: Option<u64>, forget: bool, why: &str) -> u64 {
+        let now = match of {
+            None => self.generation.fetch_add(1, Ordering::AcqRel) + 1,
+            Some(g) => match self.generation.compare_exchange(
+                g,
+                g + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => g + 1,
+                // Already retired with its generation.
+                Err(current) => return current,
+            },
+        };
+        for set in [&self.shared, &self.waited] {
+            for slot in &set.slots {
+                let mut conn = slot.conn.write();
+                if conn.as_ref().is_some_and(|p| p.generation < now) {
+                    *conn = None;
+                }
+            }
+        }
+        if forget {
+            self.target.forget();
+        }
+        tracing::info!(
+            generation = now,
+            "{why}: every pooled Redis connection is replaced on its next use"
+        );
+        now
+    }
+
+    /// Maps a Redis error, retiring the connection when it is broken so the next checkout
+    /// reconnects: with every connection of its generation, unless it only timed out.
+    fn fail(&self, slot: &Slot, generation: u64, e: RedisError) -> StoreError {
         use redis::{ErrorKind, ServerErrorKind};
-        let connection_broken = e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error();
+        let connection_broken = broken(&e);
         // READONLY: a write reached a replica (a former primary). UNBLOCKED: a WAIT was cut
         // short because the primary turned replica. Both mean: find the primary again.
         let read_only = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly))
@@ -349,9 +458,24 @@ impl RedisPool {
                 | ErrorKind::AuthenticationFailed
         );
         if connection_broken || server_not_ready || read_only || no_replicas {
-            if connection_broken || read_only {
-                *slot.conn.write() = None;
+            if e.is_timeout() && !read_only {
+                // A slow answer says nothing of the other connections.
+                let mut conn = slot.conn.write();
+                if conn.as_ref().is_some_and(|p| p.generation == generation) {
+                    *conn = None;
+                }
+                drop(conn);
                 self.target.forget();
+            } else if connection_broken || read_only {
+                self.renew(
+                    Some(generation),
+                    true,
+                    if read_only {
+                        "a former Redis primary answered"
+                    } else {
+                        "a Redis connection broke"
+                    },
+                );
             }
             StoreError::Unavailable(format!("Redis: {e}"))
         } else {
@@ -359,14 +483,47 @@ impl RedisPool {
         }
     }
 
+    /// Checks out a connection and runs `op` on it; on a broken connection, once more on a
+    /// fresh one when `replay` allows. The checkout is returned for a `WAIT` on the same
+    /// connection.
+    async fn exec<'a, T, F, Fut>(
+        &'a self,
+        set: &'a Slots,
+        replay: Replay,
+        mut op: F,
+    ) -> StoreResult<(T, Checkout<'a>)>
+    where
+        F: FnMut(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let mut last_try = false;
+        loop {
+            let c = self.checkout_from(set).await?;
+            let Attempt { result, waited } = attempt(op(c.conn.clone())).await;
+            let e = match result {
+                Ok(v) => return Ok((v, c)),
+                Err(e) => e,
+            };
+            let again = !last_try
+                && broken(&e)
+                && match replay {
+                    Replay::Read => !e.is_timeout(),
+                    Replay::Write => !waited,
+                };
+            let message = e.to_string();
+            let err = c.fail(e);
+            if !again {
+                return Err(err);
+            }
+            tracing::debug!(error = %message, unsent = !waited,
+                "Redis connection found broken: running the command again on a fresh one");
+            last_try = true;
+        }
+    }
+
     /// Drops every connection (the next request of each slot reconnects).
     fn drop_all(&self) {
-        for set in [&self.shared, &self.waited] {
-            for slot in &set.slots {
-                *slot.conn.write() = None;
-            }
-        }
-        self.target.forget();
+        self.renew(None, true, "the Sentinels name another Redis primary");
     }
 
     /// With Sentinel: checks every [`PRIMARY_CHECK`] that the Sentinels still name the
@@ -401,7 +558,18 @@ impl RedisPool {
     }
 
     pub fn connected(&self) -> u64 {
-        let count = |set: &Slots| set.slots.iter().filter(|s| s.conn.read().is_some()).count();
+        let current = self.generation.load(Ordering::Acquire);
+        let count = |set: &Slots| {
+            set.slots
+                .iter()
+                .filter(|s| {
+                    s.conn
+                        .read()
+                        .as_ref()
+                        .is_some_and(|p| p.generation >= current)
+                })
+                .count()
+        };
         (count(&self.shared) + count(&self.waited)) as u64
     }
 }
@@ -483,11 +651,21 @@ impl RedisStore {
         }
     }
 
+    /// Runs a writing script (retried only when provably unsent).
     async fn run(&self, inv: redis::ScriptInvocation<'_>) -> StoreResult<Vec<Value>> {
-        let mut c = self.pool.checkout().await?;
-        inv.invoke_async::<Vec<Value>>(&mut c.conn)
+        self.run_on(&self.pool.shared, &inv).await.map(|(r, _)| r)
+    }
+
+    async fn run_on<'a>(
+        &'a self,
+        set: &'a Slots,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> StoreResult<(Vec<Value>, Checkout<'a>)> {
+        self.pool
+            .exec(set, Replay::Write, |mut conn| async move {
+                inv.invoke_async::<Vec<Value>>(&mut conn).await
+            })
             .await
-            .map_err(|e| c.fail(e))
     }
 
     /// Runs a script that ends or moves a session. With `min_replicas` > 0 it runs on a
@@ -504,11 +682,7 @@ impl RedisStore {
             return self.run(inv).await;
         }
         let start = Instant::now();
-        let mut c = self.pool.checkout_waited().await?;
-        let r = inv
-            .invoke_async::<Vec<Value>>(&mut c.conn)
-            .await
-            .map_err(|e| c.fail(e))?;
+        let (r, mut c) = self.run_on(&self.pool.waited, &inv).await?;
         if ok(&r) {
             self.wait_replicas(&mut c, start, self.timeout, ending)
                 .await?;
@@ -606,28 +780,30 @@ impl RedisStore {
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
-        let c = self.pool.checkout().await?;
-        let mut conn = c.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
+        self.pool
+            .exec(&self.pool.shared, Replay::Read, |mut conn| async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
             .await
             .map(|_| ())
-            .map_err(|e| c.fail(e))
     }
 
     pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
         let k = self.keys(sid);
         // Two plain commands in one round trip cost Redis less than a script. If the key
         // expires between them, HGETALL finds nothing and the session reads as missing.
-        let mut c = self.pool.checkout().await?;
-        let (ttl, v): (Value, Vec<Value>) = redis::pipe()
-            .cmd("PTTL")
+        let mut pipe = redis::pipe();
+        pipe.cmd("PTTL")
             .arg(&k.session)
             .cmd("HGETALL")
-            .arg(&k.session)
-            .query_async(&mut c.conn)
-            .await
-            .map_err(|e| c.fail(e))?;
+            .arg(&k.session);
+        let pipe = &pipe;
+        let ((ttl, v), _): ((Value, Vec<Value>), _) = self
+            .pool
+            .exec(&self.pool.shared, Replay::Read, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
         let ttl = int(&ttl)?;
         if ttl < 0 {
             return Ok(None);
@@ -818,21 +994,23 @@ impl RedisStore {
         let start = Instant::now();
         let tomb = millis(self.settings.tombstone_ttl);
         // Every script of the batch on one connection (pipelined, many in flight), so one
-        // WAIT after them covers them all.
-        let c = if self.min_replicas == 0 {
-            self.pool.checkout().await?
+        // WAIT after them covers them all. Retried only if the batch never waited: then no
+        // script of it was sent.
+        let set = if self.min_replicas == 0 {
+            &self.pool.shared
         } else {
-            self.pool.checkout_waited().await?
+            &self.pool.waited
         };
-        let calls: Vec<_> = ids
-            .iter()
-            .map(|id| self.delete_identifier(&c.conn, id.clone(), tomb))
-            .collect();
-        let counts: Vec<u64> = stream::iter(calls)
-            .buffer_unordered(32)
-            .try_collect()
-            .await
-            .map_err(|e| c.fail(e))?;
+        let (counts, c): (Vec<u64>, _) = self
+            .pool
+            .exec(set, Replay::Write, |conn| async move {
+                let calls: Vec<_> = ids
+                    .iter()
+                    .map(|id| self.delete_identifier(&conn, id.clone(), tomb))
+                    .collect();
+                stream::iter(calls).buffer_unordered(32).try_collect().await
+            })
+            .await?;
         if self.min_replicas > 0 {
             let mut c = c;
             // The HTTP layer sends at most 5,000 identifiers per call, each call within one
@@ -845,32 +1023,33 @@ impl RedisStore {
 
     pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
         const CHUNK: usize = 5_000;
-        let c = self.pool.checkout().await?;
-        let mut conn = c.conn.clone();
-        let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| c.fail(e))?;
-        let now_ms = secs * 1000 + micros / 1000;
-        let min = format!("({now_ms}");
-        let mut missing = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("ZCOUNT")
-                    .arg(format!("{}i", self.group_prefix(id.as_str())))
-                    .arg(&min)
-                    .arg("+inf");
-            }
-            let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(|e| c.fail(e))?;
-            missing.extend(
-                chunk
-                    .iter()
-                    .zip(counts)
-                    .filter(|(_, n)| *n == 0)
-                    .map(|(id, _)| id.clone()),
-            );
-        }
+        let (missing, _) = self
+            .pool
+            .exec(&self.pool.shared, Replay::Read, |mut conn| async move {
+                let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+                let now_ms = secs * 1000 + micros / 1000;
+                let min = format!("({now_ms}");
+                let mut missing = Vec::new();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut pipe = redis::pipe();
+                    for id in chunk {
+                        pipe.cmd("ZCOUNT")
+                            .arg(format!("{}i", self.group_prefix(id.as_str())))
+                            .arg(&min)
+                            .arg("+inf");
+                    }
+                    let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+                    missing.extend(
+                        chunk
+                            .iter()
+                            .zip(counts)
+                            .filter(|(_, n)| *n == 0)
+                            .map(|(id, _)| id.clone()),
+                    );
+                }
+                Ok(missing)
+            })
+            .await?;
         Ok(missing)
     }
 }
