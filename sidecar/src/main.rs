@@ -35,7 +35,6 @@ const CAPPED_TARGETS: &[&str] = &[
     "postgres_protocol",
     "deadpool_postgres",
     "redis",
-    "deadpool_redis",
     "hyper",
     "hyper_util",
     "axum",
