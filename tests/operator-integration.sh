@@ -21,19 +21,31 @@ cargo run -q -p odoo-session-operator --bin crdgen -- --check
 
 "$ROOT/tests/k8s/build-kubernetes.sh"
 
+# The chart's webhook configuration, rendered by Helm's engine for the ownership test (the
+# same venv as tests/chart/run.sh).
+VENV=${HELM_VENV:-/var/cache/odoo-ha-session/venv-helm}
+if ! "$VENV/bin/python" -c 'import helm_python, yaml' 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q helm-python-sdk==0.2.2 pyyaml
+fi
+export ODOO_HA_CHART_WEBHOOK=${TMPDIR:-/tmp}/odoo-ha-chart-webhook.$$.json
+"$VENV/bin/python" "$ROOT/tests/chart/render_webhook.py" "$ODOO_HA_CHART_WEBHOOK"
+
 # The harness's ports are fixed: on a shared machine another suite's cluster may hold them.
 # Wait for it instead of failing half-started.
-api_port_busy() { ss -Hltn 'sport = :16443' 2>/dev/null | grep -q .; }
+API_PORT=${ODOO_HA_K8S_API_PORT:-16443}
+api_port_busy() { ss -Hltn "sport = :$API_PORT" 2>/dev/null | grep -q .; }
 waited=0
 while api_port_busy; do
-    ((waited % 60 == 0)) && log "another test cluster holds port 16443; waiting (${waited}s)"
-    ((waited >= ${CLUSTER_WAIT_SECONDS:-1800})) && { log "gave up waiting for port 16443"; exit 1; }
+    ((waited % 60 == 0)) && log "another test cluster holds port $API_PORT; waiting (${waited}s)"
+    ((waited >= ${CLUSTER_WAIT_SECONDS:-1800})) && { log "gave up waiting for port $API_PORT"; exit 1; }
     sleep 5
     waited=$((waited + 5))
 done
 
 cleanup() {
     local rc=$?
+    rm -f "$ODOO_HA_CHART_WEBHOOK"
     if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
         log "cluster left running: export KUBECONFIG=$ODOO_HA_K8S_STATE/kubeconfig"
     else

@@ -35,6 +35,17 @@ enum CertMode {
     Files,
 }
 
+/// What the operator writes of its MutatingWebhookConfiguration (one writer per field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WebhookConfigMode {
+    /// The chart owns the configuration; the operator server-side applies only its
+    /// webhook's `clientConfig.caBundle` (cert mode `generate`, or a `ca.crt` in --cert-dir).
+    CaBundle,
+    /// The operator applies the whole configuration from its flags (run without the chart,
+    /// e.g. outside the cluster with --webhook-url).
+    Full,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Json,
@@ -63,16 +74,25 @@ struct Args {
     /// Do not run the controller (webhook only).
     #[arg(long, env = "DISABLE_CONTROLLER")]
     disable_controller: bool,
-    /// Name of the MutatingWebhookConfiguration the operator applies.
+    /// Name of the MutatingWebhookConfiguration the operator patches (or applies).
     #[arg(
         long,
         env = "WEBHOOK_CONFIG_NAME",
         default_value = "odoo-session-operator"
     )]
     webhook_config_name: String,
-    /// Do not apply the MutatingWebhookConfiguration (it is managed elsewhere).
+    /// Write nothing of the MutatingWebhookConfiguration (cert-manager fills its caBundle).
     #[arg(long, env = "UNMANAGED_WEBHOOK_CONFIG")]
     unmanaged_webhook_config: bool,
+    /// What the operator writes of the MutatingWebhookConfiguration: `ca-bundle` (the chart
+    /// owns the rest) or `full` (no chart; the failure policy and timeout flags apply).
+    #[arg(
+        long,
+        env = "WEBHOOK_CONFIG_MODE",
+        value_enum,
+        default_value = "ca-bundle"
+    )]
+    webhook_config_mode: WebhookConfigMode,
     /// Service in front of the webhook (in --namespace).
     #[arg(long, env = "WEBHOOK_SERVICE", default_value = "odoo-session-operator")]
     webhook_service: String,
@@ -82,11 +102,11 @@ struct Args {
     /// Use this URL instead of the Service (operator run outside the cluster).
     #[arg(long, env = "WEBHOOK_URL")]
     webhook_url: Option<String>,
-    /// failurePolicy of the webhook: Ignore (Pods start without the sidecar if the webhook is
-    /// down; the operator reports them) or Fail.
+    /// failurePolicy of the webhook (mode `full` only): Ignore (Pods start without the sidecar
+    /// if the webhook is down; the operator reports them) or Fail.
     #[arg(long, env = "WEBHOOK_FAILURE_POLICY", default_value = "Ignore", value_parser = ["Ignore", "Fail"])]
     webhook_failure_policy: String,
-    /// timeoutSeconds of the webhook (1 to 10).
+    /// timeoutSeconds of the webhook (mode `full` only; 1 to 10).
     #[arg(long, env = "WEBHOOK_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=10))]
     webhook_timeout_seconds: i32,
     /// Where the serving certificate comes from.
@@ -210,11 +230,20 @@ async fn load_certs(args: &Args, client: &Client) -> Result<(String, String, Opt
     }
 }
 
+/// Writes this operator's share of the webhook configuration (see `WebhookConfigMode`).
 async fn apply_webhook_config(
     args: &Args,
     client: &Client,
     ca_bundle: Option<String>,
 ) -> Result<()> {
+    if args.webhook_config_mode == WebhookConfigMode::CaBundle {
+        let Some(ca) = ca_bundle else {
+            return Ok(());
+        };
+        config::patch_ca_bundle(client, &args.webhook_config_name, &ca).await?;
+        tracing::debug!(name = %args.webhook_config_name, "applied the caBundle of the MutatingWebhookConfiguration");
+        return Ok(());
+    }
     let params = config::Params {
         name: args.webhook_config_name.clone(),
         target: match &args.webhook_url {
@@ -243,17 +272,16 @@ async fn apply_webhook_config(
 }
 
 /// Picks up renewed certificates (our own renewal, another replica's, or cert-manager's)
-/// without a restart, and keeps the caBundle in step.
+/// without a restart, and keeps the caBundle in step: re-applied every minute even when
+/// unchanged (a no-op for the API server), so a configuration re-created by the chart
+/// (`helm upgrade --force`, a reinstall) or not there yet at start gets it back.
 async fn refresh_certs(
     args: Arc<Args>,
     client: Client,
     cert: Arc<certs::ReloadableCert>,
     mut applied_ca: Option<String>,
 ) {
-    let period = match args.cert_mode {
-        CertMode::Generate => Duration::from_secs(600),
-        CertMode::Files => Duration::from_secs(60),
-    };
+    let period = Duration::from_secs(60);
     loop {
         tokio::time::sleep(period).await;
         let (crt, key, ca) = match load_certs(&args, &client).await {
@@ -263,9 +291,15 @@ async fn refresh_certs(
                 continue;
             }
         };
-        if !args.unmanaged_webhook_config && ca.is_some() && ca != applied_ca {
+        let reapply = args.webhook_config_mode == WebhookConfigMode::CaBundle;
+        if !args.unmanaged_webhook_config && ca.is_some() && (reapply || ca != applied_ca) {
             match apply_webhook_config(&args, &client, ca.clone()).await {
-                Ok(()) => applied_ca = ca,
+                Ok(()) => {
+                    if ca != applied_ca {
+                        info!(name = %args.webhook_config_name, "caBundle of the webhook configuration updated");
+                    }
+                    applied_ca = ca
+                }
                 Err(e) => warn!(error = %e, "could not update the caBundle"),
             }
         }
@@ -348,10 +382,33 @@ async fn run(args: Args) -> Result<()> {
         });
         let listener = server::bind(args.webhook_listen).await?;
         tokio::spawn(server::serve_tls(listener, tls, server::router(state)));
+        let mut applied_ca = None;
         if !args.unmanaged_webhook_config {
-            apply_webhook_config(&args, &client, ca_bundle.clone()).await?;
+            // The chart creates the configuration in the same release as this Deployment: it
+            // may land a moment after the operator starts. The refresh loop keeps trying.
+            for attempt in 1..=10 {
+                match apply_webhook_config(&args, &client, ca_bundle.clone()).await {
+                    Ok(()) => {
+                        info!(name = %args.webhook_config_name, mode = ?args.webhook_config_mode, "wrote the webhook configuration");
+                        applied_ca = ca_bundle.clone();
+                        break;
+                    }
+                    Err(e) if attempt < 10 => {
+                        warn!(error = %e, attempt, "cannot write the webhook configuration yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot write the webhook configuration; retrying every minute")
+                    }
+                }
+            }
         }
-        tokio::spawn(refresh_certs(args.clone(), client.clone(), cert, ca_bundle));
+        tokio::spawn(refresh_certs(
+            args.clone(),
+            client.clone(),
+            cert,
+            applied_ca,
+        ));
         // Pods created before the cache filled would be looked up one by one: wait for it.
         if tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready())
             .await

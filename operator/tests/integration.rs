@@ -1136,3 +1136,162 @@ async fn redis_with_sentinel_objects_injection_bounds_and_going_to_one_replica_a
     })
     .await;
 }
+
+/// Deletes the ownership test's configuration however the test ends (a leftover with
+/// `failurePolicy: Fail` would refuse the next tests' Pods).
+struct DeleteWebhookConfig(String);
+
+impl Drop for DeleteWebhookConfig {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration",
+            &self.0,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Fields (managedFields `fieldsV1`, as JSON text) a manager owns on an object.
+fn owned_fields(meta: &kube::api::ObjectMeta, manager: &str, operation: &str) -> String {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some(operation)
+        })
+        .map(|m| serde_json::to_string(&m.fields_v1).expect("json"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn chart_upgrade_and_operator_ca_bundle_do_not_conflict() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use odoo_session_operator::crd::MANAGER;
+    use odoo_session_operator::webhook::config;
+
+    let client = client().await;
+    let path = std::env::var("ODOO_HA_CHART_WEBHOOK")
+        .expect("ODOO_HA_CHART_WEBHOOK: the chart-rendered configurations (tests/operator-integration.sh renders them)");
+    let rendered: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("rendered file")).expect("json");
+    let (install, upgrade) = (&rendered["install"], &rendered["upgrade"]);
+    let name = install["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let _cleanup = DeleteWebhookConfig(name.clone());
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+    eventually("no leftover configuration", 30, || async {
+        api.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // Helm 4 (helm-python-sdk's too) installs and upgrades with server-side apply, field
+    // manager `helm`, without forcing conflicts.
+    let helm = PatchParams::apply("helm");
+    api.patch(&name, &helm, &Patch::Apply(install))
+        .await
+        .expect("helm install");
+
+    // A release made before this change: the operator applied the whole object, forced.
+    let old = config::Params {
+        name: name.clone(),
+        target: config::Target::Service {
+            namespace: install["webhooks"][0]["clientConfig"]["service"]["namespace"]
+                .as_str()
+                .expect("ns")
+                .into(),
+            name: install["webhooks"][0]["clientConfig"]["service"]["name"]
+                .as_str()
+                .expect("svc")
+                .into(),
+            port: 443,
+        },
+        ca_bundle: Some("-----OLD CA-----\n".into()),
+        failure_policy: "Ignore".into(),
+        operator_namespace: "it-ownership-system".into(),
+        cert_manager_certificate: None,
+        timeout_seconds: 5,
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&config::build(&old)),
+    )
+    .await
+    .expect("the former whole-object apply");
+    // That is the reported failure: Helm's upgrade conflicts with the operator's manager.
+    let dry = PatchParams {
+        dry_run: true,
+        ..PatchParams::apply("helm")
+    };
+    match api.patch(&name, &dry, &Patch::Apply(upgrade)).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            assert!(s.message.contains(MANAGER), "{}", s.message)
+        }
+        other => panic!("expected the old conflict, got {other:?}"),
+    }
+
+    // This operator: only the caBundle, with the library call main.rs makes.
+    let ca = "-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n";
+    config::patch_ca_bundle(&client, &name, ca)
+        .await
+        .expect("caBundle applied");
+    let live = api.get(&name).await.expect("configuration");
+    let mine = owned_fields(&live.metadata, MANAGER, "Apply");
+    assert!(mine.contains("f:caBundle"), "{mine}");
+    for field in [
+        "f:failurePolicy",
+        "f:timeoutSeconds",
+        "f:rules",
+        "f:namespaceSelector",
+        "f:labels",
+    ] {
+        assert!(
+            !mine.contains(field),
+            "the operator still owns {field}: {mine}"
+        );
+    }
+
+    // `helm upgrade` with a changed failurePolicy and timeout: no conflict.
+    api.patch(&name, &helm, &Patch::Apply(upgrade))
+        .await
+        .expect("helm upgrade applies without a conflict");
+    let check = |live: &MutatingWebhookConfiguration, policy: &str, timeout: i32| {
+        let w = &live.webhooks.as_ref().expect("webhooks")[0];
+        assert_eq!(live.webhooks.as_ref().map(Vec::len), Some(1));
+        assert_eq!(w.failure_policy.as_deref(), Some(policy));
+        assert_eq!(w.timeout_seconds, Some(timeout));
+        assert_eq!(
+            w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+            Some(ca.as_bytes().to_vec()),
+            "caBundle kept"
+        );
+        assert!(w.client_config.service.is_some());
+    };
+    check(&api.get(&name).await.expect("after upgrade"), "Fail", 9);
+
+    // The operator's next periodic apply changes nothing the chart set.
+    config::patch_ca_bundle(&client, &name, ca)
+        .await
+        .expect("caBundle re-applied");
+    check(&api.get(&name).await.expect("after re-apply"), "Fail", 9);
+
+    // Helm 3 (client-side three-way merge: only what differs between the two manifests) and
+    // a plain update by another client keep the caBundle too.
+    api.patch(
+        &name,
+        &PatchParams {
+            field_manager: Some("helm".into()),
+            ..PatchParams::default()
+        },
+        &Patch::Strategic(json!({"webhooks": [{"name": config::WEBHOOK_NAME, "failurePolicy": "Ignore", "timeoutSeconds": 5}]})),
+    )
+    .await
+    .expect("three-way merge patch");
+    check(&api.get(&name).await.expect("after merge"), "Ignore", 5);
+}

@@ -3,8 +3,11 @@ the rendered manifests: least-privilege RBAC matching the operator's calls, hard
 Pods, a narrowly scoped webhook, CRDs identical to crds/, and a schema that rejects bad
 values."""
 
+import json
 import pathlib
 import re
+import shutil
+import subprocess
 
 import helm_python as helm
 import pytest
@@ -98,13 +101,17 @@ def test_deployment_wiring(default_docs):
     env = {e["name"]: e.get("value") for e in c["env"]}
     svc = one(default_docs, "Service")
     mwc = one(default_docs, "MutatingWebhookConfiguration")
-    # The operator applies a configuration with the same name and Service as the chart's.
+    # The operator patches the caBundle of the chart's configuration, and its certificate
+    # names the Service the configuration calls.
     assert env["WEBHOOK_CONFIG_NAME"] == mwc["metadata"]["name"]
+    assert env["WEBHOOK_CONFIG_MODE"] == "ca-bundle"
     assert env["WEBHOOK_SERVICE"] == svc["metadata"]["name"]
     assert env["WEBHOOK_SERVICE"] == mwc["webhooks"][0]["clientConfig"]["service"]["name"]
     assert int(env["WEBHOOK_SERVICE_PORT"]) == mwc["webhooks"][0]["clientConfig"]["service"]["port"]
-    assert env["WEBHOOK_FAILURE_POLICY"] == mwc["webhooks"][0]["failurePolicy"]
-    assert int(env["WEBHOOK_TIMEOUT_SECONDS"]) == mwc["webhooks"][0]["timeoutSeconds"]
+    # The chart alone owns the shape: a changed failurePolicy or timeout is no operator
+    # setting (and rolls no operator Pod).
+    assert "WEBHOOK_FAILURE_POLICY" not in env
+    assert "WEBHOOK_TIMEOUT_SECONDS" not in env
     assert env["CERT_MODE"] == "generate"
     assert "DISABLE_LEADER_ELECTION" not in env
     assert env["LEASE_NAME"]
@@ -342,7 +349,8 @@ def test_service_monitor_network_policy_and_images():
     assert env["DEFAULT_REDIS_IMAGE"] == "localhost/redis:7"
     w = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
     assert w["failurePolicy"] == "Fail" and w["timeoutSeconds"] == 3
-    assert env["WEBHOOK_FAILURE_POLICY"] == "Fail" and env["WEBHOOK_TIMEOUT_SECONDS"] == "3"
+    # Only the chart's configuration carries them (one writer); the operator is not told.
+    assert "WEBHOOK_FAILURE_POLICY" not in env and "WEBHOOK_TIMEOUT_SECONDS" not in env
 
 
 def test_network_policy_off_and_metrics_closed_by_default(default_docs):
@@ -492,9 +500,9 @@ def test_every_schema_property_is_described():
     assert not missing, missing
 
 
-def test_webhook_matches_the_configuration_the_operator_applies(default_docs):
-    """The operator re-applies its own MutatingWebhookConfiguration (webhook/config.rs) over
-    the chart's in generate mode: the two must agree, or they would fight at each start."""
+def test_webhook_matches_what_the_operator_reads(default_docs):
+    """The operator's constants (path served, labels read) are the ones the chart's
+    configuration uses."""
     src = (ROOT / "operator" / "src" / "webhook" / "config.rs").read_text()
     crd = (ROOT / "operator" / "src" / "crd.rs").read_text()
 
@@ -508,14 +516,97 @@ def test_webhook_matches_the_configuration_the_operator_applies(default_docs):
     assert w["objectSelector"]["matchExpressions"][0]["key"] == const(crd, "STORE_LABEL")
     keys = [e["key"] for e in w["namespaceSelector"]["matchExpressions"]]
     assert const(src, "NAMESPACE_OPT_OUT_LABEL") in keys
-    assert f'name: "{w["name"]}".into()' in src
-    for field, value in (
-        ("reinvocation_policy", w["reinvocationPolicy"]),
-        ("match_policy", w["matchPolicy"]),
-    ):
-        assert re.search(rf'{field}: Some\("{value}"\.into\(\)\)', src), f"{field} differs from the operator's"
-    assert 'side_effects: "None".into()' in src
-    assert 'operations: Some(vec!["CREATE".into()])' in src
+    assert w["name"] == const(src, "WEBHOOK_NAME")
+
+
+# -- one writer per field ------------------------------------------------------
+
+
+def field_paths(obj, at=""):
+    """Leaf paths of a manifest as server-side apply tracks them: list items of `webhooks`
+    by their `name` key (an associative list), other lists whole (atomic)."""
+    paths = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            paths |= field_paths(v, f"{at}.{k}")
+    elif isinstance(obj, list) and obj and all(isinstance(i, dict) and "name" in i for i in obj):
+        for item in obj:
+            paths |= field_paths(item, f"{at}[name={item['name']}]")
+    else:
+        paths.add(at)
+    return paths
+
+
+# Identity fields every applier names: the object's kind and name and the list item's key.
+# Server-side apply shares their ownership and never reports a conflict on them.
+IDENTITY = {".apiVersion", ".kind", ".metadata.name"}
+
+
+def operator_webhook_patch(name):
+    """What the operator applies, printed by the operator's own builder (bin webhookgen)."""
+    cargo = shutil.which("cargo")
+    if not cargo:
+        pytest.skip("cargo not installed: cannot print the operator's webhook patch")
+    out = subprocess.run(
+        [cargo, "run", "-q", "-p", "odoo-session-operator", "--bin", "webhookgen", "--", name],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 10, "servicePort": 8443}},
+        {"fullnameOverride": "other", "webhook": {"certManager": {"enabled": True}}},
+    ],
+)
+def test_operator_and_chart_write_disjoint_webhook_fields(values):
+    """The chart owns the configuration's shape, the operator only its caBundle: no field of
+    the operator's server-side apply is one the chart renders, so neither `helm upgrade`
+    (server-side apply as manager `helm`, or the three-way merge) nor the operator's apply
+    can conflict with or undo the other."""
+    docs = render(values)
+    mwc = one(docs, "MutatingWebhookConfiguration")
+    env = {
+        e["name"]: e.get("value") for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    patch = operator_webhook_patch(mwc["metadata"]["name"])
+    chart_fields = field_paths(mwc)
+    operator_fields = field_paths(patch)
+    keys = {f"{p.split('].')[0]}].name" for p in operator_fields if "[name=" in p}
+    assert (operator_fields - IDENTITY - keys) == {".webhooks[name=sidecar.odoo-ha.io].clientConfig.caBundle"}
+    assert (operator_fields - IDENTITY - keys) & chart_fields == set()
+    # The webhook the operator names exists in the chart's (else its apply would add a
+    # second, invalid webhook), and the object is the one the Deployment is told about.
+    assert keys <= chart_fields
+    assert patch["metadata"]["name"] == env["WEBHOOK_CONFIG_NAME"]
+    assert not any("caBundle" in p for p in chart_fields), "the chart must not render caBundle"
+    if values.get("webhook", {}).get("certManager", {}).get("enabled"):
+        # cert-manager's injector writes the caBundle: the operator writes nothing.
+        assert env["UNMANAGED_WEBHOOK_CONFIG"] == "true"
+        assert "WEBHOOK_CONFIG_MODE" not in env
+    else:
+        assert env["WEBHOOK_CONFIG_MODE"] == "ca-bundle"
+        assert "UNMANAGED_WEBHOOK_CONFIG" not in env
+
+
+def test_operator_never_writes_a_crd():
+    """The CRD's one writer is the chart's crds/ (Helm installs it once; upgrades are
+    `kubectl apply --server-side -f crds/`): the operator only reads CloudNativePG's, and
+    RBAC gives it `get` on that one name."""
+    for path in (ROOT / "operator" / "src").rglob("*.rs"):
+        text = path.read_text()
+        if "Api<CustomResourceDefinition>" not in text:
+            continue
+        assert path.name == "dereference.rs", path
+        assert not re.search(r"crds\s*\.\s*(patch|create|replace|delete)", text), path
+    cluster = rules_table(one(render(), "ClusterRole"))
+    assert cluster[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get"}
 
 
 @pytest.mark.parametrize(

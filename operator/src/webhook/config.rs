@@ -1,4 +1,11 @@
-//! The MutatingWebhookConfiguration the operator applies for itself.
+//! The MutatingWebhookConfiguration: who writes which field.
+//!
+//! One writer per field. Under the chart (`--webhook-config-mode ca-bundle`, the default) the
+//! chart owns the object and its shape (rules, selectors, failurePolicy, timeouts); the
+//! operator only server-side applies `webhooks[name=sidecar.odoo-ha.io].clientConfig.caBundle`
+//! ([`ca_bundle_patch`]) with its field manager, a field the chart never renders. Without the
+//! chart (`full`: the operator run outside the cluster, tests) the operator applies the
+//! whole object ([`build`]). With cert-manager the operator writes nothing.
 
 use std::collections::BTreeMap;
 
@@ -10,13 +17,52 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use serde_json::{json, Value};
 
-use crate::crd::STORE_LABEL;
+use crate::crd::{MANAGER, STORE_LABEL};
+use crate::error::Result;
 
 /// Path the webhook serves.
 pub const MUTATE_PATH: &str = "/mutate-pods";
 /// Namespace label that turns injection off for a whole namespace.
 pub const NAMESPACE_OPT_OUT_LABEL: &str = "odoo-ha.io/injection";
+/// Name of the one webhook in the configuration (the key of the `webhooks` list).
+pub const WEBHOOK_NAME: &str = "sidecar.odoo-ha.io";
+
+/// The only fields the operator applies to the chart's configuration: its identity (kind,
+/// name, the webhook's list key) and the caBundle. Nothing the chart renders, so Helm's
+/// server-side apply (manager `helm`, no force) and its three-way merge never meet the
+/// operator's manager on a field (tests/chart/test_chart.py checks this against the
+/// rendered chart through `webhookgen`).
+pub fn ca_bundle_patch(config_name: &str, ca_pem: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config_name},
+        "webhooks": [{
+            "name": WEBHOOK_NAME,
+            "clientConfig": {"caBundle": ByteString(ca_pem.as_bytes().to_vec())},
+        }],
+    })
+}
+
+/// Server-side applies [`ca_bundle_patch`] with the operator's field manager. The same
+/// manager name as the earlier whole-object apply, on purpose: applying the smaller set
+/// releases every other field it used to own (the chart's manager co-owns them, so they
+/// stay), which is what lets a later `helm upgrade` change them without a conflict.
+/// The object must exist (the chart creates it): a missing one fails (no `create` right).
+pub async fn patch_ca_bundle(client: &Client, config_name: &str, ca_pem: &str) -> Result<()> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.patch(
+        config_name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&ca_bundle_patch(config_name, ca_pem)),
+    )
+    .await?;
+    Ok(())
+}
 
 /// Where the API server sends admission requests.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,7 +130,7 @@ pub fn build(p: &Params) -> MutatingWebhookConfiguration {
             ..ObjectMeta::default()
         },
         webhooks: Some(vec![MutatingWebhook {
-            name: "sidecar.odoo-ha.io".into(),
+            name: WEBHOOK_NAME.into(),
             admission_review_versions: vec!["v1".into()],
             client_config,
             failure_policy: Some(p.failure_policy.clone()),
@@ -132,6 +178,44 @@ pub fn build(p: &Params) -> MutatingWebhookConfiguration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Leaf paths of a JSON object, list items named by their `name` key.
+    fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, v)| leaves(v, format!("{at}.{k}"), out)),
+            Value::Array(items) => items.iter().for_each(|i| {
+                let key = i["name"].as_str().unwrap_or("?");
+                leaves(i, format!("{at}[name={key}]"), out)
+            }),
+            _ => out.push(at),
+        }
+    }
+
+    #[test]
+    fn ca_bundle_patch_sets_only_the_ca_bundle() {
+        let v = ca_bundle_patch("ohs-odoo-ha-session", "PEM\n");
+        let mut got = Vec::new();
+        leaves(&v, String::new(), &mut got);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ".apiVersion",
+                ".kind",
+                ".metadata.name",
+                ".webhooks[name=sidecar.odoo-ha.io].clientConfig.caBundle",
+                ".webhooks[name=sidecar.odoo-ha.io].name",
+            ]
+        );
+        // caBundle is base64 of the PEM, as the API expects.
+        assert_eq!(v["webhooks"][0]["clientConfig"]["caBundle"], "UEVNCg==");
+        assert_eq!(
+            v["webhooks"][0]["name"],
+            build(&params()).webhooks.unwrap()[0].name
+        );
+    }
 
     fn params() -> Params {
         Params {

@@ -139,6 +139,8 @@ pub async fn start_named_operator(
             "--webhook-url",
             &format!("https://127.0.0.1:{webhook_port}/mutate-pods"),
         ])
+        // No chart here: the operator owns the whole configuration.
+        .args(["--webhook-config-mode", "full"])
         .args([
             "--default-sidecar-image",
             "localhost/odoo-session-sidecar:test",
