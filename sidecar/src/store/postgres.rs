@@ -18,14 +18,6 @@ use crate::model::{
 };
 
 const SCHEMA_VERSION: i32 = 1;
-
-/// A condition that is always true and, when evaluated, makes the statement's own implicit
-/// transaction commit without waiting for the WAL flush (`SET LOCAL synchronous_commit =
-/// off`, statement-level: no extra round trip). Only writes that change data carry it
-/// (puts and patches); writes that end a session (delete, rotation, identifier revoke)
-/// keep the connection's setting, durable by default. It sits in the condition that
-/// selects the row to write, so any row written has evaluated it first.
-const DATA_ONLY_COMMIT: &str = "set_config('synchronous_commit', 'off', true) IS NOT NULL";
 const GC_BATCH: i64 = 1000;
 
 #[derive(Debug, Clone)]
@@ -76,7 +68,7 @@ impl Sql {
             ),
             put_create: format!(
                 "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
-                 SELECT $1, $2, $3, 1, ($4::text)::jsonb, {e} WHERE {DATA_ONLY_COMMIT} \
+                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
                  data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE s.expires_at <= now() RETURNING version",
@@ -84,7 +76,7 @@ impl Sql {
             ),
             put_any: format!(
                 "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
-                 SELECT $1, $2, $3, 1, ($4::text)::jsonb, {e} WHERE {DATA_ONLY_COMMIT} \
+                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, \
                  version = CASE WHEN s.data IS NULL OR s.expires_at <= now() THEN 1 ELSE s.version + 1 END, \
                  data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
@@ -95,7 +87,7 @@ impl Sql {
                 "UPDATE {t} SET version = version + 1, data = ($3::text)::jsonb, expires_at = {e}, \
                  next_sid = NULL \
                  WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
-                 AND version = $5 AND {DATA_ONLY_COMMIT} RETURNING version",
+                 AND version = $5 RETURNING version",
                 e = ttl("$4")
             ),
             // One statement: lock the live row, compute the result and its key count, write
@@ -116,7 +108,7 @@ impl Sql {
                  upd AS (UPDATE {t} s SET data = n.new, \
                  version = s.version + CASE WHEN n.changed THEN 1 ELSE 0 END, expires_at = {e} \
                  FROM n WHERE s.ns = $1 AND s.sid = $2 AND n.keys <= {MAX_SESSION_KEYS} \
-                 AND (SELECT keys FROM bad) IS NULL AND {DATA_ONLY_COMMIT} RETURNING s.version) \
+                 AND (SELECT keys FROM bad) IS NULL RETURNING s.version) \
                  SELECT (SELECT version FROM upd), (SELECT keys FROM n), (SELECT keys FROM bad), \
                  (SELECT version FROM cur)",
                 e = ttl("$5"),
