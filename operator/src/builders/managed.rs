@@ -51,6 +51,33 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The Pod security context of every backend Pod (single instance and Redis with Sentinel).
+pub(super) fn backend_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(BACKEND_UID),
+        run_as_group: Some(BACKEND_UID),
+        fs_group: Some(BACKEND_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The claims' retention policy, on clusters that support it (>= 1.27: they remove the
+/// claims themselves; older ones rely on our finalizer). Scaling down keeps the claims.
+pub(super) fn claim_retention(
+    supported: bool,
+    when_deleted: &str,
+) -> Option<StatefulSetPersistentVolumeClaimRetentionPolicy> {
+    supported.then(|| StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(when_deleted.into()),
+        when_scaled: Some("Retain".into()),
+    })
+}
+
 pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
     let all_labels = labels(&store.name, shape.app, "session-backend");
     // Network policies admit clients by this label, so the backend Pods must not carry it.
@@ -86,13 +113,10 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
                 match_labels: Some(selector_labels(&store.name, shape.app)),
                 match_expressions: None,
             },
-            // Clusters >= 1.27 remove the claims themselves; older ones rely on our finalizer.
-            persistent_volume_claim_retention_policy: shape.pvc_retention_policy.then(|| {
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some(retention.into()),
-                    when_scaled: Some("Retain".into()),
-                }
-            }),
+            persistent_volume_claim_retention_policy: claim_retention(
+                shape.pvc_retention_policy,
+                retention,
+            ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(all_labels.clone()),
@@ -101,17 +125,7 @@ pub fn statefulset(store: &ValidStore, shape: &Shape<'_>) -> StatefulSet {
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(BACKEND_UID),
-                        run_as_group: Some(BACKEND_UID),
-                        fs_group: Some(BACKEND_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(backend_pod_security()),
                     containers: vec![Container {
                         name: shape.app.into(),
                         image: Some(shape.image.clone()),

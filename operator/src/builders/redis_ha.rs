@@ -11,16 +11,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
-};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::Lifecycle;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -29,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::connection::{
     headless_name, managed_names, redis_pod_hosts, REDIS_PORT, SENTINEL_MASTER, SENTINEL_PORT,
 };
-use super::managed::BACKEND_UID;
+use super::managed::{backend_pod_security, claim_retention, BACKEND_UID};
 use super::secret::PASSWORD_KEY;
 use super::{hardened_security_context, labels, selector_labels, Defaults, ValidStore};
 use crate::crd::{ManagedBackend, PvcRetention};
@@ -495,12 +493,10 @@ pub fn build(
                 match_labels: Some(selector.clone()),
                 match_expressions: None,
             },
-            persistent_volume_claim_retention_policy: defaults.pvc_retention_policy().then(|| {
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some(retention.into()),
-                    when_scaled: Some("Retain".into()),
-                }
-            }),
+            persistent_volume_claim_retention_policy: claim_retention(
+                defaults.pvc_retention_policy(),
+                retention,
+            ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(all_labels.clone()),
@@ -510,17 +506,7 @@ pub fn build(
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(BACKEND_UID),
-                        run_as_group: Some(BACKEND_UID),
-                        fs_group: Some(BACKEND_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(backend_pod_security()),
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {
                             preferred_during_scheduling_ignored_during_execution: Some(vec![
