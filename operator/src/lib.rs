@@ -7,6 +7,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod watch;
 pub mod webhook;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use clap::{Parser, ValueEnum};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, Patch};
 use kube::runtime::events::{Recorder, Reporter};
@@ -24,6 +24,7 @@ use odoo_session_operator::crd::OdooSessionStore;
 use odoo_session_operator::leader::Elector;
 use odoo_session_operator::metrics::Metrics;
 use odoo_session_operator::reconcile::{self, apply::ssa, Context};
+use odoo_session_operator::watch::{self, Scope};
 use odoo_session_operator::webhook::{certs, config, server};
 use odoo_session_operator::{Error, Result};
 
@@ -59,6 +60,14 @@ struct Args {
     /// Namespace the operator runs in (TLS Secret, Lease).
     #[arg(long, env = "POD_NAMESPACE", default_value = "odoo-ha-system")]
     namespace: String,
+    /// Namespaces whose stores the operator reconciles, comma-separated (namespaced
+    /// install: it then needs Roles there only). Empty: every namespace.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Seconds the webhook keeps serving after SIGTERM (readiness already failing), so the
+    /// API server's calls in flight and those routed before the endpoint drops are answered.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
+    shutdown_drain_seconds: u64,
     /// This replica's identity in leader election.
     #[arg(long, env = "POD_NAME", default_value = "odoo-session-operator")]
     pod_name: String,
@@ -313,8 +322,34 @@ async fn refresh_certs(
     }
 }
 
+/// SIGTERM (the kubelet stopping the Pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 async fn run(args: Args) -> Result<()> {
     let args = Arc::new(args);
+    let scope = Scope::parse(&args.watch_namespaces)?;
+    match &scope {
+        Scope::Cluster => info!("watching stores in every namespace"),
+        Scope::Namespaces(list) => {
+            info!(namespaces = ?list, "watching stores in these namespaces only")
+        }
+    }
     let client = Client::try_default().await?;
     let server_version = match client.apiserver_version().await {
         Ok(info) => sidecar::parse_version(&info.major, &info.minor),
@@ -353,30 +388,36 @@ async fn run(args: Args) -> Result<()> {
     });
 
     if !args.disable_webhook {
-        let (reader, writer) = reflector::store::<OdooSessionStore>();
-        let stream = reflector(
-            writer,
-            watcher(
-                Api::<OdooSessionStore>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            ),
-        )
-        .default_backoff()
-        .touched_objects();
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    warn!(error = %e, "store watch error");
+        // One cache per watched namespace: a namespaced operator may not list cluster-wide.
+        let mut readers = Vec::new();
+        for namespace in scope.targets() {
+            let (reader, writer) = reflector::store::<OdooSessionStore>();
+            let stream = reflector(
+                writer,
+                watcher(
+                    watch::api::<OdooSessionStore>(&client, namespace),
+                    watcher::Config::default().any_semantic(),
+                ),
+            )
+            .default_backoff()
+            .touched_objects();
+            let ns = namespace.unwrap_or("*").to_string();
+            tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(item) = stream.next().await {
+                    if let Err(e) = item {
+                        warn!(error = %e, namespace = %ns, "store watch error");
+                    }
                 }
-            }
-        });
+            });
+            readers.push(reader);
+        }
         let (crt, key, ca_bundle) = load_certs(&args, &client).await?;
         let cert = certs::ReloadableCert::new(&crt, &key)?;
         let tls = certs::server_config(cert.clone())?;
         let state = Arc::new(server::WebhookState {
             client: client.clone(),
-            stores: reader.clone(),
+            stores: readers.clone(),
             defaults: defaults.clone(),
             metrics: metrics.clone(),
         });
@@ -410,7 +451,8 @@ async fn run(args: Args) -> Result<()> {
             applied_ca,
         ));
         // Pods created before the cache filled would be looked up one by one: wait for it.
-        if tokio::time::timeout(Duration::from_secs(30), reader.wait_until_ready())
+        let filled = futures::future::join_all(readers.iter().map(|r| r.wait_until_ready()));
+        if tokio::time::timeout(Duration::from_secs(30), filled)
             .await
             .is_err()
         {
@@ -421,7 +463,8 @@ async fn run(args: Args) -> Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     if args.disable_controller {
-        tokio::signal::ctrl_c().await?;
+        shutdown_signal().await;
+        drain(&args, &ready).await;
         return Ok(());
     }
     let reporter = Reporter {
@@ -439,26 +482,59 @@ async fn run(args: Args) -> Result<()> {
             webhook_ready
         },
     });
-    if args.disable_leader_election {
-        reconcile::run(ctx).await;
-        return Ok(());
-    }
-    let elector = Elector::new(
-        client.clone(),
-        &args.namespace,
-        &args.lease_name,
-        &args.pod_name,
-        Duration::from_secs(args.lease_duration_seconds.max(3)),
-    );
-    elector.acquire().await;
-    metrics.leader.set(1);
-    let outcome = tokio::select! {
-        () = reconcile::run(ctx) => Ok(()),
-        lost = elector.keep() => Err(lost),
+    // One controller per watched namespace (or one for all); each stops on SIGTERM after
+    // its reconciles in flight.
+    let controllers = futures::future::join_all(
+        scope
+            .targets()
+            .into_iter()
+            .map(|namespace| reconcile::run(ctx.clone(), namespace)),
+    )
+    .map(|_| ());
+    let outcome = if args.disable_leader_election {
+        controllers.await;
+        Ok(())
+    } else {
+        let elector = Elector::new(
+            client.clone(),
+            &args.namespace,
+            &args.lease_name,
+            &args.pod_name,
+            Duration::from_secs(args.lease_duration_seconds.max(3)),
+        );
+        tokio::select! {
+            () = elector.acquire() => {
+                metrics.leader.set(1);
+                let outcome = tokio::select! {
+                    () = controllers => Ok(()),
+                    lost = elector.keep() => Err(lost),
+                };
+                metrics.leader.set(0);
+                if outcome.is_ok() {
+                    elector.release().await;
+                }
+                outcome
+            }
+            // A replica waiting for the Lease stops too (and drains its webhook).
+            () = shutdown_signal() => Ok(()),
+        }
     };
-    metrics.leader.set(0);
     if outcome.is_ok() {
-        elector.release().await;
+        drain(&args, &ready).await;
     }
     outcome
+}
+
+/// After SIGTERM: readiness fails (the endpoint goes), the webhook keeps answering for
+/// `--shutdown-drain-seconds`, so no admission call meets a closed port during a rollout.
+async fn drain(args: &Args, ready: &AtomicBool) {
+    ready.store(false, Ordering::Relaxed);
+    if args.disable_webhook || args.shutdown_drain_seconds == 0 {
+        return;
+    }
+    info!(
+        seconds = args.shutdown_drain_seconds,
+        "stopping: the webhook serves while its endpoint drains"
+    );
+    tokio::time::sleep(Duration::from_secs(args.shutdown_drain_seconds)).await;
 }

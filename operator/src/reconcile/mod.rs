@@ -645,20 +645,33 @@ async fn cleanup(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
 }
 
 /// Runs the controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
+/// In every namespace (`None`) or in one (`crate::watch`).
+pub async fn run(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     Controller::new(
-        Api::<OdooSessionStore>::all(client.clone()),
+        crate::watch::api::<OdooSessionStore>(&client, namespace),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<Secret>::all(client.clone()), owned.clone())
-    .owns(Api::<NetworkPolicy>::all(client.clone()), owned)
+    .owns(
+        crate::watch::api::<StatefulSet>(&client, namespace),
+        owned.clone(),
+    )
+    .owns(
+        crate::watch::api::<Service>(&client, namespace),
+        owned.clone(),
+    )
+    .owns(
+        crate::watch::api::<Secret>(&client, namespace),
+        owned.clone(),
+    )
+    .owns(
+        crate::watch::api::<NetworkPolicy>(&client, namespace),
+        owned,
+    )
     .watches(
-        Api::<Pod>::all(client.clone()),
+        crate::watch::api::<Pod>(&client, namespace),
         watcher::Config::default().labels(STORE_LABEL),
         |pod: Pod| {
             let store = pod.labels().get(STORE_LABEL)?.clone();

@@ -31,8 +31,9 @@ use crate::reconcile::validate::validate;
 
 pub struct WebhookState {
     pub client: Client,
-    /// Reflector cache of the stores, so most requests need no API call.
-    pub stores: Store<OdooSessionStore>,
+    /// Reflector caches of the stores, one per watched namespace (or one for all), so
+    /// most requests need no API call.
+    pub stores: Vec<Store<OdooSessionStore>>,
     pub defaults: Defaults,
     pub metrics: Arc<Metrics>,
 }
@@ -90,7 +91,8 @@ async fn lookup(
     namespace: &str,
     name: &str,
 ) -> Result<Option<OdooSessionStore>> {
-    if let Some(s) = state.stores.get(&ObjectRef::new(name).within(namespace)) {
+    let key = ObjectRef::new(name).within(namespace);
+    if let Some(s) = state.stores.iter().find_map(|c| c.get(&key)) {
         return Ok(Some((*s).clone()));
     }
     // Not cached yet (just created?): ask the API server before denying.
@@ -399,7 +401,7 @@ mod http_tests {
         }
         let state = WebhookState {
             client: Client::new(service, "default"),
-            stores: reader,
+            stores: vec![reader],
             defaults: Defaults {
                 server_version: Some((1, 20)),
                 ..Defaults::default()
