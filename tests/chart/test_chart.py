@@ -173,9 +173,10 @@ def test_webhook_excludes_the_release_namespace_it_is_installed_in():
 
 # -- RBAC ------------------------------------------------------------------
 
-# (apiGroup, resource) -> verbs, cluster-wide: what operator/src calls (see comments in
-# charts/odoo-ha-session/templates/rbac.yaml). Any new verb must be added here on purpose.
-EXPECTED_CLUSTER = {
+# (apiGroup, resource) -> verbs on the stores' namespaces: what operator/src calls (see
+# comments in charts/odoo-ha-session/templates/rbac.yaml). Any new verb must be added here
+# on purpose. Cluster-wide install: in the ClusterRole; namespaced: a Role per namespace.
+STORE_RULES = {
     ("odoo-ha.io", "odoosessionstores"): {"get", "list", "watch", "patch"},
     ("odoo-ha.io", "odoosessionstores/status"): {"patch"},
     ("apps", "statefulsets"): {"list", "watch", "patch", "create", "delete"},
@@ -186,12 +187,28 @@ EXPECTED_CLUSTER = {
     ("", "pods"): {"list", "watch"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     ("postgresql.cnpg.io", "clusters"): {"list", "patch", "create", "delete"},
     # Managed Redis with Sentinel: applied (patch + create), removed when replicas go back
     # to 1 or the backend changes (list by name + delete). Not watched.
     ("policy", "poddisruptionbudgets"): {"list", "patch", "create", "delete"},
+}
+# Cluster-scoped objects, each limited to one name: always in the ClusterRole.
+CLUSTER_ONLY = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"patch"},
+}
+EXPECTED_CLUSTER = STORE_RULES | CLUSTER_ONLY
+# What `delete` is for: objects a store's own change leaves behind while the store exists
+# (garbage collection acts only once the owner is gone) and a deleted store's claims (no
+# owner on 1.20). Nothing else may be deleted.
+DELETED = {
+    ("apps", "statefulsets"),
+    ("", "services"),
+    ("", "secrets"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("policy", "poddisruptionbudgets"),
+    ("postgresql.cnpg.io", "clusters"),
+    ("", "persistentvolumeclaims"),
 }
 EXPECTED_NAMESPACED = {
     ("coordination.k8s.io", "leases"): {"create", "get", "update"},
@@ -264,7 +281,7 @@ def test_rbac_covers_every_api_the_operator_source_uses(default_docs):
     for path in (ROOT / "operator" / "src").rglob("*.rs"):
         if path.name in ("mock_tests.rs",):
             continue
-        kinds.update(re.findall(r"\bApi(?:::)?<([A-Za-z]+)>", path.read_text()))
+        kinds.update(re.findall(r"\b(?:Api|watch::api)(?:::)?<([A-Za-z]+)>", path.read_text()))
     kinds.discard("K")  # the generic apply helper; its callers' kinds are listed
     unknown = kinds - set(KIND_RESOURCE)
     assert not unknown, f"operator/src uses Api<{unknown}>: add its rule to rbac.yaml and KIND_RESOURCE"
@@ -274,6 +291,83 @@ def test_rbac_covers_every_api_the_operator_source_uses(default_docs):
             assert resource in granted, (kind, resource)
     # The kube events Recorder writes events.k8s.io Events.
     assert ("events.k8s.io", "events") in granted
+
+
+def test_rbac_deletes_only_what_garbage_collection_cannot():
+    for table in (EXPECTED_CLUSTER, EXPECTED_NAMESPACED):
+        deleted = {k for k, verbs in table.items() if "delete" in verbs}
+        assert deleted <= DELETED, deleted - DELETED
+    assert {k for k, verbs in EXPECTED_CLUSTER.items() if "delete" in verbs} == DELETED
+
+
+WATCHED = ["shop", "erp"]
+
+
+@pytest.fixture(scope="module")
+def namespaced_docs():
+    return render({"watchNamespaces": WATCHED})
+
+
+def test_namespaced_rbac_is_exact(namespaced_docs):
+    """A namespaced install: the stores' rules in a Role per watched namespace, the
+    ClusterRole only the two named cluster-scoped objects, nothing on Secrets outside the
+    watched namespaces and the release's own."""
+    docs = namespaced_docs
+    cluster = one(docs, "ClusterRole")
+    assert rules_table(cluster) == CLUSTER_ONLY
+    assert all(r.get("resourceNames") for r in cluster["rules"]), cluster["rules"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
+    assert set(roles) == {
+        ("shop", f"{RELEASE}-odoo-ha-session-stores"),
+        ("erp", f"{RELEASE}-odoo-ha-session-stores"),
+    } | {(NS, f"{RELEASE}-odoo-ha-session")}
+    for ns in WATCHED:
+        assert rules_table(roles[(ns, f"{RELEASE}-odoo-ha-session-stores")]) == STORE_RULES
+    own = roles[(NS, f"{RELEASE}-odoo-ha-session")]
+    assert rules_table(own) == {
+        ("coordination.k8s.io", "leases"): {"create", "get", "update"},
+        ("", "secrets"): {"create", "get", "update"},
+    }
+    env = {
+        e["name"]: e.get("value") for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    for r in own["rules"]:
+        if r["resources"] == ["secrets"] and r["verbs"] != ["create"]:
+            assert r["resourceNames"] == [env["WEBHOOK_TLS_SECRET"]], r
+    # Each Role bound to the operator's ServiceAccount in its own namespace, nothing more.
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]): b for b in by_kind(docs, "RoleBinding")}
+    assert set(bindings) == set(roles)
+    for b in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NS}], b
+    assert env["WATCH_NAMESPACES"] == "shop,erp"
+
+
+def test_namespaced_webhook_only_in_watched_namespaces(namespaced_docs):
+    w = one(namespaced_docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    exprs = w["namespaceSelector"]["matchExpressions"]
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": WATCHED} in exprs
+    default_w = one(render(), "MutatingWebhookConfiguration")["webhooks"][0]
+    assert not [e for e in default_w["namespaceSelector"]["matchExpressions"] if e["operator"] == "In"]
+    assert "WATCH_NAMESPACES" not in {
+        e["name"] for e in one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_namespaced_with_cert_manager_and_no_cnpg_has_no_cluster_role():
+    docs = render(
+        {"watchNamespaces": ["shop"], "webhook": {"certManager": {"enabled": True}}, "rbac": {"cloudNativePG": False}}
+    )
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "shop"]
+    assert rules_table(role) == {k: v for k, v in STORE_RULES.items() if k[0] != "postgresql.cnpg.io"}
+
+
+@pytest.mark.parametrize("bad", [["Shop"], ["a_b"], ["shop", "shop"], "shop"])
+def test_schema_rejects_bad_watch_namespaces(bad):
+    with pytest.raises(helm.HelmError) as err:
+        helm.Chart.load(str(CHART)).validate_schema({"watchNamespaces": bad})
+    assert "watchNamespaces" in str(err.value)
 
 
 def test_rbac_with_cert_manager_and_no_leader_election():
