@@ -30,6 +30,9 @@ if ! "$VENV/bin/python" -c 'import helm_python, yaml' 2>/dev/null; then
 fi
 export ODOO_HA_CHART_WEBHOOK=${TMPDIR:-/tmp}/odoo-ha-chart-webhook.$$.json
 "$VENV/bin/python" "$ROOT/tests/chart/render_webhook.py" "$ODOO_HA_CHART_WEBHOOK"
+# And its RBAC of a namespaced install, which the operator then runs under.
+export ODOO_HA_CHART_RBAC=${TMPDIR:-/tmp}/odoo-ha-chart-rbac.$$.json
+"$VENV/bin/python" "$ROOT/tests/chart/render_rbac.py" "$ODOO_HA_CHART_RBAC"
 
 # The harness's ports are fixed: on a shared machine another suite's cluster may hold them.
 # Wait for it instead of failing half-started.
@@ -45,7 +48,7 @@ done
 
 cleanup() {
     local rc=$?
-    rm -f "$ODOO_HA_CHART_WEBHOOK"
+    rm -f "$ODOO_HA_CHART_WEBHOOK" "$ODOO_HA_CHART_RBAC"
     if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
         log "cluster left running: export KUBECONFIG=$ODOO_HA_K8S_STATE/kubeconfig"
     else

@@ -1295,3 +1295,203 @@ async fn chart_upgrade_and_operator_ca_bundle_do_not_conflict() {
     .expect("three-way merge patch");
     check(&api.get(&name).await.expect("after merge"), "Ignore", 5);
 }
+
+/// A namespaced install: the chart's RBAC for `watchNamespaces: [it-watched]` (rendered by
+/// Helm's engine, tests/chart/render_rbac.py) applied, the operator run as its ServiceAccount
+/// (impersonated: the API server authorizes every call against those rules) with the
+/// chart's variables. It reconciles a store in the watched namespace, leaves one elsewhere
+/// alone, patches the caBundle, holds its Lease, and is refused Secrets outside.
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn namespaced_operator_under_its_role() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    let admin = client().await;
+    let path = std::env::var("ODOO_HA_CHART_RBAC").expect(
+        "ODOO_HA_CHART_RBAC: the chart-rendered RBAC (tests/operator-integration.sh renders it)",
+    );
+    let rendered: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("rendered file")).expect("json");
+    let env = |k: &str| {
+        rendered["env"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("rendered Deployment has no {k}"))
+            .to_string()
+    };
+    let (watched, other) = ("it-watched", "it-unwatched");
+    assert_eq!(env("WATCH_NAMESPACES"), watched);
+    install_crd(&admin).await;
+    ensure_namespace(&admin, OPERATOR_NS).await;
+    fresh_namespace(&admin, watched).await;
+    fresh_namespace(&admin, other).await;
+    let list = std::env::temp_dir().join("odoo-ha-it-rbac-list.json");
+    std::fs::write(&list, rendered["list"].to_string()).expect("write list");
+    let (ok, out) = kubectl(&["apply", "-f", list.to_str().expect("path")]);
+    assert!(ok, "applying the chart's RBAC failed: {out}");
+    let webhook_config = env("WEBHOOK_CONFIG_NAME");
+    let _cleanup = DeleteWebhookConfig(webhook_config.clone());
+
+    // The ServiceAccount's identity, for the operator and for the checks below.
+    let sa = rendered["serviceAccount"]
+        .as_str()
+        .expect("serviceAccount")
+        .to_string();
+    let mut kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
+    for a in &mut kc.auth_infos {
+        if let Some(info) = a.auth_info.as_mut() {
+            info.impersonate = Some(sa.clone());
+        }
+    }
+    let sa_kubeconfig = std::env::temp_dir().join("odoo-ha-it-namespaced.kubeconfig");
+    std::fs::write(
+        &sa_kubeconfig,
+        serde_json::to_string(&kc).expect("kubeconfig json"),
+    )
+    .expect("write kubeconfig");
+    let as_sa = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("config"),
+    )
+    .expect("client");
+
+    // Refused outside the watched namespaces: Secrets in kube-system and in another
+    // namespace, stores cluster-wide.
+    for (ns, what) in [("kube-system", "list"), (other, "list")] {
+        match Api::<Secret>::namespaced(as_sa.clone(), ns)
+            .list(&ListParams::default())
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            r => panic!("{what} Secrets in {ns} as {sa}: expected 403, got {r:?}"),
+        }
+    }
+    match Api::<Secret>::namespaced(as_sa.clone(), "kube-system")
+        .get_opt("any")
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        r => panic!("get a Secret in kube-system: expected 403, got {r:?}"),
+    }
+    match Api::<OdooSessionStore>::all(as_sa.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        r => panic!("list stores cluster-wide: expected 403, got {r:?}"),
+    }
+
+    let log_path = std::env::temp_dir().join("odoo-session-operator-it-namespaced.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let (webhook_port, metrics_port) = (18447u16, 18087u16);
+    let child = Command::new(env!("CARGO_BIN_EXE_odoo-session-operator"))
+        .env("KUBECONFIG", &sa_kubeconfig)
+        .env("RUST_LOG", "info,odoo_session_operator=debug")
+        .env("WATCH_NAMESPACES", env("WATCH_NAMESPACES"))
+        .env("WEBHOOK_CONFIG_NAME", &webhook_config)
+        .env("WEBHOOK_CONFIG_MODE", env("WEBHOOK_CONFIG_MODE"))
+        .env("WEBHOOK_TLS_SECRET", env("WEBHOOK_TLS_SECRET"))
+        .env("LEASE_NAME", env("LEASE_NAME"))
+        .args(["--namespace", OPERATOR_NS, "--pod-name", "it-namespaced"])
+        .args(["--log-format", "text", "--lease-duration-seconds", "6"])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(std::process::Stdio::from(log.try_clone().expect("log fd")))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("operator binary starts");
+    let _op = Operator(child);
+
+    let watched_store = create_store(
+        &admin,
+        watched,
+        "sessions",
+        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi", "replicas": 1}}}),
+    )
+    .await;
+    create_store(
+        &admin,
+        other,
+        "sessions",
+        json!({"driver": "redis", "backend": {"managed": {"storageSize": "64Mi", "replicas": 1}}}),
+    )
+    .await;
+    wait_condition(
+        &admin,
+        watched,
+        "sessions",
+        "BackendReady",
+        "False",
+        "BackendStarting",
+    )
+    .await;
+    for kind_ok in [
+        Api::<StatefulSet>::namespaced(admin.clone(), watched)
+            .get("sessions-redis")
+            .await
+            .map(|o| owned_by(&o.metadata, &watched_store)),
+        Api::<Secret>::namespaced(admin.clone(), watched)
+            .get("sessions-redis")
+            .await
+            .map(|o| owned_by(&o.metadata, &watched_store)),
+    ] {
+        assert!(kind_ok.expect("owned object"), "not owned by the store");
+    }
+    // The leader's Lease and the caBundle, through the Role and the ClusterRole's named rule.
+    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
+        .get(&env("LEASE_NAME"))
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("it-namespaced")
+    );
+    let mwc: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    eventually("the caBundle in the chart's configuration", 30, || async {
+        let c = mwc.get(&webhook_config).await.ok()?;
+        let w = &c.webhooks?[0];
+        w.client_config.ca_bundle.as_ref().map(|_| ())
+    })
+    .await;
+
+    // The other namespace's store: untouched (no finalizer, no status, no objects), also
+    // after the watched one has been reconciled and a few seconds more.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let untouched = Api::<OdooSessionStore>::namespaced(admin.clone(), other)
+        .get("sessions")
+        .await
+        .expect("store");
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    assert!(
+        untouched.finalizers().is_empty(),
+        "{:?}",
+        untouched.finalizers()
+    );
+    assert!(Api::<StatefulSet>::namespaced(admin.clone(), other)
+        .get_opt("sessions-redis")
+        .await
+        .expect("get")
+        .is_none());
+
+    // Deleting the watched store runs the finalizer (claims listed and deleted under the Role).
+    let api: Api<OdooSessionStore> = Api::namespaced(admin.clone(), watched);
+    api.delete("sessions", &DeleteParams::default())
+        .await
+        .expect("store deleted");
+    eventually("watched store gone (finalizer ran)", 60, || async {
+        api.get_opt("sessions").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).expect("operator log");
+    for needle in ["403", "forbidden", "Forbidden"] {
+        assert!(
+            !log.contains(needle),
+            "the operator met a refusal under its Role ({needle}): {log_path:?}\n{log}"
+        );
+    }
+    let _ = Api::<OdooSessionStore>::namespaced(admin.clone(), other)
+        .delete("sessions", &DeleteParams::default())
+        .await;
+}
