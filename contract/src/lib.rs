@@ -245,6 +245,14 @@ pub const SETTINGS: &[Setting] = &[
         S,
     ),
     Setting {
+        env: "DKN_AUTH_DB_SYNCHRONOUS_COMMIT",
+        description: "off: data-only writes (puts, patches, TTL refreshes) commit without waiting for the WAL flush, so a PostgreSQL crash can undo the last of them (about 3 x wal_writer_delay); endings (logout, rotation, identifier revoke) always wait.",
+        default: Some("on"),
+        format: Format::Choice(&["on", "off"]),
+        readers: S,
+        crd_field: None,
+    },
+    Setting {
         env: "DKN_AUTH_DB_TABLE",
         description: "Session table name (PostgreSQL).",
         default: Some("dkn_auth_sessions"),

@@ -104,6 +104,11 @@ pub struct Args {
     /// Create the session table UNLOGGED (faster, emptied after a PostgreSQL crash). Default false.
     #[arg(long, env = "DKN_AUTH_DB_UNLOGGED")]
     pub db_unlogged: Option<String>,
+    /// on: every write waits for PostgreSQL's WAL flush as the connection's
+    /// synchronous_commit says; off: data-only writes (puts, patches, TTL refreshes) do not
+    /// wait, endings (delete, rotation, identifier revoke) still do. Default on.
+    #[arg(long, env = "DKN_AUTH_DB_SYNCHRONOUS_COMMIT")]
+    pub db_synchronous_commit: Option<String>,
     /// Seconds between expired-row clean-ups. Default 60.
     #[arg(long, env = "DKN_AUTH_DB_GC_INTERVAL")]
     pub db_gc_interval: Option<String>,
@@ -144,6 +149,9 @@ pub struct Settings {
     pub db_max_conn: usize,
     pub db_table: String,
     pub db_unlogged: bool,
+    /// false: data-only writes commit without waiting for the WAL flush
+    /// (`DKN_AUTH_DB_SYNCHRONOUS_COMMIT=off`); endings always wait.
+    pub db_synchronous_commit: bool,
     pub db_gc_interval: Duration,
     pub db_ca_file: Option<String>,
     /// Longest time to keep serving after SIGTERM while clients are connected.
@@ -355,6 +363,17 @@ pub fn os_user_name() -> Option<String> {
     }
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// The rule of `DKN_AUTH_DB_TABLE` (contract/src/lib.rs holds the same): the name goes
+/// into the driver's SQL text unquoted, so only these characters are allowed.
+pub fn valid_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
 }
 
 /// Directory of PostgreSQL's Unix socket when `db_host` is unset: libpq's default on
@@ -623,7 +642,7 @@ impl Settings {
         let db_table = r
             .pick(&args.db_table, "DKN_AUTH_DB_TABLE")
             .unwrap_or_else(|| "dkn_auth_sessions".into());
-        if !crate::store::postgres::valid_table_name(&db_table) {
+        if !valid_table_name(&db_table) {
             return Err(r.bad(
                 &args.db_table,
                 "DKN_AUTH_DB_TABLE",
@@ -632,6 +651,24 @@ impl Settings {
             ));
         }
         let db_unlogged = r.boolean(&args.db_unlogged, "DKN_AUTH_DB_UNLOGGED", false)?;
+        let db_synchronous_commit = match r
+            .pick(
+                &args.db_synchronous_commit,
+                "DKN_AUTH_DB_SYNCHRONOUS_COMMIT",
+            )
+            .as_deref()
+        {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(r.bad(
+                    &args.db_synchronous_commit,
+                    "DKN_AUTH_DB_SYNCHRONOUS_COMMIT",
+                    other,
+                    "is invalid: expected on or off",
+                ))
+            }
+        };
         let gc = r.number(
             &args.db_gc_interval,
             "DKN_AUTH_DB_GC_INTERVAL",
@@ -679,6 +716,7 @@ impl Settings {
             db_max_conn,
             db_table,
             db_unlogged,
+            db_synchronous_commit,
             db_gc_interval: Duration::from_secs(gc),
             db_ca_file: r.pick(&args.db_ca_file, "DKN_AUTH_DB_CA_FILE"),
             drain: Duration::from_secs(drain),

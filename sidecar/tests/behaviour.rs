@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{data_of, identifier, legacy_sid, modern_sid, s, Backend, Harness};
+use common::{backend_flags, data_of, identifier, legacy_sid, modern_sid, s, Backend, Harness};
 use http::Method;
 use serde_json::json;
 
@@ -1225,11 +1225,11 @@ mod cases {
 }
 
 macro_rules! suite {
-    ($backend:expr; $($case:ident),* $(,)?) => {
+    ($flags:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let h = Harness::start($backend).await;
+                let h = Harness::with_flags($flags).await;
                 cases::$case(&h).await;
             }
         )*
@@ -1237,8 +1237,8 @@ macro_rules! suite {
 }
 
 macro_rules! all_cases {
-    ($backend:expr) => {
-        suite!($backend;
+    ($flags:expr) => {
+        suite!($flags;
             create_only_and_read,
             compare_and_swap,
             patch_is_partial_and_update_only,
@@ -1262,15 +1262,25 @@ macro_rules! all_cases {
 
 mod memory {
     use super::*;
-    all_cases!(Backend::Memory);
+    all_cases!(backend_flags(Backend::Memory));
 }
 
 mod redis {
     use super::*;
-    all_cases!(Backend::Redis);
+    all_cases!(backend_flags(Backend::Redis));
 }
 
 mod postgres {
     use super::*;
-    all_cases!(Backend::Postgres);
+    all_cases!(backend_flags(Backend::Postgres));
+}
+
+/// `DKN_AUTH_DB_SYNCHRONOUS_COMMIT=off` writes data with other statements: the same cases.
+mod postgres_data_writes_not_flushed {
+    use super::*;
+    all_cases!({
+        let mut flags = backend_flags(Backend::Postgres);
+        flags.push("--db-synchronous-commit=off".into());
+        flags
+    });
 }

@@ -217,6 +217,7 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
                 unlogged: settings.db_unlogged,
                 timeout: settings.backend_timeout,
                 ca_file: settings.db_ca_file.clone(),
+                synchronous_commit: settings.db_synchronous_commit,
             };
             let store = postgres::PgStore::new(&pg, common)?;
             store.spawn_migration(pg.unlogged);

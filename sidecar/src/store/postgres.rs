@@ -29,6 +29,9 @@ pub struct PgSettings {
     pub unlogged: bool,
     pub timeout: Duration,
     pub ca_file: Option<String>,
+    /// false (`DKN_AUTH_DB_SYNCHRONOUS_COMMIT=off`): data-only writes do not wait for the
+    /// WAL flush.
+    pub synchronous_commit: bool,
 }
 
 /// SQL text with the table names filled in once at start.
@@ -37,6 +40,7 @@ struct Sql {
     put_create: String,
     put_any: String,
     put_match: String,
+    patch_plain: String,
     patch: String,
     classify: String,
     delete: String,
@@ -50,8 +54,18 @@ struct Sql {
     gc: String,
 }
 
+/// A condition that is always true and, when evaluated, makes the statement's own implicit
+/// transaction commit without waiting for the WAL flush (`SET LOCAL synchronous_commit =
+/// off`, statement-level: no extra round trip). With `DKN_AUTH_DB_SYNCHRONOUS_COMMIT=off`
+/// only the writes that change data carry it (puts, patches, TTL refreshes); writes that end
+/// a session (delete, rotation, identifier revoke) keep the connection's setting, durable by
+/// default. It sits in the condition that selects the row to write, so any row written has
+/// evaluated it first.
+const DATA_ONLY_COMMIT: &str = "set_config('synchronous_commit', 'off', true) IS NOT NULL";
+
 impl Sql {
-    fn new(t: &str) -> Self {
+    /// `wait_for_flush`: false puts [`DATA_ONLY_COMMIT`] into the data-only writes.
+    fn new(t: &str, wait_for_flush: bool) -> Self {
         let ttl = |p: &str| format!("now() + ({p}::float8 * interval '1 millisecond')");
         // "Changed" as on every driver: a key of `set` whose JSON text differs from the stored
         // one (jsonb's text keeps a number as written, so 1.0 -> 1 is a change).
@@ -61,34 +75,71 @@ impl Sql {
                  WHERE ({data} -> e.key)::text IS DISTINCT FROM e.value::text)"
             )
         };
+        // The patched session's key count, for the bound. Only a `set` key the stored session
+        // lacks can raise the count (stored sessions are within the bound), so the count over
+        // the whole result is made only then, and is 0 otherwise: most patches (Odoo's saves,
+        // TTL refreshes) set existing keys and walk no more than `set` itself.
+        let key_count = |data: &str, set: &str, remove: &str| {
+            format!(
+                "CASE WHEN EXISTS (SELECT 1 FROM jsonb_object_keys(({set}::text)::jsonb) k \
+                 WHERE NOT {data} ? k) \
+                 THEN (SELECT count(*) FROM jsonb_object_keys(({data} || ({set}::text)::jsonb) \
+                 - ({remove}::text[]))) ELSE 0 END"
+            )
+        };
+        let quick = if wait_for_flush {
+            String::new()
+        } else {
+            format!(" AND {DATA_ONLY_COMMIT}")
+        };
+        // An INSERT's row: `VALUES`, or a `SELECT` that can carry the condition.
+        let new_row = |e: &str| {
+            if wait_for_flush {
+                format!("VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e})")
+            } else {
+                format!("SELECT $1, $2, $3, 1, ($4::text)::jsonb, {e} WHERE {DATA_ONLY_COMMIT}")
+            }
+        };
         Sql {
             get: format!(
                 "SELECT version, data, (extract(epoch from expires_at - now()) * 1000)::bigint \
                  FROM {t} WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now()"
             ),
             put_create: format!(
-                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
-                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) {row} \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, version = 1, \
                  data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE s.expires_at <= now() RETURNING version",
-                e = ttl("$5")
+                row = new_row(&ttl("$5"))
             ),
             put_any: format!(
-                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) \
-                 VALUES ($1, $2, $3, 1, ($4::text)::jsonb, {e}) \
+                "INSERT INTO {t} AS s (ns, sid, ident, version, data, expires_at) {row} \
                  ON CONFLICT (ns, sid) DO UPDATE SET ident = EXCLUDED.ident, \
                  version = CASE WHEN s.data IS NULL OR s.expires_at <= now() THEN 1 ELSE s.version + 1 END, \
                  data = EXCLUDED.data, expires_at = EXCLUDED.expires_at, next_sid = NULL \
                  WHERE NOT (s.data IS NULL AND s.expires_at > now()) RETURNING version",
-                e = ttl("$5")
+                row = new_row(&ttl("$5"))
             ),
             put_match: format!(
                 "UPDATE {t} SET version = version + 1, data = ($3::text)::jsonb, expires_at = {e}, \
                  next_sid = NULL \
                  WHERE ns = $1 AND sid = $2 AND data IS NOT NULL AND expires_at > now() \
-                 AND version = $5 RETURNING version",
+                 AND version = $5{quick} RETURNING version",
                 e = ttl("$4")
+            ),
+            // A patch without `expect`: one `UPDATE` whose condition holds the version and
+            // the key bound (re-checked on the newest row under concurrency, like any
+            // `UPDATE ... WHERE`). No row: [`Sql::patch`] tells why.
+            patch_plain: format!(
+                "UPDATE {t} s SET data = (s.data || ($3::text)::jsonb) - ($4::text[]), \
+                 version = s.version + CASE WHEN (s.data ?| ($4::text[])) OR {changed} \
+                 THEN 1 ELSE 0 END, expires_at = {e} \
+                 WHERE s.ns = $1 AND s.sid = $2 AND s.data IS NOT NULL AND s.expires_at > now() \
+                 AND ($6::bigint IS NULL OR s.version = $6) \
+                 AND {keys} <= {MAX_SESSION_KEYS}{quick} RETURNING s.version",
+                e = ttl("$5"),
+                changed = changed("s.data", "$3"),
+                keys = key_count("s.data", "$3", "$4"),
             ),
             // One statement: lock the live row, compute the result and its key count, write
             // only when within the bound. Answers (new version, key count): (NULL, NULL) when
@@ -103,16 +154,17 @@ impl Sql {
                  UNION ALL SELECT a, NULL FROM unnest($8::text[]) a), \
                  bad AS (SELECT array_agg(exp.k) AS keys FROM cur, exp \
                  WHERE (cur.data -> exp.k)::text IS DISTINCT FROM exp.want), \
-                 n AS (SELECT new, (SELECT count(*) FROM jsonb_object_keys(new)) AS keys, \
+                 n AS (SELECT new, {keys} AS keys, \
                  (data ?| ($4::text[])) OR {changed} AS changed FROM cur), \
                  upd AS (UPDATE {t} s SET data = n.new, \
                  version = s.version + CASE WHEN n.changed THEN 1 ELSE 0 END, expires_at = {e} \
                  FROM n WHERE s.ns = $1 AND s.sid = $2 AND n.keys <= {MAX_SESSION_KEYS} \
-                 AND (SELECT keys FROM bad) IS NULL RETURNING s.version) \
+                 AND (SELECT keys FROM bad) IS NULL{quick} RETURNING s.version) \
                  SELECT (SELECT version FROM upd), (SELECT keys FROM n), (SELECT keys FROM bad), \
                  (SELECT version FROM cur)",
                 e = ttl("$5"),
                 changed = changed("data", "$3"),
+                keys = key_count("data", "$3", "$4"),
             ),
             classify: format!(
                 "SELECT data IS NULL, version FROM {t} \
@@ -250,19 +302,10 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// A quoted identifier for the configured table; the name was checked at start.
-pub fn valid_table_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 48
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
-}
-
 impl PgStore {
     pub fn new(pg: &PgSettings, settings: StoreSettings) -> Result<Self, String> {
-        if !valid_table_name(&pg.table) {
+        // Checked at start already; again here because the name goes into SQL text.
+        if !crate::config::valid_table_name(&pg.table) {
             return Err(format!(
                 "DKN_AUTH_DB_TABLE {:?}: expected 1 to 48 characters of [a-z0-9_], not starting with a digit",
                 pg.table
@@ -297,7 +340,7 @@ impl PgStore {
             .map_err(|e| format!("PostgreSQL pool: {e}"))?;
         Ok(PgStore {
             pool,
-            sql: Arc::new(Sql::new(&pg.table)),
+            sql: Arc::new(Sql::new(&pg.table, pg.synchronous_commit)),
             table: pg.table.as_str().into(),
             settings,
             schema_ready: Arc::new(AtomicBool::new(false)),
@@ -614,6 +657,34 @@ impl PgStore {
     ) -> StoreResult<u64> {
         let mut set = String::new();
         write_object(&patch.set, &mut set);
+        let ttl_ms = millis(ttl) as f64;
+        let if_match = if_match.map(|v| v as i64);
+        let c = self.client().await?;
+        if patch.expect.is_empty() {
+            let st = c
+                .prepare_cached(&self.sql.patch_plain)
+                .await
+                .map_err(pg_err)?;
+            let row = c
+                .query_opt(
+                    &st,
+                    &[
+                        &self.ns(),
+                        &sid.as_str(),
+                        &set,
+                        &patch.remove,
+                        &ttl_ms,
+                        &if_match,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            if let Some(row) = row {
+                return Ok(row.get::<_, i64>(0) as u64);
+            }
+            // Nothing written (missing, version, bound): the locking statement says which,
+            // or writes if the row changed since.
+        }
         let present: Fields = patch
             .expect
             .iter()
@@ -627,7 +698,6 @@ impl PgStore {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.as_str())
             .collect();
-        let c = self.client().await?;
         let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
         let row = c
             .query_one(
@@ -637,8 +707,8 @@ impl PgStore {
                     &sid.as_str(),
                     &set,
                     &patch.remove,
-                    &(millis(ttl) as f64),
-                    &if_match.map(|v| v as i64),
+                    &ttl_ms,
+                    &if_match,
                     &expect,
                     &absent,
                 ],
