@@ -9,6 +9,8 @@ one threaded Odoo process per store:
 - ``files``: stock Odoo (``--load=base,web``, its filesystem store);
 - ``db:NAME=BINARY`` (repeatable): dkn_auth + its own sidecar BINARY, ``--driver db``
   on that PostgreSQL (table ``bench_NAME``); two binaries compare two versions in one run;
+  ``db:NAME=BINARY,--flag=value,...`` passes more sidecar flags, e.g.
+  ``db:off=BINARY,--db-synchronous-commit=off``;
 - ``redis:NAME=BINARY``: the same on the Redis driver.
 
 All processes run at once; passes are interleaved (files, db..., files, db...), each
@@ -19,7 +21,8 @@ and for sidecar stores the sidecar's own mean time per route (its /metrics) and 
 PostgreSQL spent (pg_stat_statements mean per statement, WAL syncs and their time).
 
 Usage: python3 tests/realodoo/bench_db.py --tree /srv/odoo18 --python /srv/venv18 \
-    --store files --store db:old=/tmp/old-sidecar --store db:new=/tmp/new-sidecar
+    --store files --store db:old=/tmp/old-sidecar --store db:new=/tmp/new-sidecar \
+    --store db:off=/tmp/new-sidecar,--db-synchronous-commit=off
 """
 
 import argparse
@@ -109,11 +112,15 @@ class Store:
         kind, _, rest = spec.partition(":")
         self.kind = kind
         if kind == "files":
-            self.name, self.binary = "files", None
+            self.name, self.binary, self.flags = "files", None, []
         else:
-            name, _, binary = rest.partition("=")
+            name, _, rest = rest.partition("=")
+            binary, *self.flags = rest.split(",")
             if kind not in ("db", "redis") or not name or not binary:
-                raise SystemExit(f"bench_db: --store {spec!r}: expected files, db:NAME=BIN or redis:NAME=BIN")
+                raise SystemExit(
+                    f"bench_db: --store {spec!r}: expected files, db:NAME=BIN[,FLAG...]"
+                    " or redis:NAME=BIN[,FLAG...]"
+                )
             self.name, self.binary = f"{kind}:{name}", binary
         self.sidecar = None
         self.proc = None
@@ -127,7 +134,7 @@ class Store:
         tag = self.name.split(":")[1]
         if self.kind == "db":
             uri = f"postgresql://postgres@127.0.0.1:{pg.port}/dkn_sessions?sslmode=disable"
-            return ["--driver", "db", "--db-uri", uri, "--db-table", f"bench_{tag}"]
+            return ["--driver", "db", "--db-uri", uri, "--db-table", f"bench_{tag}", *self.flags]
         return [
             "--driver",
             "redis",
@@ -135,6 +142,7 @@ class Store:
             f"redis://127.0.0.1:{redis_port}/0",
             "--prefix",
             f"{tag}:",
+            *self.flags,
         ]
 
 
