@@ -40,7 +40,7 @@ struct Sql {
     put_create: String,
     put_any: String,
     put_match: String,
-    patch_plain: String,
+    patch_quick: String,
     patch: String,
     classify: String,
     delete: String,
@@ -127,15 +127,23 @@ impl Sql {
                  AND version = $5{quick} RETURNING version",
                 e = ttl("$4")
             ),
-            // A patch without `expect`: one `UPDATE` whose condition holds the version and
-            // the key bound (re-checked on the newest row under concurrency, like any
-            // `UPDATE ... WHERE`). No row: [`Sql::patch`] tells why.
-            patch_plain: format!(
+            // The common patch: one `UPDATE` whose condition holds the version, the `expect`
+            // conditions ($7 the values read, $8 the keys read as absent; both empty when
+            // none was sent) and the key bound. Under concurrency PostgreSQL re-checks the
+            // condition on the newest row before it writes, so the checks and the write are
+            // one step. Every check over the row is a scalar subquery (a SubPlan, evaluated
+            // again in that re-check): a top-level `NOT EXISTS` would become an anti-join,
+            // which the re-check does not run again (increments were lost under
+            // contention). No row: [`Sql::patch`] tells why.
+            patch_quick: format!(
                 "UPDATE {t} s SET data = (s.data || ($3::text)::jsonb) - ($4::text[]), \
                  version = s.version + CASE WHEN (s.data ?| ($4::text[])) OR {changed} \
                  THEN 1 ELSE 0 END, expires_at = {e} \
                  WHERE s.ns = $1 AND s.sid = $2 AND s.data IS NOT NULL AND s.expires_at > now() \
                  AND ($6::bigint IS NULL OR s.version = $6) \
+                 AND NOT coalesce((SELECT true FROM jsonb_each(($7::text)::jsonb) x \
+                 WHERE (s.data -> x.key)::text IS DISTINCT FROM x.value::text LIMIT 1), false) \
+                 AND NOT (s.data ?| ($8::text[])) \
                  AND {keys} <= {MAX_SESSION_KEYS}{quick} RETURNING s.version",
                 e = ttl("$5"),
                 changed = changed("s.data", "$3"),
@@ -659,32 +667,6 @@ impl PgStore {
         write_object(&patch.set, &mut set);
         let ttl_ms = millis(ttl) as f64;
         let if_match = if_match.map(|v| v as i64);
-        let c = self.client().await?;
-        if patch.expect.is_empty() {
-            let st = c
-                .prepare_cached(&self.sql.patch_plain)
-                .await
-                .map_err(pg_err)?;
-            let row = c
-                .query_opt(
-                    &st,
-                    &[
-                        &self.ns(),
-                        &sid.as_str(),
-                        &set,
-                        &patch.remove,
-                        &ttl_ms,
-                        &if_match,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            if let Some(row) = row {
-                return Ok(row.get::<_, i64>(0) as u64);
-            }
-            // Nothing written (missing, version, bound): the locking statement says which,
-            // or writes if the row changed since.
-        }
         let present: Fields = patch
             .expect
             .iter()
@@ -698,23 +680,28 @@ impl PgStore {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.as_str())
             .collect();
-        let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
-        let row = c
-            .query_one(
-                &st,
-                &[
-                    &self.ns(),
-                    &sid.as_str(),
-                    &set,
-                    &patch.remove,
-                    &ttl_ms,
-                    &if_match,
-                    &expect,
-                    &absent,
-                ],
-            )
+        let c = self.client().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &self.ns(),
+            &sid.as_str(),
+            &set,
+            &patch.remove,
+            &ttl_ms,
+            &if_match,
+            &expect,
+            &absent,
+        ];
+        let st = c
+            .prepare_cached(&self.sql.patch_quick)
             .await
             .map_err(pg_err)?;
+        if let Some(row) = c.query_opt(&st, &params).await.map_err(pg_err)? {
+            return Ok(row.get::<_, i64>(0) as u64);
+        }
+        // Nothing written (missing, version, `expect`, bound): the locking statement says
+        // which, or writes if the row changed since.
+        let st = c.prepare_cached(&self.sql.patch).await.map_err(pg_err)?;
+        let row = c.query_one(&st, &params).await.map_err(pg_err)?;
         if let Some(mut keys) = row.get::<_, Option<Vec<String>>>(2) {
             keys.sort();
             return Err(StoreError::Conflict {
