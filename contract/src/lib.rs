@@ -120,7 +120,6 @@ pub const EXPIRY: Setting = Setting {
     env: "DKN_AUTH_EXPIRY",
     description: "Seconds of inactivity before a logged-in session expires.",
     default: Some("604800"),
-    // The sidecar alone takes 1 and up; the addon 60 and up: the contract is what both take.
     format: Format::Integer {
         min: 60,
         max: MAX_TTL_SECS,

@@ -10,11 +10,6 @@ use clap::CommandFactory;
 use odoo_ha_contract::{Format, Reader, Setting, SETTINGS};
 use odoo_session_sidecar::config::{Args, Settings};
 
-/// Settings where the sidecar alone is wider than the contract below its minimum, because
-/// the contract holds what the sidecar *and* the addon accept: DKN_AUTH_EXPIRY is 1.. in
-/// the sidecar, 60.. in the addon (and so in the contract and the CRD).
-const SIDECAR_WIDER_BELOW_MIN: &[&str] = &["DKN_AUTH_EXPIRY"];
-
 struct Conf(PathBuf);
 
 impl Drop for Conf {
@@ -86,17 +81,7 @@ fn the_sidecar_accepts_and_refuses_what_the_contract_says() {
                 accepts(s, &max.to_string());
                 refuses(s, &(max + 1).to_string());
                 refuses(s, "12abc");
-                let below = (min - 1).to_string();
-                if SIDECAR_WIDER_BELOW_MIN.contains(&s.env) {
-                    if sidecar(s, &below).is_err() {
-                        eprintln!(
-                            "{} now refuses {below}: drop it from SIDECAR_WIDER_BELOW_MIN",
-                            s.env
-                        );
-                    }
-                } else {
-                    refuses(s, &below);
-                }
+                refuses(s, &(min - 1).to_string());
             }
             Format::Text {
                 min_len, max_len, ..

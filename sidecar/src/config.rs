@@ -532,7 +532,9 @@ impl Settings {
             &args.expiry,
             "DKN_AUTH_EXPIRY",
             604_800u64,
-            1,
+            // The settings contract's bounds (contract/src/lib.rs EXPIRY), the addon's and
+            // the CRD's too; a shorter TTL is a per-request `ttl`, not this default.
+            60,
             MAX_TTL_SECS,
             "seconds",
         )?;
@@ -804,7 +806,7 @@ mod tests {
             Settings::from_args(&args(&[("driver", "memory"), ("expiry", "soon")])).unwrap_err();
         assert_eq!(
             e.0,
-            "--expiry=\"soon\" is invalid: expected seconds from 1 to 31536000 (DKN_AUTH_EXPIRY)"
+            "--expiry=\"soon\" is invalid: expected seconds from 60 to 31536000 (DKN_AUTH_EXPIRY)"
         );
         let e = Settings::from_args(&args(&[("driver", "memory"), ("expiry", "0")])).unwrap_err();
         assert!(e.0.contains("DKN_AUTH_EXPIRY"), "{e}");
@@ -857,7 +859,7 @@ mod tests {
         let e = Settings::from_args(&args(&[("config", &p)])).unwrap_err();
         assert_eq!(
             e.0,
-            format!("dkn_auth_expiry = \"a week\" in {p} is invalid: expected seconds from 1 to 31536000 (DKN_AUTH_EXPIRY)")
+            format!("dkn_auth_expiry = \"a week\" in {p} is invalid: expected seconds from 60 to 31536000 (DKN_AUTH_EXPIRY)")
         );
         let (_d, p) = conf("[options]\ndkn_auth_driver = mongo\n");
         let e = Settings::from_args(&args(&[("config", &p)])).unwrap_err();

@@ -324,7 +324,7 @@ fn errors_name_the_setting_as_the_user_wrote_it() {
     assert_eq!(
         error_of(command().arg(format!("--config={c}"))),
         format!(
-            "dkn_auth_expiry = \"a week\" in {c} is invalid: expected seconds from 1 to 31536000 (DKN_AUTH_EXPIRY)"
+            "dkn_auth_expiry = \"a week\" in {c} is invalid: expected seconds from 60 to 31536000 (DKN_AUTH_EXPIRY)"
         )
     );
     assert_eq!(
@@ -333,7 +333,7 @@ fn errors_name_the_setting_as_the_user_wrote_it() {
                 .arg(format!("--config={c}"))
                 .env("DKN_AUTH_EXPIRY", "soon")
         ),
-        "DKN_AUTH_EXPIRY=\"soon\" is invalid: expected seconds from 1 to 31536000"
+        "DKN_AUTH_EXPIRY=\"soon\" is invalid: expected seconds from 60 to 31536000"
     );
     assert_eq!(
         error_of(
@@ -341,7 +341,7 @@ fn errors_name_the_setting_as_the_user_wrote_it() {
                 .args([&format!("--config={c}"), "--expiry=later"])
                 .env("DKN_AUTH_EXPIRY", "soon")
         ),
-        "--expiry=\"later\" is invalid: expected seconds from 1 to 31536000 (DKN_AUTH_EXPIRY)"
+        "--expiry=\"later\" is invalid: expected seconds from 60 to 31536000 (DKN_AUTH_EXPIRY)"
     );
     let conf = write_conf(
         dir.path(),
