@@ -293,11 +293,32 @@ async fn deployment_pods_come_back_with_the_sidecar_and_settings_changes_roll_th
         odoo_env,
         [
             "PGHOST",
-            "DKN_AUTH_URL",
+            "DKN_AUTH_SOCKET",
             "DKN_AUTH_EXPIRY",
             "DKN_AUTH_ANONYMOUS_EXPIRY"
         ]
     );
+    // The socket's emptyDir, as the API server stored it, mounted in the sidecar and Odoo.
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "dkn-auth-socket")
+        .expect("the socket's volume");
+    assert_eq!(
+        volume.empty_dir.as_ref().and_then(|e| e.medium.as_deref()),
+        Some("Memory")
+    );
+    for c in [sidecar, odoo] {
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "dkn-auth-socket" && m.mount_path == "/run/dkn-auth"),
+            "{} does not mount the socket's volume",
+            c.name
+        );
+    }
     let nginx = spec
         .containers
         .iter()

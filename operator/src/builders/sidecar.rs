@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Probe,
+    ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,14 +20,52 @@ pub const SIDECAR_UID: i64 = 65532;
 /// Kubernetes minor version from which native sidecars are on by default (beta in 1.29).
 pub const NATIVE_SIDECAR_MIN_MINOR: u32 = 29;
 
+/// Pod annotation choosing how the Odoo containers reach the sidecar: `socket` (the
+/// default) or `loopback`.
+pub const ADDRESS_ANNOTATION: &str = "odoo-ha.io/sidecar-address";
+/// The emptyDir holding the sidecar's Unix socket, mounted in the sidecar and in every
+/// container that gets the addon variables (and in no other: only they can connect).
+pub const SOCKET_VOLUME: &str = "dkn-auth-socket";
+/// Where [`SOCKET_VOLUME`] is mounted, in the sidecar and in the Odoo containers.
+pub const SOCKET_DIR: &str = "/run/dkn-auth";
+/// The socket: DKN_AUTH_SOCKET of the sidecar and of the addon.
+pub const SOCKET_PATH: &str = "/run/dkn-auth/sidecar.sock";
+
+/// How the Odoo containers reach the session API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Address {
+    /// A Unix socket in [`SOCKET_VOLUME`] (the default): no TCP stack on the request path,
+    /// and only the containers that mount the volume can connect.
+    Socket,
+    /// TCP on the Pod's loopback, `spec.sidecar.port` (annotation `loopback`).
+    Loopback,
+}
+
+impl Address {
+    /// From the Pod's [`ADDRESS_ANNOTATION`]; an unknown value is an error naming it.
+    pub fn from_annotation(value: Option<&str>) -> Result<Address, String> {
+        match value {
+            None | Some("socket") => Ok(Address::Socket),
+            Some("loopback") => Ok(Address::Loopback),
+            Some(other) => Err(format!(
+                "annotation {ADDRESS_ANNOTATION}={other:?} is invalid: expected socket (the default) or loopback"
+            )),
+        }
+    }
+}
+
 /// Everything the webhook adds to a Pod for one store.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Injection {
     pub sidecar: Container,
     /// Native sidecar (init container with restartPolicy Always) or regular container.
     pub native: bool,
-    /// DKN_AUTH_URL, DKN_AUTH_EXPIRY, DKN_AUTH_ANONYMOUS_EXPIRY for the Odoo containers.
+    /// The address (DKN_AUTH_SOCKET or DKN_AUTH_URL), DKN_AUTH_EXPIRY and
+    /// DKN_AUTH_ANONYMOUS_EXPIRY for the Odoo containers.
     pub addon_env: Vec<EnvVar>,
+    /// With [`Address::Socket`]: the Pod volume of the socket, and its mount for the
+    /// containers that get `addon_env` (the sidecar has its own already).
+    pub socket: Option<(Volume, VolumeMount)>,
     /// Containers that get `addon_env`; empty means all regular containers.
     pub target_containers: Vec<String>,
     /// Hash of the injected settings (independent of `native`).
@@ -126,14 +165,37 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+fn socket_mount() -> VolumeMount {
+    VolumeMount {
+        name: SOCKET_VOLUME.into(),
+        mount_path: SOCKET_DIR.into(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The injection with the default address ([`Address::Socket`]); its `config_hash` is the
+/// store's, whatever address a Pod chooses.
 pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection {
+    build_for(store, defaults, native, Address::Socket)
+}
+
+pub fn build_for(
+    store: &ValidStore,
+    defaults: &Defaults,
+    native: bool,
+    address: Address,
+) -> Injection {
     let spec = &store.spec;
     let side = &spec.sidecar;
+    let listen = match address {
+        Address::Socket => var("DKN_AUTH_SOCKET", SOCKET_PATH),
+        Address::Loopback => var("DKN_AUTH_LISTEN", format!("127.0.0.1:{}", side.port)),
+    };
     let mut env = vec![
         var("DKN_AUTH_DRIVER", spec.driver.as_str()),
         var("DKN_AUTH_PREFIX", spec.prefix.clone()),
         var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
-        var("DKN_AUTH_LISTEN", format!("127.0.0.1:{}", side.port)),
+        listen,
         var(
             "DKN_AUTH_HEALTH_LISTEN",
             format!("0.0.0.0:{}", side.health_port),
@@ -171,11 +233,29 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         resources: Some(side.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(hardened_security_context(Some(SIDECAR_UID))),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: (address == Address::Socket).then(|| vec![socket_mount()]),
         ..Container::default()
     };
 
+    let addon_address = match address {
+        Address::Socket => var("DKN_AUTH_SOCKET", SOCKET_PATH),
+        Address::Loopback => var("DKN_AUTH_URL", format!("http://127.0.0.1:{}", side.port)),
+    };
+    let socket = (address == Address::Socket).then(|| {
+        let volume = Volume {
+            name: SOCKET_VOLUME.into(),
+            // Memory: the socket is a name, not data; nothing of the node's disk is used.
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        (volume, socket_mount())
+    });
     let addon_env = vec![
-        var("DKN_AUTH_URL", format!("http://127.0.0.1:{}", side.port)),
+        addon_address,
         var("DKN_AUTH_EXPIRY", spec.expiry_seconds.to_string()),
         var(
             "DKN_AUTH_ANONYMOUS_EXPIRY",
@@ -183,7 +263,11 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         ),
     ];
     let target_containers = spec.injection.containers.clone();
-    let config_hash = hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE));
+    // The store's hash is the default address's: a Pod's annotation does not change it.
+    let config_hash = match address {
+        Address::Socket => hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE)),
+        Address::Loopback => build_for(store, defaults, native, Address::Socket).config_hash,
+    };
 
     if native {
         // Started before the app containers, kept running, and its startup probe holds
@@ -195,6 +279,7 @@ pub fn build(store: &ValidStore, defaults: &Defaults, native: bool) -> Injection
         sidecar,
         native,
         addon_env,
+        socket,
         target_containers,
         config_hash,
     }
@@ -243,10 +328,23 @@ mod tests {
         assert_eq!(env["DKN_AUTH_DRIVER"].value.as_deref(), Some("redis"));
         assert_eq!(env["DKN_AUTH_PREFIX"].value.as_deref(), Some("session:"));
         assert_eq!(env["DKN_AUTH_EXPIRY"].value.as_deref(), Some("604800"));
+        assert_eq!(env["DKN_AUTH_SOCKET"].value.as_deref(), Some(SOCKET_PATH));
+        assert!(!env.contains_key("DKN_AUTH_LISTEN"));
+        assert!(SOCKET_PATH.starts_with(&format!("{SOCKET_DIR}/")));
+        let loopback = build_for(
+            &fixtures::managed_redis(),
+            &Defaults::default(),
+            false,
+            Address::Loopback,
+        );
+        let tcp = env_of(&loopback.sidecar);
         assert_eq!(
-            env["DKN_AUTH_LISTEN"].value.as_deref(),
+            tcp["DKN_AUTH_LISTEN"].value.as_deref(),
             Some("127.0.0.1:7070")
         );
+        assert!(!tcp.contains_key("DKN_AUTH_SOCKET"));
+        assert_eq!(loopback.sidecar.volume_mounts, None);
+        assert_eq!(loopback.socket, None);
         assert_eq!(env["DKN_AUTH_LOG_FORMAT"].value.as_deref(), Some("json"));
         assert_eq!(env["DKN_AUTH_REDIS_MAX_CONN"].value.as_deref(), Some("64"));
         assert!(env["DKN_AUTH_REDIS_PASSWORD"].value_from.is_some());
@@ -422,11 +520,24 @@ mod tests {
         assert_eq!(
             names,
             [
-                ("DKN_AUTH_URL", "http://127.0.0.1:7171"),
+                ("DKN_AUTH_SOCKET", SOCKET_PATH),
                 ("DKN_AUTH_EXPIRY", "3600"),
                 ("DKN_AUTH_ANONYMOUS_EXPIRY", "600")
             ]
         );
+        let loopback = build_for(&store, &Defaults::default(), false, Address::Loopback);
+        assert_eq!(
+            loopback.addon_env[0].value.as_deref(),
+            Some("http://127.0.0.1:7171")
+        );
+        assert_eq!(loopback.addon_env[0].name, "DKN_AUTH_URL");
+        assert_eq!(loopback.config_hash, inj.config_hash);
+        assert_eq!(
+            Address::from_annotation(Some("loopback")),
+            Ok(Address::Loopback)
+        );
+        assert_eq!(Address::from_annotation(None), Ok(Address::Socket));
+        assert!(Address::from_annotation(Some("Socket")).is_err());
         assert_eq!(inj.config_hash.len(), 16);
         // Same settings, same hash, whatever the sidecar mode; other settings, other hash.
         assert_eq!(

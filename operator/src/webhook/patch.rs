@@ -7,6 +7,10 @@
 use serde_json::{json, Value};
 
 use crate::builders::sidecar::Injection;
+
+/// The addon's address variables: a container that sets either (its user chose an address)
+/// gets neither from the injection.
+const ADDRESS_VARS: [&str; 2] = ["DKN_AUTH_SOCKET", "DKN_AUTH_URL"];
 use crate::crd::{CONFIG_HASH_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_CONTAINER};
 use crate::error::{Error, Result};
 
@@ -60,12 +64,25 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
             continue;
         }
         let existing: Vec<&str> = names(c.get("env"));
+        let own_address = ADDRESS_VARS.iter().any(|v| existing.contains(v));
         let missing: Vec<Value> = inj
             .addon_env
             .iter()
             .filter(|e| !existing.contains(&e.name.as_str()))
+            .filter(|e| !(own_address && ADDRESS_VARS.contains(&e.name.as_str())))
             .map(serde_json::to_value)
             .collect::<Result<_, _>>()?;
+        if let Some((volume, mount)) = &inj.socket {
+            let mounted = names(c.get("volumeMounts")).contains(&volume.name.as_str());
+            if !mounted {
+                let mount = serde_json::to_value(mount)?;
+                if c.get("volumeMounts").and_then(Value::as_array).is_some() {
+                    plan.ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts/-"), "value": mount}));
+                } else {
+                    plan.ops.push(json!({"op": "add", "path": format!("/spec/containers/{i}/volumeMounts"), "value": [mount]}));
+                }
+            }
+        }
         if missing.is_empty() {
             continue;
         }
@@ -93,7 +110,21 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
         }
     }
 
-    // 2. The sidecar, unless a previous invocation (or the user) already added it.
+    // 2. The socket's volume, unless present (a previous invocation).
+    if let Some((volume, _)) = &inj.socket {
+        if !names(spec.get("volumes")).contains(&volume.name.as_str()) {
+            let volume = serde_json::to_value(volume)?;
+            if spec.get("volumes").and_then(Value::as_array).is_some() {
+                plan.ops
+                    .push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+            } else {
+                plan.ops
+                    .push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+            }
+        }
+    }
+
+    // 3. The sidecar, unless a previous invocation (or the user) already added it.
     let init = spec.get("initContainers").and_then(Value::as_array);
     let has_sidecar = names(spec.get("containers")).contains(&SIDECAR_CONTAINER)
         || names(spec.get("initContainers")).contains(&SIDECAR_CONTAINER);
@@ -118,7 +149,7 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
         }
     }
 
-    // 3. Marker and config hash annotations.
+    // 4. Marker and config hash annotations.
     let annotations = pod
         .pointer("/metadata/annotations")
         .and_then(Value::as_object);
@@ -203,12 +234,12 @@ mod tests {
             odoo_env,
             [
                 "HOST",
-                "DKN_AUTH_URL",
+                "DKN_AUTH_SOCKET",
                 "DKN_AUTH_EXPIRY",
                 "DKN_AUTH_ANONYMOUS_EXPIRY"
             ]
         );
-        assert_eq!(cs[2]["env"][0]["name"], "DKN_AUTH_URL");
+        assert_eq!(cs[2]["env"][0]["name"], "DKN_AUTH_SOCKET");
         assert_eq!(
             cs[1]["someFutureField"]["kept"], true,
             "unknown fields survive"
@@ -231,6 +262,143 @@ mod tests {
             .expect("env")
             .iter()
             .any(|e| e["name"] == "DKN_AUTH_URL"));
+    }
+
+    fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+        c["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+    }
+
+    fn mounts(c: &Value) -> Vec<(String, String)> {
+        c["volumeMounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or("").to_owned(),
+                            m["mountPath"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn by_default_odoo_reaches_the_sidecar_over_a_unix_socket_in_a_shared_empty_dir() {
+        use crate::builders::sidecar::{SOCKET_DIR, SOCKET_PATH, SOCKET_VOLUME};
+        for native in [false, true] {
+            let mut pod = odoo_pod();
+            // Volumes and mounts of the user's are kept, ours appended.
+            pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+            pod["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "data", "mountPath": "/var/lib/odoo"}]);
+            let out = apply(
+                &pod,
+                build(&pod, &injection(native), "sessions").expect("plan"),
+            );
+            let spec = &out["spec"];
+            let volumes = spec["volumes"].as_array().expect("volumes");
+            assert_eq!(volumes.len(), 2);
+            assert_eq!(volumes[0]["name"], "data");
+            assert_eq!(volumes[1]["name"], SOCKET_VOLUME);
+            assert_eq!(volumes[1]["emptyDir"]["medium"], "Memory");
+            let sidecar = if native {
+                &spec["initContainers"][0]
+            } else {
+                &spec["containers"][0]
+            };
+            let (odoo, nginx) = if native {
+                (&spec["containers"][0], &spec["containers"][1])
+            } else {
+                (&spec["containers"][1], &spec["containers"][2])
+            };
+            let ours = (SOCKET_VOLUME.to_owned(), SOCKET_DIR.to_owned());
+            assert_eq!(mounts(sidecar), std::slice::from_ref(&ours));
+            assert_eq!(
+                mounts(odoo),
+                [
+                    ("data".to_owned(), "/var/lib/odoo".to_owned()),
+                    ours.clone()
+                ]
+            );
+            assert_eq!(mounts(nginx), [ours]);
+            // The sidecar serves the socket, not TCP; the addon connects to it.
+            assert_eq!(env_value(sidecar, "DKN_AUTH_SOCKET"), Some(SOCKET_PATH));
+            assert_eq!(env_value(sidecar, "DKN_AUTH_LISTEN"), None);
+            assert_eq!(env_value(odoo, "DKN_AUTH_SOCKET"), Some(SOCKET_PATH));
+            assert_eq!(env_value(odoo, "DKN_AUTH_URL"), None);
+            // The kubelet still probes the health listener over the Pod IP.
+            assert_eq!(
+                env_value(sidecar, "DKN_AUTH_HEALTH_LISTEN"),
+                Some("0.0.0.0:7071")
+            );
+            assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], 7071);
+            assert_eq!(sidecar["livenessProbe"]["httpGet"]["port"], 7071);
+            assert_eq!(sidecar["ports"][0]["containerPort"], 7071);
+            assert_eq!(sidecar["ports"].as_array().map(Vec::len), Some(1));
+            let again = build(&out, &injection(native), "sessions").expect("plan");
+            assert!(again.ops.is_empty(), "reinvocation: {:?}", again.ops);
+        }
+    }
+
+    #[test]
+    fn only_the_named_containers_mount_the_socket() {
+        let store = fixtures::store(json!({
+            "driver": "redis", "backend": {"managed": {}},
+            "injection": {"containers": ["odoo"]}
+        }));
+        let inj = sidecar::build(&store, &Defaults::default(), false);
+        let pod = odoo_pod();
+        let out = apply(&pod, build(&pod, &inj, "sessions").expect("plan"));
+        assert_eq!(mounts(&out["spec"]["containers"][1]).len(), 1);
+        assert!(out["spec"]["containers"][2].get("volumeMounts").is_none());
+    }
+
+    #[test]
+    fn loopback_address_is_tcp_without_a_volume() {
+        use crate::builders::sidecar::{build_for, Address};
+        let store = fixtures::managed_redis();
+        let inj = build_for(&store, &Defaults::default(), false, Address::Loopback);
+        assert_eq!(inj.config_hash, injection(false).config_hash);
+        let pod = odoo_pod();
+        let out = apply(&pod, build(&pod, &inj, "sessions").expect("plan"));
+        let cs = out["spec"]["containers"].as_array().expect("containers");
+        assert!(out["spec"].get("volumes").is_none());
+        assert!(cs.iter().all(|c| c.get("volumeMounts").is_none()));
+        assert_eq!(env_value(&cs[0], "DKN_AUTH_LISTEN"), Some("127.0.0.1:7070"));
+        assert_eq!(env_value(&cs[0], "DKN_AUTH_SOCKET"), None);
+        assert_eq!(
+            env_value(&cs[1], "DKN_AUTH_URL"),
+            Some("http://127.0.0.1:7070")
+        );
+        assert_eq!(env_value(&cs[1], "DKN_AUTH_SOCKET"), None);
+        let again = build(&out, &inj, "sessions").expect("plan");
+        assert!(again.ops.is_empty(), "reinvocation: {:?}", again.ops);
+    }
+
+    #[test]
+    fn a_users_own_address_gets_no_second_one() {
+        let mut pod = odoo_pod();
+        pod["spec"]["containers"][0]["env"] =
+            json!([{"name": "DKN_AUTH_URL", "value": "http://127.0.0.1:9000"}]);
+        let out = apply(
+            &pod,
+            build(&pod, &injection(false), "sessions").expect("plan"),
+        );
+        let odoo = &out["spec"]["containers"][1];
+        assert_eq!(
+            env_value(odoo, "DKN_AUTH_URL"),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(env_value(odoo, "DKN_AUTH_SOCKET"), None);
+        assert_eq!(env_value(odoo, "DKN_AUTH_EXPIRY"), Some("604800"));
+        // The other container takes the default.
+        assert!(env_value(&out["spec"]["containers"][2], "DKN_AUTH_SOCKET").is_some());
     }
 
     #[test]

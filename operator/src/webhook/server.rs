@@ -78,7 +78,15 @@ pub fn decide(
     let grace = pod
         .pointer("/spec/terminationGracePeriodSeconds")
         .and_then(Value::as_i64);
-    let injection = sidecar::build(&valid, defaults, native).for_pod(grace);
+    let annotation = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(sidecar::ADDRESS_ANNOTATION))
+        .and_then(Value::as_str);
+    let address = match sidecar::Address::from_annotation(annotation) {
+        Ok(a) => a,
+        Err(e) => return Decision::Deny(format!("cannot inject the session sidecar: {e}")),
+    };
+    let injection = sidecar::build_for(&valid, defaults, native, address).for_pod(grace);
     match patch::build(pod, &injection, name) {
         Ok(plan) if plan.ops.is_empty() => Decision::Allow,
         Ok(plan) => Decision::Patch(plan),
@@ -302,6 +310,45 @@ mod tests {
             panic!("must patch")
         };
         assert!(plan.ops.iter().any(|o| o["path"] == "/spec/initContainers"));
+    }
+
+    #[test]
+    fn the_address_annotation_chooses_socket_or_loopback_and_refuses_other_values() {
+        let s = store(json!({"driver": "redis", "backend": {"managed": {}}}));
+        let defaults = Defaults::default();
+        let listen = |pod: &Value| {
+            let Decision::Patch(plan) = decide(pod, "shop", Some(&s), &defaults) else {
+                panic!("must patch")
+            };
+            let env = patched_sidecar_env(&plan);
+            let volume = plan.ops.iter().any(|o| o["path"] == "/spec/volumes");
+            let get = |name: &str| {
+                env.iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, v)| v.clone())
+            };
+            (get("DKN_AUTH_SOCKET"), get("DKN_AUTH_LISTEN"), volume)
+        };
+        let socket = (Some(sidecar::SOCKET_PATH.to_owned()), None, true);
+        assert_eq!(listen(&pod()), socket);
+        let mut annotated = pod();
+        annotated["metadata"]["annotations"] = json!({sidecar::ADDRESS_ANNOTATION: "socket"});
+        assert_eq!(listen(&annotated), socket);
+        annotated["metadata"]["annotations"] = json!({sidecar::ADDRESS_ANNOTATION: "loopback"});
+        assert_eq!(
+            listen(&annotated),
+            (None, Some("127.0.0.1:7070".to_owned()), false)
+        );
+        annotated["metadata"]["annotations"] = json!({sidecar::ADDRESS_ANNOTATION: "tcp"});
+        let Decision::Deny(msg) = decide(&annotated, "shop", Some(&s), &defaults) else {
+            panic!("must deny")
+        };
+        assert!(
+            msg.contains(sidecar::ADDRESS_ANNOTATION)
+                && msg.contains("\"tcp\"")
+                && msg.contains("loopback"),
+            "{msg}"
+        );
     }
 
     /// The sidecar of the patch (regular container or native init container).
