@@ -116,4 +116,4 @@ export E2E_LOAD_FROM=${E2E_LOAD_FROM:-pod}
 export E2E_RESULTS=${E2E_RESULTS:-${RUNNER_TEMP:-/tmp}/odoo-ha-e2e-results/$(date -u +%Y%m%dT%H%M%SZ)}
 log "load records and measurements: $E2E_RESULTS"
 E2E_STANDIN_IMAGE=$STANDIN_IMAGE E2E_OPERATOR_NS=$OPNS E2E_RELEASE=$RELEASE \
-    tests/e2e/scenarios.sh "$@"
+    E2E_HELM=helm E2E_VALUES=tests/e2e/values-kind.yaml tests/e2e/scenarios.sh "$@"

@@ -8,7 +8,8 @@
 #   3. load      the images are imported into the node's containerd
 #   4. install   the chart, with Helm's engine (helm-python-sdk), values tests/e2e/values-local.yaml
 #   5. run       tests/e2e/scenarios.sh redis db (in parallel; the load generator runs on
-#                this machine, records in $ODOO_HA_K8S_STATE.results/<time>/)
+#                this machine, records in $ODOO_HA_K8S_STATE.results/<time>/; the db
+#                scenario upgrades the chart under load with helm.py upgrade)
 #   6. teardown  helm uninstall (checked: nothing of the release left), cluster down
 #
 # tests/e2e/run-kind.sh runs the same six steps with kind, docker and helm.
@@ -184,5 +185,7 @@ phase run
 export E2E_LOAD_FROM=${E2E_LOAD_FROM:-host} E2E_HOST_PYTHON=${E2E_HOST_PYTHON:-/usr/bin/python3.11}
 export E2E_RESULTS=${E2E_RESULTS:-$ODOO_HA_K8S_STATE.results/$(date -u +%Y%m%dT%H%M%SZ)}
 log "load records and measurements: $E2E_RESULTS"
+# The upgrade case runs `helm upgrade` through the same engine as the install.
 E2E_STANDIN_IMAGE=$STANDIN_IMAGE E2E_OPERATOR_NS=$OPNS E2E_RELEASE=$RELEASE \
+    E2E_HELM="$HELM_VENV/bin/python $ROOT/tests/e2e/helm.py" E2E_VALUES=tests/e2e/values-local.yaml \
     tests/e2e/scenarios.sh "$@"

@@ -30,6 +30,9 @@
 #   E2E_MAX_FAILURE_WINDOW  seconds of failed requests a primary deletion may cause (5)
 #   E2E_PARALLEL          1 (default): the backends' scenarios run at the same time, each in
 #                         its namespace; the measured parts take turns (a lock); 0: in turn
+#   E2E_HELM              the helm command of the caller (`helm`, or run-local.sh's
+#                         `python tests/e2e/helm.py`); unset: the upgrade case is skipped
+#   E2E_VALUES            the values file the chart was installed with (the upgrade adds to it)
 #   E2E_RESULTS           folder for the load records and measurements.jsonl
 #                         (default: a new folder under ${TMPDIR:-/tmp}/odoo-ha-e2e-results)
 #
@@ -42,6 +45,12 @@
 #              E2E_MAX_FAILURE_WINDOW s (first to last), no session refused, every session
 #              valid after, a logout acknowledged just before the kill refused through both
 #              pods after the failover;
+#   upgrade    (db scenario, E2E_HELM set) `helm upgrade` of the chart with changed values
+#              (webhook failurePolicy and timeoutSeconds, the Lease duration: the operator
+#              Deployment rolls): release deployed at the next revision, the webhook
+#              configuration and the operator carry the new values, the caBundle kept, a
+#              leader, 0 failed requests, 0 refused, the store Ready, every session valid, a
+#              Pod created after it injected; then an upgrade back to the install's values;
 #   outage     the backend down (the PostgreSQL Pod deleted; every Redis Pod at once, or the
 #              single one with E2E_HA=0): the stand-in Pods stay Ready, the Service keeps
 #              both endpoints, a request that needs no session answers 200, the sidecars'
@@ -527,6 +536,114 @@ outage_readiness() {
     require "the sidecars' metrics said the backend was down (a *_backend_up sample of 0)" test "$down_seen" -eq 1
 }
 
+# -- the chart upgrade -----------------------------------------------------------------
+
+HELM=()
+[[ -n ${E2E_HELM:-} ]] && read -ra HELM <<<"$E2E_HELM"
+# helm_upgrade [VALUES...]: the chart upgraded with the install's values plus VALUES.
+helm_upgrade() {
+    local -a files=()
+    [[ -n ${E2E_VALUES:-} ]] && files+=(-f "$E2E_VALUES")
+    local f
+    for f in "$@"; do files+=(-f "$f"); done
+    "${HELM[@]}" upgrade "$RELEASE" "$ROOT/charts/odoo-ha-session" --namespace "$OPNS" "${files[@]}" --wait >&2
+}
+release_json() { "${HELM[@]}" status "$RELEASE" --namespace "$OPNS" -o json; }
+webhook_field() { kubectl get "$mwc" -o jsonpath="{.webhooks[0].$1}"; }
+operator_env() {
+    kubectl get -n "$OPNS" "$deploy" -o jsonpath="{.spec.template.spec.containers[0].env[?(@.name==\"$1\")].value}"
+}
+operator_pods() {
+    kubectl get pods -n "$OPNS" -l "app.kubernetes.io/instance=$RELEASE" -o json |
+        jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .metadata.name' | sort
+}
+# The operator Deployment rolled to its newest template and only its Pods are left.
+operator_rolled() {
+    local want
+    want=$(kubectl get -n "$OPNS" "$deploy" -o jsonpath='{.spec.replicas}')
+    kubectl rollout status -n "$OPNS" "$deploy" --timeout=2s >/dev/null 2>&1 &&
+        [[ $(kubectl get pods -n "$OPNS" -l "app.kubernetes.io/instance=$RELEASE" -o name | wc -l) -eq $want ]]
+}
+
+# The Lease is held by a running operator Pod of the current revision.
+new_pod_leads() {
+    local h
+    h=$(holder)
+    [[ -n $h ]] && operator_pods | grep -qx "$h"
+}
+
+# upgrade_under_load: `helm upgrade` with changed values while the load runs through the
+# two injected stand-in Pods; then back to the install's values (not measured).
+upgrade_under_load() {
+    local t0=$SECONDS values rev0 rev1 json status old_ops t_up upgrade_s failed refused bad pods
+    step "[$NS] helm upgrade of the chart under load (failurePolicy Ignore, timeoutSeconds 8, Lease 20 s): deployed, no failed request, the store Ready, sessions valid"
+    values=$RESULTS/upgrade-values.yaml
+    cat >"$values" <<'YAML'
+webhook:
+  failurePolicy: Ignore
+  timeoutSeconds: 8
+leaderElection:
+  leaseDurationSeconds: 20
+YAML
+    rev0=$(release_json | jq -r .version)
+    [[ $(webhook_field failurePolicy) == Fail ]] || fail "the install's failurePolicy is not Fail: $(webhook_field failurePolicy)"
+    measure_lock
+    old_ops=$(operator_pods | tr '\n' ' ')
+    load_start upgrade
+    sleep 3
+    t_up=$SECONDS
+    helm_upgrade "$values" || fail "helm upgrade failed"
+    until_ok "$TIMEOUT" "the operator Deployment to roll" operator_rolled
+    upgrade_s=$((SECONDS - t_up))
+    sleep 3
+    load_stop
+    measure_unlock
+    json=$(release_json)
+    status=$(jq -r .info.status <<<"$json")
+    rev1=$(jq -r .version <<<"$json")
+    pods=$(jq '.by_pod | length' <<<"$LOAD_SUMMARY")
+    failed=$(jq .failed <<<"$LOAD_SUMMARY")
+    refused=$(jq .refused <<<"$LOAD_SUMMARY")
+    bad=$(bad_sessions 200 "$LOAD_SIDS")
+    log "upgrade: revision $rev0 -> $rev1 ($status) in ${upgrade_s} s (helm and the operator's roll); operator Pods $old_ops-> $(operator_pods | tr '\n' ' ')"
+    record helm-upgrade "$(jq -nc --arg s "$status" --argjson r0 "$rev0" --argjson r1 "$rev1" --argjson u "$upgrade_s" --arg bad "$bad" \
+        '{release_status: $s, revision_before: $r0, revision_after: $r1, upgrade_s: $u, sessions_invalid_after: $bad}')"
+    [[ $status == deployed ]] || fail "release $RELEASE is $status after the upgrade"
+    ((rev1 == rev0 + 1)) || fail "release revision $rev0 -> $rev1, expected one more"
+    [[ $(webhook_field failurePolicy) == Ignore && $(webhook_field timeoutSeconds) == 8 ]] ||
+        fail "webhook configuration after the upgrade: failurePolicy $(webhook_field failurePolicy), timeoutSeconds $(webhook_field timeoutSeconds)"
+    has_ca || fail "the upgrade lost the webhook's caBundle"
+    [[ $(operator_env LEASE_DURATION_SECONDS) == 20 ]] || fail "operator LEASE_DURATION_SECONDS is $(operator_env LEASE_DURATION_SECONDS)"
+    local p
+    for p in $old_ops; do
+        [[ $(operator_pods) != *"$p"* ]] || fail "operator Pod $p of the old revision still runs"
+    done
+    until_ok "$TIMEOUT" "a leader among the new operator replicas" new_pod_leads
+    ((pods == 2)) || fail "the load reached $pods stand-in pods, expected both"
+    kubectl wait -n "$NS" "oss/$STORE" --for=condition=Ready --timeout=10s >&2 || fail "store $STORE not Ready after the upgrade"
+    require "0 failed requests across the upgrade (got $failed)" test "$failed" -eq 0
+    require "0 refused sessions across the upgrade (got $refused)" test "$refused" -eq 0
+    require "every load session valid through both pods after the upgrade${bad:+ (not: $bad)}" test -z "$bad"
+    log "upgrade case took $((SECONDS - t0)) s"
+}
+
+# upgrade_back: the install's values again (failurePolicy Fail for the rest of the run).
+upgrade_back() {
+    local t0=$SECONDS
+    step "[$NS] helm upgrade back to the install's values"
+    # Not measured, but the other scenario's measurements do not overlap the operator's roll.
+    measure_lock
+    helm_upgrade || fail "helm upgrade back failed"
+    until_ok "$TIMEOUT" "the operator Deployment to roll back" operator_rolled
+    [[ $(release_json | jq -r .info.status) == deployed ]] || fail "release not deployed after the upgrade back"
+    [[ $(webhook_field failurePolicy) == Fail && $(webhook_field timeoutSeconds) == 5 ]] ||
+        fail "webhook configuration after the upgrade back: $(webhook_field failurePolicy) $(webhook_field timeoutSeconds)"
+    has_ca || fail "the upgrade back lost the webhook's caBundle"
+    until_ok "$TIMEOUT" "a leader among the operator replicas" new_pod_leads
+    measure_unlock
+    log "upgrade back took $((SECONDS - t0)) s"
+}
+
 # -- managed Redis with Sentinel ----------------------------------------------------------
 
 redis_pods() {
@@ -721,6 +838,24 @@ scenario() {
     [[ -n $a2 && $a2 != "$a" ]] || fail "no replacement for $a"
     check_injected 3600 "$driver"
     expect_session "$a2" "$sid" "$uid"
+
+    if [[ $driver == db ]]; then
+        if ((${#HELM[@]})); then
+            upgrade_under_load
+            step "[$driver] a Pod created after the upgrade gets the sidecar; sessions valid through it"
+            mapfile -t pods < <(ready_pods)
+            kubectl delete pod -n "$NS" "${pods[0]}" --wait=true --timeout="${TIMEOUT}s" >&2
+            until_ok "$TIMEOUT" "a replacement stand-in pod after the upgrade" two_ready
+            check_injected 3600 "$driver"
+            mapfile -t pods < <(ready_pods)
+            a2=${pods[0]:-} b=${pods[1]:-}
+            expect_session "$a2" "$sid" "$uid"
+            expect_session "$b" "$sid" "$uid"
+            upgrade_back
+        else
+            log "E2E_HELM not set: the chart upgrade case is skipped"
+        fi
+    fi
 
     # Before the backend cases: a sidecar connection left broken by a failover can still
     # fail one request later on (reported by those cases), which is not what this measures.
