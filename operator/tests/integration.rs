@@ -1516,3 +1516,79 @@ async fn namespaced_operator_under_its_role() {
         .delete("sessions", &DeleteParams::default())
         .await;
 }
+
+/// SIGTERM (the kubelet stopping a replica in a rollout): `/readyz` fails at once, so the
+/// endpoint goes, while the webhook keeps answering for the drain time; the leader hands
+/// its Lease back first; then the process exits by itself, successfully.
+#[tokio::test]
+#[ignore = "needs a test cluster: set ODOO_HA_KUBECONFIG (tests/operator-integration.sh)"]
+async fn sigterm_fails_readiness_and_drains_the_webhook() {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let client = client().await;
+    let (webhook_port, metrics_port) = (18448u16, 18088u16);
+    let mut op = start_named_operator(&client, "it-drain", webhook_port, metrics_port).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    eventually("it-drain to lead", 60, || async {
+        let l = leases.get("odoo-session-operator").await.ok()?;
+        (l.spec?.holder_identity.as_deref() == Some("it-drain")).then_some(())
+    })
+    .await;
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+            ])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let webhook = format!("https://127.0.0.1:{webhook_port}/mutate-pods");
+    // Not an AdmissionReview: the handler answers 400, which shows it serves.
+    assert_eq!(curl(&["-X", "POST", "-d", "x", &webhook]), "400");
+    let started = std::time::Instant::now();
+    let pid = op.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let readyz = format!("http://127.0.0.1:{metrics_port}/readyz");
+    eventually("/readyz 503 after SIGTERM", 3, || async {
+        (curl(&[&readyz]) == "503").then_some(())
+    })
+    .await;
+    assert_eq!(
+        curl(&["-X", "POST", "-d", "x", &webhook]),
+        "400",
+        "the webhook must still answer during the drain"
+    );
+    eventually("the Lease handed back", 5, || async {
+        let l = leases.get("odoo-session-operator").await.ok()?;
+        (l.spec?.holder_identity.as_deref() != Some("it-drain")).then_some(())
+    })
+    .await;
+    let status = loop {
+        if let Some(s) = op.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the operator did not exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= std::time::Duration::from_secs(4),
+        "exited {took:?} after SIGTERM: no drain"
+    );
+}
