@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{legacy_sid, s, Harness};
 use http::Method;
 use odoo_ha_testkit::{PostgresServer, RedisServer};
+use odoo_session_sidecar::store::redis::PIPELINE_DEPTH;
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -439,7 +440,7 @@ async fn redis_restart_leaves_no_dead_connection_in_the_pool() {
     let h = Harness::with_flags(vec![
         "--driver=redis".into(),
         format!("--redis-uri={}", redis.url()),
-        "--redis-max-conn=8".into(),
+        "--redis-max-conn=2".into(),
     ])
     .await;
     let mut c = h.client();
@@ -453,11 +454,12 @@ async fn redis_restart_leaves_no_dead_connection_in_the_pool() {
         assert_eq!(r.status, 201, "{r:?}");
         sids.push(sid);
     }
-    // Parallel load until every slot holds a connection.
+    // Parallel load until every slot holds a connection (a slot carries PIPELINE_DEPTH
+    // requests in flight before the next is used).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.state.store.pool_in_use() < 8 {
-        assert!(Instant::now() < deadline, "the load never used all 8 slots");
-        let failed = burst(&h, &sids, 64, 0).await;
+    while h.state.store.pool_in_use() < 2 {
+        assert!(Instant::now() < deadline, "the load never used both slots");
+        let failed = burst(&h, &sids, 4 * PIPELINE_DEPTH, 0).await;
         assert!(failed.is_empty(), "before the restart: {failed:?}");
     }
 
@@ -476,7 +478,7 @@ async fn redis_restart_leaves_no_dead_connection_in_the_pool() {
         }
     }
     for round in 1..=4 {
-        failed.extend(burst(&h, &sids, 64, round).await);
+        failed.extend(burst(&h, &sids, 4 * PIPELINE_DEPTH, round).await);
     }
     assert!(
         failed.is_empty(),

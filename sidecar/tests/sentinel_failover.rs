@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{backend_flags, identifier, legacy_sid, modern_sid, s, Backend, Harness};
 use http::Method;
 use odoo_ha_testkit::{free_port, Client, Reply, SentinelRedis};
+use odoo_session_sidecar::store::redis::PIPELINE_DEPTH;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_odoo-session-sidecar");
@@ -883,7 +884,7 @@ async fn no_request_fails_on_a_dead_connection_after_a_failover() {
         "--driver=redis".into(),
         format!("--redis-uri={}", redis.uri()),
         format!("--redis-password={}", redis.password),
-        "--redis-max-conn=8".into(),
+        "--redis-max-conn=2".into(),
         format!("--backend-timeout-ms={TIMEOUT_MS}"),
     ])
     .await;
@@ -903,9 +904,9 @@ async fn no_request_fails_on_a_dead_connection_after_a_failover() {
         sids.push(sid);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.state.store.pool_in_use() < 8 {
-        assert!(Instant::now() < deadline, "the load never used all 8 slots");
-        let failed = burst(&h, &sids, 64).await;
+    while h.state.store.pool_in_use() < 2 {
+        assert!(Instant::now() < deadline, "the load never used both slots");
+        let failed = burst(&h, &sids, 4 * PIPELINE_DEPTH).await;
         assert!(failed.is_empty(), "before the fail-over: {failed:?}");
     }
     // Every acknowledged write is on the replica before its primary dies.
@@ -968,7 +969,7 @@ async fn no_request_fails_on_a_dead_connection_after_a_failover() {
 
     let mut failed = Vec::new();
     for _ in 0..4 {
-        failed.extend(burst(&h, &sids, 64).await);
+        failed.extend(burst(&h, &sids, 4 * PIPELINE_DEPTH).await);
     }
     assert!(
         failed.is_empty(),

@@ -3,9 +3,12 @@
 //! Odoo 18 identifier, or the sid itself), so they live in one Redis Cluster slot.
 //!
 //! Connections are multiplexed; the pool is a fixed set of slots, each (re)connected lazily.
-//! A request uses the slot given by the number of requests already in flight, so a quiet
-//! sidecar keeps one connection and a busy one spreads over up to `max_conn`. A checkout
-//! costs no round trip (a ping-on-checkout pool would double the latency of every call).
+//! A request uses the slot given by the number of requests already in flight, divided by
+//! [`PIPELINE_DEPTH`]: up to that many requests share one connection, whose commands the
+//! driver writes together and Redis reads together (automatic pipelining: fewer system calls
+//! on both sides than one connection per request in flight), and a busier sidecar spreads
+//! over up to `max_conn`. A checkout costs no round trip (a ping-on-checkout pool would
+//! double the latency of every call).
 //!
 //! Every connection carries the pool generation it was opened in. A broken connection, a
 //! `READONLY`, a reconnect after connects had failed, or the Sentinels naming another primary
@@ -309,6 +312,11 @@ async fn attempt<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Attempt
     Attempt { result, waited }
 }
 
+/// Requests in flight that share one connection before the next one is used. Measured in
+/// docs/benchmarks.md (issue 9): at 32 requests in flight, one connection costs Redis and
+/// the sidecar less CPU per request than 4 or 32.
+pub const PIPELINE_DEPTH: usize = 32;
+
 /// How often the Sentinels are asked whether the primary moved (besides every reconnect).
 pub const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 
@@ -344,7 +352,7 @@ impl RedisPool {
     async fn checkout_from<'a>(&'a self, set: &'a Slots) -> StoreResult<Checkout<'a>> {
         let n = set.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight(set);
-        let index = n % set.slots.len();
+        let index = (n / PIPELINE_DEPTH) % set.slots.len();
         let slot = &set.slots[index];
         let current = self.generation.load(Ordering::Acquire);
         let cached = slot.conn.read().clone().filter(|p| p.generation >= current);
