@@ -23,6 +23,10 @@ use odoo_session_sidecar::store;
 
 use serve::{Connections, Listener};
 
+/// See the dependency's comment in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Once the sidecar stops serving, the longest wait for requests still in flight (a large
 /// identifier batch, a client that sent half a request and went silent) before exiting anyway.
 const FINISH_LIMIT: Duration = Duration::from_secs(5);
@@ -171,6 +175,20 @@ fn clear_socket_path(path: &Path) -> Result<(), Failure> {
     }
 }
 
+/// Connecting to a Unix socket needs write permission on it. The sidecar and Odoo run as
+/// different users (in a Pod: uid 65532 and Odoo's), so the socket is read-write for every
+/// user, as PostgreSQL's is by default, whatever the umask: who can connect is decided by
+/// who can reach the directory (in a Pod, the emptyDir only the Odoo containers mount).
+fn open_to_every_user(path: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|e| {
+        Failure::Serve(format!(
+            "DKN_AUTH_SOCKET={}: cannot make the socket writable for Odoo's user: {e}",
+            path.display()
+        ))
+    })
+}
+
 async fn run(settings: Settings) -> Result<(), Failure> {
     let signals = drain::Signals::new();
     if let Listen::Unix(path) = &settings.listen {
@@ -201,12 +219,16 @@ async fn run(settings: Settings) -> Result<(), Failure> {
             Listen::Tcp(addr) => Listener::Tcp(TcpListener::bind(addr).await.map_err(|e| {
                 Failure::Serve(format!("DKN_AUTH_LISTEN={addr}: cannot listen: {e}"))
             })?),
-            Listen::Unix(path) => Listener::Unix(UnixListener::bind(path).map_err(|e| {
-                Failure::Serve(format!(
-                    "DKN_AUTH_SOCKET={}: cannot listen: {e}",
-                    path.display()
-                ))
-            })?),
+            Listen::Unix(path) => {
+                let listener = UnixListener::bind(path).map_err(|e| {
+                    Failure::Serve(format!(
+                        "DKN_AUTH_SOCKET={}: cannot listen: {e}",
+                        path.display()
+                    ))
+                })?;
+                open_to_every_user(path)?;
+                Listener::Unix(listener)
+            }
         };
     // The health listener serves through the drain and ends with the process: its stop
     // never comes.

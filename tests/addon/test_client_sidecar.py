@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -215,6 +216,44 @@ def test_unix_socket(tmp_root):
         assert client.transport._local.conn.sock.family == socket.AF_UNIX
     finally:
         sc.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the client as another user")
+def test_unix_socket_serves_another_user_whatever_the_umask():
+    """In a Pod the sidecar (uid 65532) and Odoo (its image's user) share the socket's
+    emptyDir: connecting needs write permission on the socket, which a umask of 022 or 077
+    would keep from Odoo's user."""
+    import tempfile
+
+    from conftest import Sidecar
+
+    directory = tempfile.mkdtemp(prefix="dkn-sock-")
+    os.chmod(directory, 0o755)  # noqa: S103 - reachable by the other user, as an emptyDir is
+    path = os.path.join(directory, "sidecar.sock")
+    old_umask = os.umask(0o077)
+    try:
+        sc = Sidecar(["--driver", "memory"], directory, unix_socket=path)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert os.stat(path).st_mode & 0o777 == 0o666
+        sid = sid40()
+        Client(Settings(socket=path)).put(sid, {"who": "root"}, create_only=True)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                other = Client(Settings(socket=path))
+                code = 0 if other.get(sid).data == {"who": "root"} else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "uid 65534 could not use the socket"
+    finally:
+        sc.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_child_process_opens_its_own_connection(memory_sidecar, settings_for):
