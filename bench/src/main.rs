@@ -39,6 +39,64 @@ struct Args {
     /// Skip the PostgreSQL scenarios.
     #[arg(long)]
     no_postgres: bool,
+    /// Instead of the full tables: the throughput comparison of sidecar + Redis with direct
+    /// Redis, one row per setup and round, interleaved. A setup is `key=value` pairs joined
+    /// by `/`: `bin=N` (the Nth `--sidecar`, from 0), `client=tcp|unix` (bench to sidecar),
+    /// `redis=tcp|unix` (sidecar to Redis), `max-conn=N` (DKN_AUTH_REDIS_MAX_CONN),
+    /// `threads=N` (TOKIO_WORKER_THREADS of the sidecar); e.g.
+    /// `--setup bin=0 --setup bin=1/client=unix/redis=unix/max-conn=1`.
+    #[arg(long)]
+    setup: Vec<String>,
+    /// More sidecar binaries for `--setup bin=N` (`--sidecar` is bin=0).
+    #[arg(long = "other-sidecar")]
+    other_sidecars: Vec<PathBuf>,
+    /// Rounds of the comparison (each round runs every direct baseline and every setup).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// One sidecar configuration of the throughput comparison (`--setup`).
+#[derive(Clone, Debug)]
+struct Setup {
+    text: String,
+    bin: usize,
+    client_unix: bool,
+    redis_unix: bool,
+    max_conn: Option<usize>,
+    threads: Option<usize>,
+}
+
+impl Setup {
+    fn parse(text: &str) -> Result<Setup, String> {
+        let mut s = Setup {
+            text: text.to_owned(),
+            bin: 0,
+            client_unix: false,
+            redis_unix: false,
+            max_conn: None,
+            threads: None,
+        };
+        let unix = |v: &str| match v {
+            "tcp" => Ok(false),
+            "unix" => Ok(true),
+            _ => Err(format!("--setup {text}: expected tcp or unix, got {v}")),
+        };
+        let number = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("--setup {text}: expected a number, got {v}"))
+        };
+        for pair in text.split('/').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("bin", v)) => s.bin = number(v)?,
+                Some(("client", v)) => s.client_unix = unix(v)?,
+                Some(("redis", v)) => s.redis_unix = unix(v)?,
+                Some(("max-conn", v)) => s.max_conn = Some(number(v)?),
+                Some(("threads", v)) => s.threads = Some(number(v)?),
+                _ => return Err(format!("--setup {text}: unknown part {pair}")),
+            }
+        }
+        Ok(s)
+    }
 }
 
 /// A sidecar process of its own, so its CPU time and memory can be read from /proc.
@@ -49,12 +107,31 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(bin: &PathBuf, driver_flags: &[String]) -> Sidecar {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        Self::start_with(bin, driver_flags, None, &[]).await
+    }
+
+    /// `socket`: serve on this Unix socket instead of TCP; `env`: extra variables.
+    async fn start_with(
+        bin: &PathBuf,
+        driver_flags: &[String],
+        socket: Option<&std::path::Path>,
+        env: &[(&str, String)],
+    ) -> Sidecar {
+        let (listen, addr) = match socket {
+            Some(path) => (
+                format!("--socket={}", path.display()),
+                format!("unix:{}", path.display()),
+            ),
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                (format!("--listen={addr}"), addr)
+            }
+        };
         let child = tokio::process::Command::new(bin)
-            .arg(format!("--listen={addr}"))
+            .arg(listen)
             .arg("--log-level=error")
             .args(driver_flags)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -80,13 +157,7 @@ impl Sidecar {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // Fields 14 and 15 of stat (utime, stime), counted after the command name.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds_of(self.pid())
     }
 
     fn rss_mb(&self) -> f64 {
@@ -99,6 +170,16 @@ impl Sidecar {
             .and_then(|kb| kb.parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     }
+}
+
+/// User + system CPU seconds of a process so far (`self` for this one).
+fn cpu_seconds_of(pid: impl std::fmt::Display) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// An Odoo 16-like session of about 2 KB.
@@ -377,6 +458,174 @@ async fn identifier_lookup(sc: &Sidecar, count: usize, lookup: usize) -> (Durati
     (times[times.len() / 2], seed_time.as_secs_f64(), missing)
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Redis's own process id, for its CPU time.
+async fn redis_pid(url: &str) -> u32 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("process_id in INFO server")
+}
+
+/// The throughput comparison (`--setup`): direct Redis and every setup, round after round,
+/// with the CPU time each process spent per operation.
+async fn compare(args: &Args) {
+    let setups: Vec<Setup> = match args.setup.iter().map(|t| Setup::parse(t)).collect() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("odoo-session-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let bins: Vec<&PathBuf> = std::iter::once(&args.sidecar)
+        .chain(&args.other_sidecars)
+        .collect();
+    if let Some(s) = setups.iter().find(|s| s.bin >= bins.len()) {
+        eprintln!(
+            "odoo-session-bench: --setup {}: only {} sidecar binaries given",
+            s.text,
+            bins.len()
+        );
+        std::process::exit(2);
+    }
+    let duration = Duration::from_secs(args.duration);
+    let redis = RedisServer::start_plain_with_socket();
+    let redis_pid = redis_pid(&redis.url()).await;
+    let mut sidecars = Vec::new();
+    for (i, s) in setups.iter().enumerate() {
+        let uri = if s.redis_unix {
+            redis.socket_url()
+        } else {
+            redis.url()
+        };
+        let mut flags = vec!["--driver=redis".to_string(), format!("--redis-uri={uri}")];
+        if let Some(n) = s.max_conn {
+            flags.push(format!("--redis-max-conn={n}"));
+        }
+        let env: Vec<(&str, String)> = s
+            .threads
+            .map(|n| ("TOKIO_WORKER_THREADS", n.to_string()))
+            .into_iter()
+            .collect();
+        let socket = s.client_unix.then(|| {
+            std::env::temp_dir().join(format!(
+                "odoo-session-bench-{}-{i}.sock",
+                std::process::id()
+            ))
+        });
+        sidecars.push(Sidecar::start_with(bins[s.bin], &flags, socket.as_deref(), &env).await);
+    }
+    let mut directs = vec![("direct Redis, TCP", redis.url())];
+    if setups.iter().any(|s| s.redis_unix) {
+        directs.push(("direct Redis, Unix socket", redis.socket_url()));
+    }
+    println!("Machine: {}. {} s per row, interleaved; read = GET of a ~2 KB session, write = PATCH of 1-2 keys (sidecar) or SET + EXPIRE of the whole session (direct). CPU = user + system time per operation of the bench process (the clients), the sidecar and Redis.
+", machine(), args.duration);
+    for &conns in &args.connections {
+        println!("| round | scenario | connections | ops/s | read p50 / p99 (ms) | write p50 / p99 (ms) | CPU per op, bench / sidecar / Redis (µs) | errors |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut direct_ops = vec![Vec::new(); directs.len()];
+        let mut setup_ops = vec![Vec::new(); setups.len()];
+        // Per round: sidecar / direct over the transport the sidecar uses to Redis.
+        let mut ratios = vec![Vec::new(); setups.len()];
+        for round in 1..=args.rounds {
+            let mut this_round = Vec::new();
+            for (name, url) in &directs {
+                let (me, rd) = (cpu_seconds_of("self"), cpu_seconds_of(redis_pid));
+                let o = run(Target::DirectRedis, url, conns, duration).await;
+                let cpu = [
+                    cpu_seconds_of("self") - me,
+                    0.0,
+                    cpu_seconds_of(redis_pid) - rd,
+                ];
+                println!("{}", compare_row(round, name, conns, &o, cpu, false));
+                this_round.push(o.ops as f64 / o.elapsed.as_secs_f64());
+            }
+            for (i, ops) in this_round.iter().enumerate() {
+                direct_ops[i].push(*ops);
+            }
+            for (i, (s, sc)) in setups.iter().zip(&sidecars).enumerate() {
+                let (me, sd, rd) = (
+                    cpu_seconds_of("self"),
+                    sc.cpu_seconds(),
+                    cpu_seconds_of(redis_pid),
+                );
+                let o = run(Target::Sidecar, &sc.addr, conns, duration).await;
+                let cpu = [
+                    cpu_seconds_of("self") - me,
+                    sc.cpu_seconds() - sd,
+                    cpu_seconds_of(redis_pid) - rd,
+                ];
+                let name = format!("sidecar + Redis `{}`", s.text);
+                println!("{}", compare_row(round, &name, conns, &o, cpu, true));
+                let ops = o.ops as f64 / o.elapsed.as_secs_f64();
+                setup_ops[i].push(ops);
+                ratios[i].push(ops / this_round[usize::from(s.redis_unix)]);
+            }
+        }
+        println!();
+        println!("| at {conns} connections | median ops/s | per round: sidecar / direct Redis over the same transport to Redis | median ratio | median / direct Redis over TCP |");
+        println!("|---|---|---|---|---|");
+        let direct_tcp = median(&mut direct_ops[0].clone());
+        for ((name, _), ops) in directs.iter().zip(&mut direct_ops) {
+            println!("| {name} | {:.0} | - | - | - |", median(ops));
+        }
+        for ((s, ops), r) in setups.iter().zip(&mut setup_ops).zip(&mut ratios) {
+            let per_round: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+            let m = median(ops);
+            println!(
+                "| sidecar `{}` | {m:.0} | {} | **{:.2}** | {:.2} |",
+                s.text,
+                per_round.join(" / "),
+                median(r),
+                m / direct_tcp
+            );
+        }
+        println!();
+    }
+}
+
+fn compare_row(
+    round: usize,
+    name: &str,
+    conns: usize,
+    o: &Outcome,
+    cpu: [f64; 3],
+    sidecar: bool,
+) -> String {
+    let per_op = |c: f64| format!("{:.1}", c * 1e6 / o.ops.max(1) as f64);
+    format!(
+        "| {round} | {name} | {conns} | {:.0} | {} / {} | {} / {} | {} / {} / {} | {} |",
+        o.ops as f64 / o.elapsed.as_secs_f64(),
+        ms(&o.reads, 0.5),
+        ms(&o.reads, 0.99),
+        ms(&o.writes, 0.5),
+        ms(&o.writes, 0.99),
+        per_op(cpu[0]),
+        if sidecar { per_op(cpu[1]) } else { "-".into() },
+        per_op(cpu[2]),
+        o.errors,
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -392,6 +641,10 @@ fn machine() -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    if !args.setup.is_empty() {
+        compare(&args).await;
+        return;
+    }
     let duration = Duration::from_secs(args.duration);
     let redis = RedisServer::start_plain();
     let pg = (!args.no_postgres).then(PostgresServer::start);
@@ -400,6 +653,7 @@ async fn main() {
         &[
             "--driver=redis".into(),
             format!("--redis-uri={}", redis.url()),
+            format!("--redis-max-conn={}", args.redis_max_conn),
         ],
     )
     .await;

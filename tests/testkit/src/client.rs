@@ -1,12 +1,13 @@
 //! A small HTTP/1.1 keep-alive client on hyper's connection API: one connection, requests
-//! in sequence, as the Odoo addon uses the sidecar.
+//! in sequence, as the Odoo addon uses the sidecar. An address `unix:/path` is a Unix
+//! socket (`DKN_AUTH_SOCKET`), anything else `host:port` over TCP.
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Debug)]
 pub struct Reply {
@@ -19,6 +20,20 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError(format!("handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 pub struct Client {
@@ -51,16 +66,15 @@ impl Client {
             None => false,
         };
         if !ready {
-            let stream = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| ClientError(format!("connect {}: {e}", self.addr)))?;
-            stream.set_nodelay(true).ok();
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ClientError(format!("handshake: {e}")))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let failed = |e: std::io::Error| ClientError(format!("connect {}: {e}", self.addr));
+            let sender = match self.addr.strip_prefix("unix:") {
+                Some(path) => handshake(UnixStream::connect(path).await.map_err(failed)?).await?,
+                None => {
+                    let stream = TcpStream::connect(&self.addr).await.map_err(failed)?;
+                    stream.set_nodelay(true).ok();
+                    handshake(stream).await?
+                }
+            };
             self.sender = Some(sender);
         }
         self.sender

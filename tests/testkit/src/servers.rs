@@ -130,6 +130,36 @@ impl RedisServer {
         Self::start_with(false)
     }
 
+    /// As [`RedisServer::start_plain`], also listening on a Unix socket
+    /// ([`RedisServer::socket_url`]).
+    pub fn start_plain_with_socket() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("redis.sock");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+            durable: false,
+            extra: vec![
+                "--unixsocket".into(),
+                socket.to_string_lossy().into_owned(),
+                "--unixsocketperm".into(),
+                "700".into(),
+            ],
+            password: None,
+        };
+        s.launch();
+        s
+    }
+
+    /// `redis+unix://` URL of the socket of [`RedisServer::start_plain_with_socket`].
+    pub fn socket_url(&self) -> String {
+        format!(
+            "redis+unix://{}",
+            self.dir.path().join("redis.sock").display()
+        )
+    }
+
     fn start_with(durable: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = RedisServer {
