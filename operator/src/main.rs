@@ -268,6 +268,7 @@ async fn apply_webhook_config(
         operator_namespace: args.namespace.clone(),
         cert_manager_certificate: args.cert_manager_certificate.clone(),
         timeout_seconds: args.webhook_timeout_seconds,
+        watch_namespaces: Scope::parse(&args.watch_namespaces)?.namespaces().to_vec(),
     };
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     api.patch(
@@ -420,6 +421,7 @@ async fn run(args: Args) -> Result<()> {
             stores: readers.clone(),
             defaults: defaults.clone(),
             metrics: metrics.clone(),
+            scope: scope.clone(),
         });
         let listener = server::bind(args.webhook_listen).await?;
         tokio::spawn(server::serve_tls(listener, tls, server::router(state)));

@@ -42,6 +42,22 @@ impl Scope {
         })
     }
 
+    /// Whether stores in `namespace` are this operator's.
+    pub fn contains(&self, namespace: &str) -> bool {
+        match self {
+            Scope::Cluster => true,
+            Scope::Namespaces(list) => list.iter().any(|n| n == namespace),
+        }
+    }
+
+    /// The listed namespaces (empty when cluster-wide).
+    pub fn namespaces(&self) -> &[String] {
+        match self {
+            Scope::Cluster => &[],
+            Scope::Namespaces(list) => list,
+        }
+    }
+
     /// One entry per watch to start: `None` for a cluster-wide one.
     pub fn targets(&self) -> Vec<Option<&str>> {
         match self {
@@ -94,6 +110,9 @@ mod tests {
         let s = parse(&["shop, erp", "shop"]).unwrap();
         assert_eq!(s, Scope::Namespaces(vec!["shop".into(), "erp".into()]));
         assert_eq!(s.targets(), vec![Some("shop"), Some("erp")]);
+        assert!(s.contains("erp") && !s.contains("kube-system"));
+        assert_eq!(s.namespaces(), ["shop", "erp"]);
+        assert!(Scope::Cluster.contains("kube-system") && Scope::Cluster.namespaces().is_empty());
     }
 
     #[test]

@@ -1237,6 +1237,7 @@ async fn chart_upgrade_and_operator_ca_bundle_do_not_conflict() {
         operator_namespace: "it-ownership-system".into(),
         cert_manager_certificate: None,
         timeout_seconds: 5,
+        watch_namespaces: vec![],
     };
     api.patch(
         &name,

@@ -89,6 +89,9 @@ pub struct Params {
     /// `<namespace>/<certificate>` for cert-manager's `inject-ca-from`.
     pub cert_manager_certificate: Option<String>,
     pub timeout_seconds: i32,
+    /// A namespaced operator's namespaces (`--watch-namespaces`): the API server calls the
+    /// webhook for these only. Empty: every namespace.
+    pub watch_namespaces: Vec<String>,
 }
 
 pub fn build(p: &Params) -> MutatingWebhookConfiguration {
@@ -148,19 +151,30 @@ pub fn build(p: &Params) -> MutatingWebhookConfiguration {
                 match_labels: None,
             }),
             namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![
-                    // `kubernetes.io/metadata.name` is set on every namespace from 1.21 on.
-                    LabelSelectorRequirement {
-                        key: "kubernetes.io/metadata.name".into(),
-                        operator: "NotIn".into(),
-                        values: Some(vec!["kube-system".into(), p.operator_namespace.clone()]),
-                    },
-                    LabelSelectorRequirement {
-                        key: NAMESPACE_OPT_OUT_LABEL.into(),
-                        operator: "NotIn".into(),
-                        values: Some(vec!["disabled".into()]),
-                    },
-                ]),
+                match_expressions: Some(
+                    vec![
+                        // `kubernetes.io/metadata.name` is set on every namespace from 1.21 on.
+                        LabelSelectorRequirement {
+                            key: "kubernetes.io/metadata.name".into(),
+                            operator: "NotIn".into(),
+                            values: Some(vec!["kube-system".into(), p.operator_namespace.clone()]),
+                        },
+                        LabelSelectorRequirement {
+                            key: NAMESPACE_OPT_OUT_LABEL.into(),
+                            operator: "NotIn".into(),
+                            values: Some(vec!["disabled".into()]),
+                        },
+                    ]
+                    .into_iter()
+                    .chain(
+                        (!p.watch_namespaces.is_empty()).then(|| LabelSelectorRequirement {
+                            key: "kubernetes.io/metadata.name".into(),
+                            operator: "In".into(),
+                            values: Some(p.watch_namespaces.clone()),
+                        }),
+                    )
+                    .collect(),
+                ),
                 match_labels: None,
             }),
             rules: Some(vec![RuleWithOperations {
@@ -230,7 +244,27 @@ mod tests {
             operator_namespace: "odoo-ha-system".into(),
             cert_manager_certificate: None,
             timeout_seconds: 5,
+            watch_namespaces: vec![],
         }
+    }
+
+    #[test]
+    fn a_namespaced_operator_is_called_for_its_namespaces_only() {
+        let exprs = |p: &Params| {
+            serde_json::to_value(build(p)).expect("json")["webhooks"][0]["namespaceSelector"]
+                ["matchExpressions"]
+                .clone()
+        };
+        let cluster = exprs(&params());
+        assert_eq!(cluster.as_array().map(Vec::len), Some(2), "{cluster}");
+        let mut p = params();
+        p.watch_namespaces = vec!["shop".into(), "erp".into()];
+        let namespaced = exprs(&p);
+        assert_eq!(
+            namespaced[2],
+            serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "erp"]})
+        );
+        assert_eq!(namespaced[0], cluster[0]);
     }
 
     #[test]

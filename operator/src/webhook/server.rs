@@ -28,6 +28,7 @@ use crate::crd::{OdooSessionStore, STORE_LABEL};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::reconcile::validate::validate;
+use crate::watch::Scope;
 
 pub struct WebhookState {
     pub client: Client,
@@ -36,6 +37,8 @@ pub struct WebhookState {
     pub stores: Vec<Store<OdooSessionStore>>,
     pub defaults: Defaults,
     pub metrics: Arc<Metrics>,
+    /// The namespaces whose stores this operator serves.
+    pub scope: Scope,
 }
 
 /// What to answer for one Pod.
@@ -155,6 +158,19 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
                 .map(String::from)
         })
         .unwrap_or_default();
+    if !state.scope.contains(&namespace) {
+        // Not a namespace this operator watches: the chart's namespaceSelector keeps these
+        // away, except on 1.20 (no `kubernetes.io/metadata.name` label). Left to whoever
+        // watches it, without reading a store this operator may not read.
+        debug!(
+            namespace,
+            "pod in a namespace this operator does not watch: unchanged"
+        );
+        state
+            .metrics
+            .webhook_answered("unchanged", started.elapsed());
+        return review_response(resp);
+    }
     let store_name = pod
         .pointer("/metadata/labels")
         .and_then(|l| l.get(STORE_LABEL))
@@ -454,6 +470,7 @@ mod http_tests {
                 ..Defaults::default()
             },
             metrics: Arc::new(Metrics::default()),
+            scope: Scope::Cluster,
         };
         (Arc::new(state), handle)
     }
@@ -558,6 +575,31 @@ mod http_tests {
                 .0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[tokio::test]
+    async fn pods_outside_the_watched_namespaces_pass_untouched_without_a_lookup() {
+        let (state, _api) = state_with(vec![]);
+        let state = Arc::new(WebhookState {
+            client: state.client.clone(),
+            stores: state.stores.clone(),
+            defaults: state.defaults.clone(),
+            metrics: state.metrics.clone(),
+            scope: Scope::Namespaces(vec!["erp".into()]),
+        });
+        // A look-up would wait for the mock API server, which never answers.
+        let (status, v) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            post(
+                state,
+                serde_json::to_vec(&review("CREATE", "ghost")).expect("json"),
+            ),
+        )
+        .await
+        .expect("answered without asking the API server");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        assert!(v["response"].get("patch").is_none(), "{v}");
     }
 
     #[tokio::test]
