@@ -348,12 +348,14 @@ pub struct RedisReplicationStatus {
     pub replicas_seen: i32,
     /// Replicas whose link to the primary is up (`master-link-status: ok`).
     pub replicas_in_sync: i32,
-    /// Sentinels that answered and name the same primary.
+    /// Sentinels that answered, name the same primary and see it up (not flagged down,
+    /// disconnected or in a failover).
     pub sentinels_agreeing: i32,
     /// Sentinels asked (one per Pod).
     pub sentinels: i32,
     /// True when a primary is known, every other Pod replicates it with its link up, and a
-    /// quorum of Sentinels agrees.
+    /// quorum of Sentinels agrees on it; until then the store is not Ready (reason
+    /// SentinelsUnreachable, SentinelsNotAgreeing, PrimaryDown or ReplicasNotInSync).
     pub healthy: bool,
     /// What was seen, in words (unreachable Sentinels, disagreement, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]

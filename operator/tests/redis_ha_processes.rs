@@ -219,6 +219,10 @@ impl Set {
     }
 
     async fn status(&self) -> odoo_session_operator::crd::RedisReplicationStatus {
+        self.replication().await.status
+    }
+
+    async fn replication(&self) -> sentinel::Replication {
         let targets: Vec<(String, Option<String>)> = (0..PODS)
             .map(|i| {
                 (
@@ -239,6 +243,14 @@ fn text(out: &Output, what: &str, must_succeed: bool) -> String {
         assert!(out.status.success(), "{what} failed: {stdout}{stderr}");
     }
     format!("{stdout}{stderr}")
+}
+
+fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{name} {pid}");
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -448,6 +460,32 @@ async fn init_script_roles_failover_and_prestop_on_real_redis_and_sentinel() {
         .expect("preStop");
     assert!(!text(&out, "preStop", true).contains("failover asked"));
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // 5b. A primary that stops answering (SIGSTOP: its replicas keep their link up until
+    //     repl-timeout) is flagged down by the Sentinels first: the status says
+    //     PrimaryDown (the store's Ready reason) before any failover ends. Last but the
+    //     teardown, so nothing waits for the set to heal.
+    let frozen = set.procs[after].as_ref().expect("primary runs").0.id();
+    signal(frozen, "STOP");
+    let since = Instant::now();
+    let mut seen = Vec::new();
+    while since.elapsed() < Duration::from_secs(15) {
+        let r = set.replication().await;
+        seen.push(r.problem);
+        if r.problem == Some(sentinel::Problem::PrimaryDown) {
+            assert!(!r.status.healthy);
+            assert!(r.status.message.contains("see it down"), "{r:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(frozen, "CONT");
+    assert!(
+        seen.contains(&Some(sentinel::Problem::PrimaryDown)),
+        "never PrimaryDown while the primary was frozen: {seen:?}\n{}",
+        set.dump()
+    );
+    // (The failover that follows is step 3's; step 6 stops the whole set anyway.)
 
     // 6. Sentinels that cannot be reached are a status message.
     set.kill(0);

@@ -1,8 +1,11 @@
-//! Apply: server-side apply of every built object, field manager `odoo-session-operator`.
+//! Apply: carries out a [`Plan`]: server-side apply of every built object (field manager
+//! `odoo-session-operator`), deletion of what the previous shape left, the roll of opted-in
+//! workloads.
 
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -10,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use super::build::{Object, Plan, Target};
+use crate::builders::{cnpg, ValidStore};
 use crate::crd::{CONFIG_HASH_ANNOTATION, MANAGER, STORE_LABEL};
 use crate::error::{Error, Result};
 
@@ -55,6 +60,74 @@ pub async fn apply_dynamic(
     Ok(api.patch(name, &ssa(), &Patch::Apply(obj)).await?)
 }
 
+/// What carrying out a plan changed and found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// The StatefulSet deleted to be created again (`Plan::recreate`), if it was ours.
+    pub recreated: Option<String>,
+    /// The applied StatefulSet of a managed backend: its name and ready replicas.
+    pub statefulset: Option<(String, i32)>,
+    /// The applied CloudNativePG Cluster: its name and whether it is Ready.
+    pub cluster: Option<(String, bool)>,
+    /// What was deleted from the store's previous shape (`kind/name`).
+    pub pruned: Vec<String>,
+    /// Workloads whose Pod template got the new config hash (`kind/name`).
+    pub rolled: Vec<String>,
+}
+
+/// The one place a reconcile writes objects: recreate, apply (in order), prune, roll.
+pub async fn execute(client: &Client, store: &ValidStore, plan: &Plan) -> Result<Applied> {
+    let ns = &store.namespace;
+    let uid = &store.uid;
+    let mut done = Applied::default();
+    if let Some(name) = &plan.recreate {
+        let target = Target {
+            resource: ApiResource::erase::<StatefulSet>(&()),
+            name: name.clone(),
+        };
+        if prune(client, ns, &target, uid).await? {
+            done.recreated = Some(name.clone());
+        }
+    }
+    for object in &plan.apply {
+        match object {
+            Object::Secret(o) => {
+                apply(client, o).await?;
+            }
+            Object::Service(o) => {
+                apply(client, o).await?;
+            }
+            Object::NetworkPolicy(o) => {
+                apply(client, o).await?;
+            }
+            Object::StatefulSet(o) => {
+                let sts = apply(client, o).await?;
+                let ready = sts
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                done.statefulset = Some((sts.name_any(), ready));
+            }
+            Object::Dynamic(ar, o) => {
+                let applied = apply_dynamic(client, ar, o).await?;
+                if ar.group == cnpg::CNPG_GROUP {
+                    done.cluster = Some((applied.name_any(), cnpg::is_ready(&applied)));
+                }
+            }
+        }
+    }
+    for target in &plan.prune {
+        if prune(client, ns, target, uid).await? {
+            done.pruned.push(target.describe());
+        }
+    }
+    if let Some(hash) = &plan.roll {
+        done.rolled = roll_workloads(client, ns, &store.name, hash).await?;
+    }
+    Ok(done)
+}
+
 fn template_opts_in(
     labels: Option<&std::collections::BTreeMap<String, String>>,
     store: &str,
@@ -73,12 +146,37 @@ pub async fn roll_workloads(
     store: &str,
     hash: &str,
 ) -> Result<Vec<String>> {
+    let mut rolled = roll::<Deployment>(client, namespace, store, hash, "deployment", |d| {
+        d.spec.template.metadata.as_ref()
+    })
+    .await?;
+    rolled.extend(
+        roll::<StatefulSet>(client, namespace, store, hash, "statefulset", |s| {
+            s.spec.template.metadata.as_ref()
+        })
+        .await?,
+    );
+    Ok(rolled)
+}
+
+/// [`roll_workloads`] for one kind; `template` reads its Pod template's metadata.
+async fn roll<K>(
+    client: &Client,
+    namespace: &str,
+    store: &str,
+    hash: &str,
+    kind: &str,
+    template: impl Fn(&K) -> Option<&ObjectMeta>,
+) -> Result<Vec<String>>
+where
+    K: Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}}}});
-    let params = PatchParams::default();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut rolled = Vec::new();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    for d in deployments.list(&ListParams::default()).await?.items {
-        let tpl = d.spec.template.metadata.as_ref();
+    for w in api.list(&ListParams::default()).await?.items {
+        let tpl = template(&w);
         if template_opts_in(tpl.and_then(|m| m.labels.as_ref()), store)
             && tpl
                 .and_then(|m| m.annotations.as_ref())
@@ -86,74 +184,31 @@ pub async fn roll_workloads(
                 .map(String::as_str)
                 != Some(hash)
         {
-            deployments
-                .patch(&d.name_any(), &params, &Patch::Merge(&patch))
-                .await?;
-            rolled.push(format!("deployment/{}", d.name_any()));
-        }
-    }
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    for s in statefulsets.list(&ListParams::default()).await?.items {
-        let tpl = s.spec.template.metadata.as_ref();
-        if template_opts_in(tpl.and_then(|m| m.labels.as_ref()), store)
-            && tpl
-                .and_then(|m| m.annotations.as_ref())
-                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
-                .map(String::as_str)
-                != Some(hash)
-        {
-            statefulsets
-                .patch(&s.name_any(), &params, &Patch::Merge(&patch))
-                .await?;
-            rolled.push(format!("statefulset/{}", s.name_any()));
+            api.patch(
+                &w.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+            rolled.push(format!("{kind}/{}", w.name_any()));
         }
     }
     Ok(rolled)
 }
 
-/// Deletes `name` if it exists and this store (uid) controls it: what a previous backend
-/// created, after the store moved to another backend or driver.
-pub async fn prune<K>(client: &Client, namespace: &str, name: &str, owner_uid: &str) -> Result<bool>
-where
-    K: Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    // A list by name needs only the `list` verb the controller's watches already have.
-    let found = api
-        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-        .await?;
-    let Some(obj) = found.items.into_iter().next() else {
-        return Ok(false);
-    };
-    let ours = obj.meta().owner_references.as_ref().is_some_and(|refs| {
-        refs.iter()
-            .any(|r| r.uid == owner_uid && r.controller == Some(true))
-    });
-    if !ours {
-        return Ok(false);
-    }
-    match api
-        .delete(name, &kube::api::DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// [`prune`] for a dynamic kind (the PodDisruptionBudget, whose version follows the server).
-pub async fn prune_dynamic(
+/// Deletes the target if it exists and this store (uid) controls it: what a previous
+/// backend or shape created. A kind the server does not serve (CloudNativePG removed) has
+/// nothing to delete.
+pub async fn prune(
     client: &Client,
-    ar: &ApiResource,
     namespace: &str,
-    name: &str,
+    target: &Target,
     owner_uid: &str,
 ) -> Result<bool> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &target.resource);
+    // A list by name needs only the `list` verb the controller's watches already have.
     let found = match api
-        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .list(&ListParams::default().fields(&format!("metadata.name={}", target.name)))
         .await
     {
         Ok(l) => l,
@@ -171,7 +226,7 @@ pub async fn prune_dynamic(
         return Ok(false);
     }
     match api
-        .delete(name, &kube::api::DeleteParams::background())
+        .delete(&target.name, &kube::api::DeleteParams::background())
         .await
     {
         Ok(_) => Ok(true),

@@ -1,4 +1,7 @@
-//! Dereference: read what the build and status steps need from the API server.
+//! Dereference: read what the build and status steps need from the API server (the
+//! managed backend's Secret and StatefulSet, the external backend's Secret, whether
+//! CloudNativePG is installed, the opted-in Pods) into one typed value. Nothing is decided
+//! here.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -22,7 +25,7 @@ pub enum ExternalSecret {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Observed {
+pub struct Dereferenced {
     /// Password already kept in the managed backend's Secret.
     pub managed_password: Option<String>,
     pub external_secret: Option<ExternalSecret>,
@@ -37,9 +40,9 @@ pub struct Observed {
     pub statefulset_service_name: Option<String>,
 }
 
-pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Observed> {
+pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Dereferenced> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &store.namespace);
-    let mut observed = Observed::default();
+    let mut observed = Dereferenced::default();
     match &store.spec.backend {
         Backend::Managed(_) => {
             let (name, _) = managed_names(store);

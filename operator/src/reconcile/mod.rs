@@ -1,6 +1,20 @@
-//! Reconcile: dereference -> validate -> build -> apply -> status.
+//! Reconcile of one store, as a pipeline of steps with their own tests:
+//!
+//! 1. [`validate`] (pure): the spec against the settings contract and the operator's own
+//!    rules; an invalid spec is a status naming every wrong field, and waits for a new
+//!    spec. It comes first because an invalid spec must cost no API call, and the names
+//!    dereference reads are derived from a valid one.
+//! 2. [`dereference`]: what the spec refers to and what exists (Secrets, the StatefulSet,
+//!    the CloudNativePG CRD, opted-in Pods), read into one typed value.
+//! 3. [`build`] (pure): every object to apply and to delete, and the roll of workloads.
+//! 4. [`apply`]: the one place objects are written (server-side apply, prune, roll).
+//! 5. [`sentinel::observe`]: the replication of a Redis with Sentinel, asked after the
+//!    apply.
+//! 6. [`status`] (pure): conditions and status fields from all of the above, and when to
+//!    look again; written with one server-side apply of the status subresource.
 
 pub mod apply;
+pub mod build;
 pub mod dereference;
 pub mod pods;
 pub mod sentinel;
@@ -12,7 +26,7 @@ mod mock_tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -29,21 +43,15 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::builders::connection::{
-    connection, headless_name, managed_names, sentinel_replicas, SENTINEL_MASTER, SENTINEL_PORT,
-};
-use crate::builders::{
-    cnpg, network_policy, pdb, postgres, redis, redis_ha, secret, selector_labels, sidecar,
-    Defaults, ValidStore,
-};
+use crate::builders::connection::sentinel_replicas;
+use crate::builders::{secret, Defaults};
 use crate::crd::{
-    Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention,
-    RedisReplicationStatus, FINALIZER, MANAGER, STORE_LABEL,
+    Backend, Driver, OdooSessionStore, OdooSessionStoreStatus, PvcRetention, FINALIZER, MANAGER,
+    STORE_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use dereference::{ExternalSecret, Observed};
-use status::{Decided, BACKEND_READY, INJECTION_READY};
+use status::{Decided, REQUEUE_PENDING};
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -54,14 +62,6 @@ pub struct Context {
     /// Set once the webhook serves and its configuration is applied.
     pub webhook_ready: Arc<AtomicBool>,
 }
-
-/// Requeue intervals: soon while something is pending, rarely once all is ready.
-const REQUEUE_PENDING: Duration = Duration::from_secs(15);
-const REQUEUE_READY: Duration = Duration::from_secs(300);
-/// While an injected container is starting or not Ready yet.
-const REQUEUE_SETTLING: Duration = Duration::from_secs(60);
-/// A managed Redis with Sentinel: its replication status is asked this often.
-const REQUEUE_SENTINEL: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(store: Arc<OdooSessionStore>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -94,437 +94,74 @@ pub fn error_policy(store: Arc<OdooSessionStore>, error: &Error, ctx: Arc<Contex
     Action::requeue(REQUEUE_PENDING)
 }
 
-/// What the backend step decided: the BackendReady condition and, for a Redis with
-/// Sentinel, its replication status.
-struct BackendOutcome {
-    condition: Decided,
-    redis: Option<RedisReplicationStatus>,
-}
-
-impl From<Decided> for BackendOutcome {
-    fn from(condition: Decided) -> Self {
-        BackendOutcome {
-            condition,
-            redis: None,
-        }
-    }
-}
-
-/// The build + apply step for the backend; returns the BackendReady condition.
-async fn apply_backend(
-    store: &OdooSessionStore,
-    valid: &ValidStore,
-    observed: &Observed,
-    ctx: &Context,
-) -> Result<BackendOutcome> {
-    let client = &ctx.client;
-    match &valid.spec.backend {
-        Backend::Managed(m) => {
-            let password = observed
-                .managed_password
-                .clone()
-                .unwrap_or_else(secret::generate_password);
-            apply::apply(client, &secret::build(valid, &password)).await?;
-            let (name, _) = managed_names(valid);
-            let ha = sentinel_replicas(valid);
-            // serviceName is immutable: going between a single Redis and Redis with
-            // Sentinel recreates the StatefulSet (the claims, and so the data of Pod 0, stay).
-            let service_name = match ha {
-                Some(_) => headless_name(valid),
-                None => name.clone(),
-            };
-            if observed
-                .statefulset_service_name
-                .as_ref()
-                .is_some_and(|s| *s != service_name)
-                && apply::prune::<StatefulSet>(client, &valid.namespace, &name, &valid.uid).await?
-            {
-                info!(store = %valid.name, namespace = %valid.namespace, statefulset = %name, "replicas changed between 1 and more: recreating the StatefulSet");
-                publish(
-                    ctx,
-                    store,
-                    EventType::Normal,
-                    "RecreatingStatefulSet",
-                    format!("StatefulSet {name} is recreated for the new number of replicas (its claims are kept)"),
-                )
-                .await;
-            }
-            let sts = match (valid.spec.driver, ha) {
-                (Driver::Redis, Some(replicas)) => {
-                    let (sts, svc, headless) = redis_ha::build(valid, m, &ctx.defaults, replicas);
-                    apply::apply(client, &headless).await?;
-                    apply::apply(client, &svc).await?;
-                    apply::apply(client, &network_policy::build(valid, &ctx.defaults)).await?;
-                    apply::apply_dynamic(
-                        client,
-                        &pdb::api_resource(&ctx.defaults),
-                        &pdb::build(valid, &ctx.defaults),
-                    )
-                    .await?;
-                    apply::apply(client, &sts).await?
-                }
-                (driver, _) => {
-                    let (sts, svc) = match driver {
-                        Driver::Redis => redis::build(valid, m, &ctx.defaults),
-                        Driver::Db => postgres::build(valid, m, &ctx.defaults),
-                    };
-                    apply::apply(client, &svc).await?;
-                    apply::apply(client, &network_policy::build(valid, &ctx.defaults)).await?;
-                    let sts = apply::apply(client, &sts).await?;
-                    if store.status.as_ref().is_some_and(|s| s.redis.is_some()) {
-                        prune_sentinel_objects(valid, ctx).await?;
-                    }
-                    sts
-                }
-            };
-            let ready = sts
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0);
-            let sts_name = sts.name_any();
-            let redis_status = match ha {
-                Some(replicas) => {
-                    let pods: Api<Pod> = Api::namespaced(client.clone(), &valid.namespace);
-                    let selector = selector_labels(&valid.name, "redis")
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let running = pods
-                        .list(&ListParams::default().labels(&selector))
-                        .await?
-                        .items;
-                    let targets: Vec<(String, Option<String>)> = (0..replicas)
-                        .map(|i| {
-                            let pod = format!("{name}-{i}");
-                            let ip = running
-                                .iter()
-                                .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
-                                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                                .and_then(|p| p.status.as_ref())
-                                .and_then(|s| s.pod_ip.clone());
-                            (pod, ip)
-                        })
-                        .collect();
-                    let answers = sentinel::ask_all(
-                        &targets,
-                        u16::try_from(SENTINEL_PORT).unwrap_or(26379),
-                        &password,
-                        SENTINEL_MASTER,
-                    )
-                    .await;
-                    Some(sentinel::summarize(replicas, &answers))
-                }
-                None => None,
-            };
-            let replication = redis_status
-                .as_ref()
-                .map(|r| match &r.primary {
-                    Some(p) => format!(
-                        "; primary {p}, {}/{} replicas in sync, {}/{} Sentinels agree{}",
-                        r.replicas_in_sync,
-                        r.pods - 1,
-                        r.sentinels_agreeing,
-                        r.sentinels,
-                        if r.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", r.message)
-                        }
-                    ),
-                    None => format!("; {}", r.message),
-                })
-                .unwrap_or_default();
-            let condition = if ready >= 1 {
-                Decided::new(
-                    BACKEND_READY,
-                    true,
-                    "BackendRunning",
-                    format!("StatefulSet {sts_name} has {ready} ready replica(s){replication}"),
-                )
-            } else {
-                Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "BackendStarting",
-                    format!(
-                        "waiting for StatefulSet {sts_name} to have a ready replica{replication}"
-                    ),
-                )
-            };
-            Ok(BackendOutcome {
-                condition,
-                redis: redis_status,
-            })
-        }
-        Backend::External(ext) => {
-            let r = &ext.uri_secret_ref;
-            Ok(BackendOutcome::from(match observed.external_secret {
-                Some(ExternalSecret::Present) => Decided::new(
-                    BACKEND_READY,
-                    true,
-                    "SecretFound",
-                    format!("backend URI read from Secret {} key {}; reachability is reported by each sidecar's /readyz", r.name, r.key),
-                ),
-                Some(ExternalSecret::KeyMissing) => Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "SecretKeyMissing",
-                    format!("Secret {} in namespace {} has no key {:?}", r.name, valid.namespace, r.key),
-                ),
-                _ => Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "SecretNotFound",
-                    format!("Secret {} not found in namespace {}", r.name, valid.namespace),
-                ),
-            }))
-        }
-        Backend::CloudNativePg(c) => {
-            if !observed.cnpg_installed {
-                return Ok(BackendOutcome::from(Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "CloudNativePGNotInstalled",
-                    format!("CRD {} not found: install the CloudNativePG operator or choose another backend", cnpg::CNPG_CRD),
-                )));
-            }
-            let cluster =
-                apply::apply_dynamic(client, &cnpg::api_resource(), &cnpg::build(valid, c)).await?;
-            let name = cluster.name_any();
-            Ok(BackendOutcome::from(if cnpg::is_ready(&cluster) {
-                Decided::new(
-                    BACKEND_READY,
-                    true,
-                    "ClusterReady",
-                    format!("CloudNativePG Cluster {name} is Ready"),
-                )
-            } else {
-                Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "ClusterNotReady",
-                    format!("waiting for CloudNativePG Cluster {name} to be Ready"),
-                )
-            }))
-        }
-    }
-}
-
-/// Removes the headless Service and the PodDisruptionBudget of a Redis with Sentinel (after
-/// replicas went back to 1, or the backend changed).
-async fn prune_sentinel_objects(valid: &ValidStore, ctx: &Context) -> Result<()> {
-    let client = &ctx.client;
-    let ns = &valid.namespace;
-    let uid = &valid.uid;
-    let (name, _) = managed_names(valid);
-    let headless = headless_name(valid);
-    let mut removed = Vec::new();
-    if apply::prune::<Service>(client, ns, &headless, uid).await? {
-        removed.push(format!("service/{headless}"));
-    }
-    if apply::prune_dynamic(client, &pdb::api_resource(&ctx.defaults), ns, &name, uid).await? {
-        removed.push(format!("poddisruptionbudget/{name}"));
-    }
-    if !removed.is_empty() {
-        info!(store = %valid.name, namespace = %ns, ?removed, "no Sentinel any more: removed its objects");
-    }
-    Ok(())
-}
-
-/// Most failing Pods named in the `InjectionReady` message.
-const FAILING_NAMED: usize = 3;
-
-pub(crate) fn injection_condition(observed: &Observed, webhook_ready: bool) -> Decided {
-    if !observed.pods_without_sidecar.is_empty() {
-        let mut names = observed.pods_without_sidecar.clone();
-        names.truncate(5);
-        return Decided::new(
-            INJECTION_READY,
-            false,
-            "PodsWithoutSidecar",
-            format!(
-                "{} opted-in Pod(s) run without the session sidecar (webhook unavailable when they were created?): {}; delete them to get it injected",
-                observed.pods_without_sidecar.len(),
-                names.join(", ")
-            ),
-        );
-    }
-    let failing = &observed.pods.failing;
-    if !failing.is_empty() {
-        let mut named: Vec<String> = failing
-            .iter()
-            .take(FAILING_NAMED)
-            .map(pods::PodFailure::describe)
-            .collect();
-        if failing.len() > FAILING_NAMED {
-            named.push(format!("and {} more", failing.len() - FAILING_NAMED));
-        }
-        return Decided::new(
-            INJECTION_READY,
-            false,
-            "PodsFailing",
-            format!(
-                "{} injected Pod(s) keep failing: {}",
-                failing.len(),
-                named.join("; ")
-            ),
-        );
-    }
-    if webhook_ready {
-        Decided::new(
-            INJECTION_READY,
-            true,
-            "WebhookReady",
-            "the injection webhook is serving",
-        )
-    } else {
-        Decided::new(
-            INJECTION_READY,
-            false,
-            "WebhookNotReady",
-            "the injection webhook is not serving yet",
-        )
-    }
-}
-
 async fn apply_store(store: &OdooSessionStore, ctx: &Context) -> Result<Action> {
-    let name = store.name_any();
-    let ns = store
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
     let valid = match validate::validate(store) {
         Ok(v) => v,
         Err(problems) => {
-            let message = problems.join("; ");
-            let decided = [
-                Decided::new(status::READY, false, "InvalidSpec", message.clone()),
-                Decided::new(BACKEND_READY, false, "InvalidSpec", message.clone()),
-                Decided::new(INJECTION_READY, false, "InvalidSpec", message),
-            ];
+            let decided = status::invalid(&problems);
             write_status(store, ctx, &decided, OdooSessionStoreStatus::default()).await?;
             // Only a new spec can fix this.
             return Ok(Action::await_change());
         }
     };
-    let observed = dereference::dereference(&ctx.client, &valid).await?;
-    let outcome = apply_backend(store, &valid, &observed, ctx).await?;
-    let backend = outcome.condition;
-    let sentinel_store = outcome.redis.is_some();
-    let injection = injection_condition(&observed, ctx.webhook_ready.load(Ordering::Relaxed));
-    let ready = status::ready(&backend, &injection);
-
-    let kind = valid.spec.backend.kind_name(valid.spec.driver);
-    if let Some(previous) = store
-        .status
-        .as_ref()
-        .and_then(|s| s.backend.as_deref())
-        .filter(|p| *p != kind)
-    {
-        prune_previous_backend(&valid, previous, ctx).await?;
+    let found = dereference::dereference(&ctx.client, &valid).await?;
+    // The managed backend's password: kept once generated, never rotated by a reconcile.
+    let password = matches!(valid.spec.backend, Backend::Managed(_)).then(|| {
+        found
+            .managed_password
+            .clone()
+            .unwrap_or_else(secret::generate_password)
+    });
+    let plan = build::build(
+        &valid,
+        &ctx.defaults,
+        &found,
+        password.as_deref(),
+        store.status.as_ref(),
+    );
+    let applied = apply::execute(&ctx.client, &valid, &plan).await?;
+    let (name, ns) = (&valid.name, &valid.namespace);
+    if let Some(sts) = &applied.recreated {
+        info!(store = %name, namespace = %ns, statefulset = %sts, "replicas changed between 1 and more: recreated the StatefulSet");
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "RecreatingStatefulSet",
+            format!("StatefulSet {sts} is recreated for the new number of replicas (its claims are kept)"),
+        )
+        .await;
     }
-
-    let conn = connection(&valid);
-    let inj = sidecar::build(&valid, &ctx.defaults, false);
-    let previous_hash = store.status.as_ref().and_then(|s| s.config_hash.clone());
-    if previous_hash
-        .as_ref()
-        .is_some_and(|h| *h != inj.config_hash)
-    {
-        let rolled = apply::roll_workloads(&ctx.client, &ns, &name, &inj.config_hash).await?;
-        if !rolled.is_empty() {
-            info!(store = %name, namespace = %ns, ?rolled, "settings changed: rolling opted-in workloads");
-            publish(
-                ctx,
-                store,
-                EventType::Normal,
-                "RollingWorkloads",
-                format!("settings changed, rolling {}", rolled.join(", ")),
-            )
-            .await;
+    if !applied.pruned.is_empty() {
+        info!(store = %name, namespace = %ns, removed = ?applied.pruned, "removed what the store's previous backend or shape created");
+    }
+    if !applied.rolled.is_empty() {
+        info!(store = %name, namespace = %ns, rolled = ?applied.rolled, "settings changed: rolling opted-in workloads");
+        publish(
+            ctx,
+            store,
+            EventType::Normal,
+            "RollingWorkloads",
+            format!("settings changed, rolling {}", applied.rolled.join(", ")),
+        )
+        .await;
+    }
+    let replication = match (sentinel_replicas(&valid), &password) {
+        (Some(replicas), Some(password)) => {
+            Some(sentinel::observe(&ctx.client, &valid, replicas, password).await?)
         }
-    }
-    let all_ready = ready.status;
-    let extra = OdooSessionStoreStatus {
-        backend: Some(kind.to_string()),
-        endpoint: conn.endpoint,
-        credentials_secret: Some(conn.secret_name),
-        config_hash: Some(inj.config_hash),
-        pods_without_sidecar: Some(
-            i32::try_from(observed.pods_without_sidecar.len()).unwrap_or(i32::MAX),
-        ),
-        pods_failing: Some(i32::try_from(observed.pods.failing.len()).unwrap_or(i32::MAX)),
-        redis: outcome.redis,
-        ..OdooSessionStoreStatus::default()
-    };
-    write_status(store, ctx, &[ready, backend, injection], extra).await?;
-    let settling = observed.pods.settling > 0;
-    Ok(Action::requeue(match (all_ready, sentinel_store) {
-        (false, _) => REQUEUE_PENDING,
-        // A container not Ready yet turns into a failure after a while without any Pod
-        // event: look again before the limit.
-        (true, _) if settling => REQUEUE_SETTLING,
-        (true, true) => REQUEUE_SENTINEL,
-        (true, false) => REQUEUE_READY,
-    }))
-}
-
-/// Removes what the previous backend kind created (objects controlled by this store only).
-async fn prune_previous_backend(valid: &ValidStore, previous: &str, ctx: &Context) -> Result<()> {
-    let client = &ctx.client;
-    let ns = &valid.namespace;
-    let uid = &valid.uid;
-    let mut removed = Vec::new();
-    let managed_name = match previous {
-        "managed-redis" => Some(format!("{}-redis", valid.name)),
-        "managed-postgres" => Some(format!("{}-postgres", valid.name)),
         _ => None,
     };
-    if previous == "managed-redis" {
-        prune_sentinel_objects(valid, ctx).await?;
-    }
-    if let Some(name) = managed_name {
-        if apply::prune::<StatefulSet>(client, ns, &name, uid).await? {
-            removed.push(format!("statefulset/{name}"));
-        }
-        if apply::prune::<Service>(client, ns, &name, uid).await? {
-            removed.push(format!("service/{name}"));
-        }
-        if apply::prune::<NetworkPolicy>(client, ns, &name, uid).await? {
-            removed.push(format!("networkpolicy/{name}"));
-        }
-        if apply::prune::<Secret>(client, ns, &name, uid).await? {
-            removed.push(format!("secret/{name}"));
-        }
-    }
-    if previous == "cloudnativepg" {
-        let name = crate::builders::connection::cnpg_cluster_name(valid);
-        let api: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &cnpg::api_resource());
-        let found = api
-            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-            .await;
-        let owned = match found.map(|l| l.items.into_iter().next()) {
-            Ok(obj) => obj.is_some_and(|o| {
-                o.metadata
-                    .owner_references
-                    .as_ref()
-                    .is_some_and(|r| r.iter().any(|r| &r.uid == uid))
-            }),
-            // The CRD may be gone with CloudNativePG: nothing to remove then.
-            Err(kube::Error::Api(s)) if s.code == 404 => false,
-            Err(e) => return Err(e.into()),
-        };
-        if owned {
-            api.delete(&name, &DeleteParams::background()).await?;
-            removed.push(format!("cluster/{name}"));
-        }
-    }
-    if !removed.is_empty() {
-        info!(store = %valid.name, namespace = %ns, ?removed, "backend changed: removed the previous backend's objects");
-    }
-    Ok(())
+    let computed = status::compute(
+        &valid,
+        &found,
+        &plan,
+        &applied,
+        replication.as_ref(),
+        ctx.webhook_ready.load(Ordering::Relaxed),
+    );
+    write_status(store, ctx, &computed.conditions, computed.status).await?;
+    Ok(Action::requeue(computed.requeue))
 }
 
 async fn write_status(
