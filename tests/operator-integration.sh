@@ -7,6 +7,11 @@
 #   KEEP_CLUSTER=1 tests/operator-integration.sh   leave the cluster running afterwards
 #
 # Extra arguments go to the test binary (e.g. a test name filter).
+#
+# Beside another suite's cluster on the same machine: its own state dir and control-plane
+# ports (ODOO_HA_K8S_STATE, ODOO_HA_K8S_{API,ETCD,ETCD_PEER,KCM,SCHED}_PORT, see
+# tests/k8s/README.md) and ODOO_HA_IT_PORT_OFFSET, added to the host ports of the operators
+# the tests start (webhook 18443-18448, metrics 18080-18088).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

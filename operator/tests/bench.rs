@@ -72,7 +72,7 @@ fn review(i: usize) -> Vec<u8> {
 
 /// One keep-alive HTTPS connection (as the API server keeps one), `n` sequential reviews.
 async fn connection_run(tls: Arc<rustls::ClientConfig>, offset: usize, n: usize) -> Vec<Duration> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", WEBHOOK_PORT))
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", webhook_port()))
         .await
         .expect("connect");
     tcp.set_nodelay(true).expect("nodelay");

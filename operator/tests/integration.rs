@@ -753,7 +753,10 @@ async fn metrics_and_the_lease_are_served() {
     })
     .await;
     let out = Command::new("curl")
-        .args(["-fsS", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")])
+        .args([
+            "-fsS",
+            &format!("http://127.0.0.1:{}/metrics", metrics_port()),
+        ])
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -769,7 +772,7 @@ async fn metrics_and_the_lease_are_served() {
 async fn two_replicas_one_leader_and_failover() {
     let client = client().await;
     let ns = "it-leader";
-    let a = start_named_operator(&client, "replica-a", 18444, 18081).await;
+    let a = start_named_operator(&client, "replica-a", port(18444), port(18081)).await;
     fresh_namespace(&client, ns).await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), OPERATOR_NS);
@@ -786,7 +789,7 @@ async fn two_replicas_one_leader_and_failover() {
     })
     .await;
 
-    let b = start_named_operator(&client, "replica-b", 18445, 18082).await;
+    let b = start_named_operator(&client, "replica-b", port(18445), port(18082)).await;
     // Both serve the webhook; only one reconciles.
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     assert_eq!(
@@ -794,10 +797,10 @@ async fn two_replicas_one_leader_and_failover() {
         Some("replica-a"),
         "the lease must not move while its holder renews"
     );
-    assert!(metrics_text(18081).contains("odoo_session_operator_leader 1"));
-    assert!(metrics_text(18082).contains("odoo_session_operator_leader 0"));
+    assert!(metrics_text(port(18081)).contains("odoo_session_operator_leader 1"));
+    assert!(metrics_text(port(18082)).contains("odoo_session_operator_leader 0"));
     assert!(
-        metrics_text(18082).contains("odoo_session_operator_reconciles_total 0"),
+        metrics_text(port(18082)).contains("odoo_session_operator_reconciles_total 0"),
         "a follower must not reconcile"
     );
 
@@ -826,7 +829,7 @@ async fn two_replicas_one_leader_and_failover() {
         "SecretNotFound",
     )
     .await;
-    assert!(metrics_text(18082).contains("odoo_session_operator_leader 1"));
+    assert!(metrics_text(port(18082)).contains("odoo_session_operator_leader 1"));
     drop(b);
 }
 
@@ -1407,7 +1410,7 @@ async fn namespaced_operator_under_its_role() {
 
     let log_path = std::env::temp_dir().join("odoo-session-operator-it-namespaced.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let (webhook_port, metrics_port) = (18447u16, 18087u16);
+    let (webhook_port, metrics_port) = (port(18447), port(18087));
     let child = Command::new(env!("CARGO_BIN_EXE_odoo-session-operator"))
         .env("KUBECONFIG", &sa_kubeconfig)
         .env("RUST_LOG", "info,odoo_session_operator=debug")
@@ -1527,7 +1530,7 @@ async fn sigterm_fails_readiness_and_drains_the_webhook() {
     use k8s_openapi::api::coordination::v1::Lease;
 
     let client = client().await;
-    let (webhook_port, metrics_port) = (18448u16, 18088u16);
+    let (webhook_port, metrics_port) = (port(18448), port(18088));
     let mut op = start_named_operator(&client, "it-drain", webhook_port, metrics_port).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
     eventually("it-drain to lead", 60, || async {

@@ -15,8 +15,32 @@ use odoo_session_operator::crd::{OdooSessionStore, STORE_LABEL};
 use serde_json::{json, Value};
 
 pub const OPERATOR_NS: &str = "odoo-ha-system";
-pub const WEBHOOK_PORT: u16 = 18443;
-pub const METRICS_PORT: u16 = 18080;
+
+/// A host port of an operator process the tests start: `default` (18080 and up, 18443 and
+/// up) plus `ODOO_HA_IT_PORT_OFFSET`, so that two suites can run side by side on one
+/// machine (each with its own control plane: `ODOO_HA_K8S_STATE`, `ODOO_HA_K8S_*_PORT`).
+pub fn port(default: u16) -> u16 {
+    let offset = std::env::var("ODOO_HA_IT_PORT_OFFSET")
+        .ok()
+        .map(|v| {
+            v.parse::<u16>()
+                .expect("ODOO_HA_IT_PORT_OFFSET must be a number of ports")
+        })
+        .unwrap_or(0);
+    default
+        .checked_add(offset)
+        .expect("ODOO_HA_IT_PORT_OFFSET moves the ports past 65535")
+}
+
+/// The webhook port of the main test operator.
+pub fn webhook_port() -> u16 {
+    port(18443)
+}
+
+/// The metrics port of the main test operator.
+pub fn metrics_port() -> u16 {
+    port(18080)
+}
 
 pub fn kubeconfig() -> PathBuf {
     PathBuf::from(std::env::var("ODOO_HA_KUBECONFIG").expect(
@@ -97,7 +121,7 @@ pub async fn install_crd(client: &Client) {
 }
 
 pub async fn start_operator(client: &Client) -> Operator {
-    start_named_operator(client, "it-operator", WEBHOOK_PORT, METRICS_PORT).await
+    start_named_operator(client, "it-operator", webhook_port(), metrics_port()).await
 }
 
 /// Fetches the operator's /metrics text.
