@@ -1284,3 +1284,10 @@ mod postgres_data_writes_not_flushed {
         flags
     });
 }
+
+/// Three primaries and three replicas (`store/cluster.rs`); sids of one test land in
+/// different slots, so rotations cross slots as well as stay in one.
+mod redis_cluster {
+    use super::*;
+    all_cases!(Backend::RedisCluster);
+}

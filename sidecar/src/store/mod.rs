@@ -3,6 +3,7 @@
 //! Every driver implements the same operations with the same outcomes; `tests/behaviour.rs`
 //! runs one suite against all of them.
 
+pub mod cluster;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
@@ -60,6 +61,7 @@ pub struct StoreSettings {
 pub enum Store {
     Memory(memory::MemoryStore),
     Redis(Box<redis::RedisStore>),
+    RedisCluster(Box<cluster::ClusterStore>),
     Postgres(postgres::PgStore),
 }
 
@@ -68,6 +70,7 @@ macro_rules! dispatch {
         match $self {
             Store::Memory($s) => $e,
             Store::Redis($s) => $e,
+            Store::RedisCluster($s) => $e,
             Store::Postgres($s) => $e,
         }
     };
@@ -77,7 +80,7 @@ impl Store {
     pub fn driver_name(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
-            Store::Redis(_) => "redis",
+            Store::Redis(_) | Store::RedisCluster(_) => "redis",
             Store::Postgres(_) => "db",
         }
     }
@@ -145,6 +148,7 @@ impl Store {
         match self {
             Store::Memory(_) => 0,
             Store::Redis(s) => s.pool_in_use(),
+            Store::RedisCluster(s) => s.pool_in_use(),
             Store::Postgres(s) => s.pool_in_use(),
         }
     }
@@ -188,6 +192,26 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
                 ),
                 None => None,
             };
+            if cluster::is_cluster_uri(&settings.redis_uri) {
+                let target = cluster::ClusterTarget::from_uri(
+                    &settings.redis_uri,
+                    settings.redis_password.as_deref(),
+                    ca,
+                    settings.backend_timeout,
+                )
+                .map_err(|e| format!("DKN_AUTH_REDIS_URI is invalid: {e}"))?;
+                // A Cluster client cannot work without a node to ask for the slot map; a
+                // URI none of whose nodes accepts a connection is a mistake, not an outage.
+                target
+                    .check_reachable(settings.backend_timeout)
+                    .map_err(|e| format!("DKN_AUTH_REDIS_URI: {e}"))?;
+                return Ok(Store::RedisCluster(Box::new(cluster::ClusterStore::new(
+                    target,
+                    common,
+                    settings.redis_min_replicas,
+                    settings.backend_timeout,
+                ))));
+            }
             let target = redis::Target::from_uri(
                 &settings.redis_uri,
                 settings.redis_password.as_deref(),

@@ -38,16 +38,20 @@ use crate::model::{
 
 const COMMON: &str = include_str!("lua/common.lua");
 
-struct Scripts {
-    put: Script,
-    patch: Script,
-    delete: Script,
-    rotate: Script,
-    delete_identifier: Script,
+pub(super) struct Scripts {
+    pub(super) put: Script,
+    pub(super) patch: Script,
+    pub(super) delete: Script,
+    pub(super) rotate: Script,
+    pub(super) delete_identifier: Script,
+    /// Redis Cluster only: step 1 of a rotation across slots (`store/cluster.rs`).
+    pub(super) rotate_out: Script,
+    /// Redis Cluster only: live-session counts of the indexes of one slot.
+    pub(super) missing: Script,
 }
 
 impl Scripts {
-    fn load() -> Self {
+    pub(super) fn load() -> Self {
         let with_common = |body: &str| {
             Script::new(&format!(
                 "local MAX_KEYS = {MAX_SESSION_KEYS}\n{COMMON}\n{body}"
@@ -59,6 +63,8 @@ impl Scripts {
             delete: Script::new(include_str!("lua/delete.lua")),
             rotate: with_common(include_str!("lua/rotate.lua")),
             delete_identifier: Script::new(include_str!("lua/delete_identifier.lua")),
+            rotate_out: with_common(include_str!("lua/rotate_out.lua")),
+            missing: Script::new(include_str!("lua/missing.lua")),
         }
     }
 }
@@ -90,7 +96,9 @@ impl Target {
         let mut url = url::Url::parse(uri).map_err(|e| format!("not a URL: {e}"))?;
         if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
             return Err(
-                "expected redis://, rediss://, redis+sentinel:// or rediss+sentinel://".into(),
+                "expected redis://, rediss://, redis+sentinel://, rediss+sentinel://, \
+                 redis+cluster:// or rediss+cluster://"
+                    .into(),
             );
         }
         if let Some(pw) = password {
@@ -180,7 +188,7 @@ impl Target {
 }
 
 /// `%XX` escapes of a URI's user or password.
-fn percent_decode(s: &str) -> Result<String, String> {
+pub(super) fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -605,14 +613,14 @@ pub struct RedisStore {
 
 /// What a waited write was, for the 503 message.
 #[derive(Clone, Copy)]
-enum Ending {
+pub(super) enum Ending {
     Delete,
     Rotation,
     IdentifierDelete,
 }
 
 impl Ending {
-    fn what(self) -> &'static str {
+    pub(super) fn what(self) -> &'static str {
         match self {
             Ending::Delete => "session deletion",
             Ending::Rotation => "session rotation",
@@ -621,10 +629,24 @@ impl Ending {
     }
 }
 
-struct Keys {
-    session: String,
-    tombstone: String,
-    index: Option<String>,
+pub(super) struct Keys {
+    pub(super) session: String,
+    pub(super) tombstone: String,
+    pub(super) index: Option<String>,
+}
+
+/// `<prefix>{<group>}:`: the start of every key of one group (one hash tag, one slot).
+pub(super) fn group_prefix(prefix: &str, group: &str) -> String {
+    format!("{prefix}{{{group}}}:")
+}
+
+pub(super) fn keys_of(prefix: &str, sid: &Sid) -> Keys {
+    let p = group_prefix(prefix, sid.group());
+    Keys {
+        session: format!("{p}s:{sid}"),
+        tombstone: format!("{p}t:{sid}"),
+        index: sid.identifier().map(|_| format!("{p}i")),
+    }
 }
 
 impl RedisStore {
@@ -647,16 +669,11 @@ impl RedisStore {
     }
 
     fn group_prefix(&self, group: &str) -> String {
-        format!("{}{{{}}}:", self.settings.prefix, group)
+        group_prefix(&self.settings.prefix, group)
     }
 
     fn keys(&self, sid: &Sid) -> Keys {
-        let p = self.group_prefix(sid.group());
-        Keys {
-            session: format!("{p}s:{sid}"),
-            tombstone: format!("{p}t:{sid}"),
-            index: sid.identifier().map(|_| format!("{p}i")),
-        }
+        keys_of(&self.settings.prefix, sid)
     }
 
     /// Runs a writing script (retried only when provably unsent).
@@ -812,28 +829,7 @@ impl RedisStore {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        let ttl = int(&ttl)?;
-        if ttl < 0 {
-            return Ok(None);
-        }
-        let mut it = v.into_iter();
-        let mut fields = Fields::new();
-        let mut version = None;
-        while let (Some(f), Some(val)) = (it.next(), it.next()) {
-            let f = text(f)?;
-            let val = text(val)?;
-            if let Some(key) = f.strip_prefix("d:") {
-                fields.insert(key.to_owned(), val);
-            } else if f == "v" {
-                version = val.parse().ok();
-            }
-        }
-        // A hash without a version is not one of ours (or a half-expired race): treat as missing.
-        Ok(version.map(|version| Session {
-            version,
-            fields,
-            ttl: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
-        }))
+        session_of(&ttl, v)
     }
 
     pub async fn put(
@@ -844,32 +840,8 @@ impl RedisStore {
         cond: Condition,
     ) -> StoreResult<Written> {
         let k = self.keys(sid);
-        let (mode, expected) = match cond {
-            Condition::Unconditional => ("none", String::new()),
-            Condition::CreateOnly => ("create", String::new()),
-            Condition::IfMatch(v) => ("match", v.to_string()),
-        };
-        let mut inv = self.scripts.put.prepare_invoke();
-        inv.key(&k.session)
-            .key(&k.tombstone)
-            .key(k.index.as_ref().unwrap_or(&k.session))
-            .arg(mode)
-            .arg(expected)
-            .arg(millis(ttl))
-            .arg(sid.as_str())
-            .arg(if k.index.is_some() { "1" } else { "0" })
-            .arg(fields.len());
-        for (key, val) in &fields {
-            inv.arg(key).arg(val);
-        }
-        let r = self.run(inv).await?;
-        match status(&r)? {
-            0 => Ok(Written {
-                version: uint(r.get(1))?,
-                created: int(r.get(2).unwrap_or(&Value::Int(0)))? == 1,
-            }),
-            code => Err(outcome(code, &r)),
-        }
+        let inv = put_call(&self.scripts, &k, sid, &fields, ttl, cond);
+        put_reply(&self.run(inv).await?)
     }
 
     pub async fn patch(
@@ -880,52 +852,24 @@ impl RedisStore {
         if_match: Option<u64>,
     ) -> StoreResult<u64> {
         let k = self.keys(sid);
-        let mut inv = self.scripts.patch.prepare_invoke();
-        inv.key(&k.session)
-            .key(&k.tombstone)
-            .key(k.index.as_ref().unwrap_or(&k.session))
-            .arg(if_match.map(|v| v.to_string()).unwrap_or_default())
-            .arg(millis(ttl))
-            .arg(sid.as_str())
-            .arg(if k.index.is_some() { "1" } else { "0" })
-            .arg(patch.set.len());
-        for (key, val) in &patch.set {
-            inv.arg(key).arg(val);
-        }
-        inv.arg(patch.remove.len());
-        for key in &patch.remove {
-            inv.arg(key);
-        }
-        inv.arg(patch.expect.len());
-        for (key, val) in &patch.expect {
-            // Stored JSON text is never empty: "" stands for an absent key.
-            inv.arg(key).arg(val.as_deref().unwrap_or(""));
-        }
-        let r = self.run(inv).await?;
-        match status(&r)? {
-            0 => uint(r.get(1)),
-            code => Err(outcome(code, &r)),
-        }
+        let inv = patch_call(&self.scripts, &k, sid, &patch, ttl, if_match);
+        patch_reply(&self.run(inv).await?)
     }
 
     pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
         let k = self.keys(sid);
-        let mut inv = self.scripts.delete.prepare_invoke();
-        inv.key(&k.session)
-            .key(&k.tombstone)
-            .key(k.index.as_ref().unwrap_or(&k.session))
-            .arg(millis(self.settings.tombstone_ttl))
-            .arg(sid.as_str())
-            .arg(if k.index.is_some() { "1" } else { "0" })
-            .arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+        let inv = delete_call(
+            &self.scripts,
+            &k,
+            sid,
+            self.settings.tombstone_ttl,
+            if_match,
+        );
         // A delete writes (the tombstone) unless its condition failed.
         let r = self
             .run_ending(inv, Ending::Delete, |r| matches!(status(r), Ok(0)))
             .await?;
-        match status(&r)? {
-            0 => Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1),
-            code => Err(outcome(code, &r)),
-        }
+        delete_reply(&r)
     }
 
     pub async fn rotate(
@@ -936,53 +880,19 @@ impl RedisStore {
     ) -> StoreResult<Written> {
         let ko = self.keys(old);
         let kn = self.keys(&rotation.new_sid);
-        let (mode, set, remove): (&str, &Fields, &[String]) = match &rotation.source {
-            RotateSource::Stored(p) => ("stored", &p.set, &p.remove),
-            RotateSource::Given(f) => ("given", f, &[]),
-        };
-        let empty = Fields::new();
-        let (keep_ttl, keep_set) = match &rotation.keep_old {
-            Some(k) => (millis(k.ttl).max(1), &k.set),
-            None => (0, &empty),
-        };
-        let mut inv = self.scripts.rotate.prepare_invoke();
-        inv.key(&ko.session)
-            .key(&ko.tombstone)
-            .key(ko.index.as_ref().unwrap_or(&ko.session))
-            .key(&kn.session)
-            .key(&kn.tombstone)
-            .key(kn.index.as_ref().unwrap_or(&kn.session))
-            .arg(mode)
-            .arg(millis(rotation.ttl))
-            .arg(old.as_str())
-            .arg(rotation.new_sid.as_str())
-            .arg(millis(self.settings.tombstone_ttl))
-            .arg(keep_ttl)
-            .arg(if ko.index.is_some() { "1" } else { "0" })
-            .arg(if kn.index.is_some() { "1" } else { "0" })
-            .arg(set.len());
-        for (key, val) in set {
-            inv.arg(key).arg(val);
-        }
-        inv.arg(remove.len());
-        for key in remove {
-            inv.arg(key);
-        }
-        inv.arg(keep_set.len());
-        for (key, val) in keep_set {
-            inv.arg(key).arg(val);
-        }
-        inv.arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+        let inv = rotate_call(
+            &self.scripts,
+            &ko,
+            &kn,
+            old,
+            &rotation,
+            self.settings.tombstone_ttl,
+            if_match,
+        );
         let r = self
             .run_ending(inv, Ending::Rotation, |r| matches!(status(r), Ok(0)))
             .await?;
-        match status(&r)? {
-            0 => Ok(Written {
-                version: uint(r.get(1))?,
-                created: true,
-            }),
-            code => Err(outcome(code, &r)),
-        }
+        rotate_reply(&r)
     }
 
     async fn delete_identifier(
@@ -1062,7 +972,234 @@ impl RedisStore {
     }
 }
 
-fn int(v: &Value) -> StoreResult<i64> {
+/// A session from the replies of `PTTL` and `HGETALL` of its hash.
+pub(super) fn session_of(ttl: &Value, v: Vec<Value>) -> StoreResult<Option<Session>> {
+    let ttl = int(ttl)?;
+    if ttl < 0 {
+        return Ok(None);
+    }
+    let mut it = v.into_iter();
+    let mut fields = Fields::new();
+    let mut version = None;
+    while let (Some(f), Some(val)) = (it.next(), it.next()) {
+        let f = text(f)?;
+        let val = text(val)?;
+        if let Some(key) = f.strip_prefix("d:") {
+            fields.insert(key.to_owned(), val);
+        } else if f == "v" {
+            version = val.parse().ok();
+        }
+    }
+    // A hash without a version is not one of ours (or a half-expired race): treat as missing.
+    Ok(version.map(|version| Session {
+        version,
+        fields,
+        ttl: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+    }))
+}
+
+pub(super) fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// `put.lua` for one sid (shared with the Cluster driver, as are the other `*_call`s).
+pub(super) fn put_call<'a>(
+    scripts: &'a Scripts,
+    k: &Keys,
+    sid: &Sid,
+    fields: &Fields,
+    ttl: Duration,
+    cond: Condition,
+) -> redis::ScriptInvocation<'a> {
+    let (mode, expected) = match cond {
+        Condition::Unconditional => ("none", String::new()),
+        Condition::CreateOnly => ("create", String::new()),
+        Condition::IfMatch(v) => ("match", v.to_string()),
+    };
+    let mut inv = scripts.put.prepare_invoke();
+    inv.key(&k.session)
+        .key(&k.tombstone)
+        .key(k.index.as_ref().unwrap_or(&k.session))
+        .arg(mode)
+        .arg(expected)
+        .arg(millis(ttl))
+        .arg(sid.as_str())
+        .arg(flag(k.index.is_some()))
+        .arg(fields.len());
+    for (key, val) in fields {
+        inv.arg(key).arg(val);
+    }
+    inv
+}
+
+pub(super) fn put_reply(r: &[Value]) -> StoreResult<Written> {
+    match status(r)? {
+        0 => Ok(Written {
+            version: uint(r.get(1))?,
+            created: int(r.get(2).unwrap_or(&Value::Int(0)))? == 1,
+        }),
+        code => Err(outcome(code, r)),
+    }
+}
+
+pub(super) fn patch_call<'a>(
+    scripts: &'a Scripts,
+    k: &Keys,
+    sid: &Sid,
+    patch: &Patch,
+    ttl: Duration,
+    if_match: Option<u64>,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = scripts.patch.prepare_invoke();
+    inv.key(&k.session)
+        .key(&k.tombstone)
+        .key(k.index.as_ref().unwrap_or(&k.session))
+        .arg(if_match.map(|v| v.to_string()).unwrap_or_default())
+        .arg(millis(ttl))
+        .arg(sid.as_str())
+        .arg(flag(k.index.is_some()))
+        .arg(patch.set.len());
+    for (key, val) in &patch.set {
+        inv.arg(key).arg(val);
+    }
+    inv.arg(patch.remove.len());
+    for key in &patch.remove {
+        inv.arg(key);
+    }
+    inv.arg(patch.expect.len());
+    for (key, val) in &patch.expect {
+        // Stored JSON text is never empty: "" stands for an absent key.
+        inv.arg(key).arg(val.as_deref().unwrap_or(""));
+    }
+    inv
+}
+
+pub(super) fn patch_reply(r: &[Value]) -> StoreResult<u64> {
+    match status(r)? {
+        0 => uint(r.get(1)),
+        code => Err(outcome(code, r)),
+    }
+}
+
+pub(super) fn delete_call<'a>(
+    scripts: &'a Scripts,
+    k: &Keys,
+    sid: &Sid,
+    tombstone_ttl: Duration,
+    if_match: Option<u64>,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = scripts.delete.prepare_invoke();
+    inv.key(&k.session)
+        .key(&k.tombstone)
+        .key(k.index.as_ref().unwrap_or(&k.session))
+        .arg(millis(tombstone_ttl))
+        .arg(sid.as_str())
+        .arg(flag(k.index.is_some()))
+        .arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+    inv
+}
+
+pub(super) fn delete_reply(r: &[Value]) -> StoreResult<bool> {
+    match status(r)? {
+        0 => Ok(int(r.get(1).unwrap_or(&Value::Int(0)))? == 1),
+        code => Err(outcome(code, r)),
+    }
+}
+
+/// What a rotation writes: the patch of the stored session (or the given data), and the
+/// old session's grace period and marks for a soft rotation (0 ms = tombstone it).
+pub(super) struct RotateArgs<'r> {
+    pub(super) mode: &'static str,
+    pub(super) set: &'r Fields,
+    pub(super) remove: &'r [String],
+    pub(super) keep_ms: u64,
+    pub(super) keep_set: &'r Fields,
+}
+
+static NO_FIELDS: Fields = Fields::new();
+
+impl<'r> RotateArgs<'r> {
+    pub(super) fn of(rotation: &'r Rotation) -> Self {
+        let (mode, set, remove): (&'static str, &Fields, &[String]) = match &rotation.source {
+            RotateSource::Stored(p) => ("stored", &p.set, &p.remove),
+            RotateSource::Given(f) => ("given", f, &[]),
+        };
+        let (keep_ms, keep_set) = match &rotation.keep_old {
+            Some(k) => (millis(k.ttl).max(1), &k.set),
+            None => (0, &NO_FIELDS),
+        };
+        RotateArgs {
+            mode,
+            set,
+            remove,
+            keep_ms,
+            keep_set,
+        }
+    }
+
+    /// Set count, set pairs, remove count, remove keys, keep count, keep pairs.
+    pub(super) fn push_lists(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.arg(self.set.len());
+        for (key, val) in self.set {
+            inv.arg(key).arg(val);
+        }
+        inv.arg(self.remove.len());
+        for key in self.remove {
+            inv.arg(key);
+        }
+        inv.arg(self.keep_set.len());
+        for (key, val) in self.keep_set {
+            inv.arg(key).arg(val);
+        }
+    }
+}
+
+/// `rotate.lua`: both sids in one atomic step (one Redis, or one Cluster slot).
+pub(super) fn rotate_call<'a>(
+    scripts: &'a Scripts,
+    ko: &Keys,
+    kn: &Keys,
+    old: &Sid,
+    rotation: &Rotation,
+    tombstone_ttl: Duration,
+    if_match: Option<u64>,
+) -> redis::ScriptInvocation<'a> {
+    let a = RotateArgs::of(rotation);
+    let mut inv = scripts.rotate.prepare_invoke();
+    inv.key(&ko.session)
+        .key(&ko.tombstone)
+        .key(ko.index.as_ref().unwrap_or(&ko.session))
+        .key(&kn.session)
+        .key(&kn.tombstone)
+        .key(kn.index.as_ref().unwrap_or(&kn.session))
+        .arg(a.mode)
+        .arg(millis(rotation.ttl))
+        .arg(old.as_str())
+        .arg(rotation.new_sid.as_str())
+        .arg(millis(tombstone_ttl))
+        .arg(a.keep_ms)
+        .arg(flag(ko.index.is_some()))
+        .arg(flag(kn.index.is_some()));
+    a.push_lists(&mut inv);
+    inv.arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+    inv
+}
+
+pub(super) fn rotate_reply(r: &[Value]) -> StoreResult<Written> {
+    match status(r)? {
+        0 => Ok(Written {
+            version: uint(r.get(1))?,
+            created: true,
+        }),
+        code => Err(outcome(code, r)),
+    }
+}
+
+pub(super) fn int(v: &Value) -> StoreResult<i64> {
     match v {
         Value::Int(i) => Ok(*i),
         other => Err(StoreError::Backend(format!(
@@ -1071,12 +1208,12 @@ fn int(v: &Value) -> StoreResult<i64> {
     }
 }
 
-fn uint(v: Option<&Value>) -> StoreResult<u64> {
+pub(super) fn uint(v: Option<&Value>) -> StoreResult<u64> {
     let i = int(v.ok_or_else(|| StoreError::Backend("short reply from Redis".into()))?)?;
     u64::try_from(i).map_err(|_| StoreError::Backend(format!("negative number {i} from Redis")))
 }
 
-fn text(v: Value) -> StoreResult<String> {
+pub(super) fn text(v: Value) -> StoreResult<String> {
     match v {
         Value::BulkString(b) => {
             String::from_utf8(b).map_err(|_| StoreError::Backend("non-UTF-8 value in Redis".into()))
@@ -1088,7 +1225,7 @@ fn text(v: Value) -> StoreResult<String> {
     }
 }
 
-fn status(r: &[Value]) -> StoreResult<i64> {
+pub(super) fn status(r: &[Value]) -> StoreResult<i64> {
     int(r
         .first()
         .ok_or_else(|| StoreError::Backend("empty reply from Redis".into()))?)
@@ -1097,7 +1234,7 @@ fn status(r: &[Value]) -> StoreResult<i64> {
 /// The scripts' shared failure codes: 1 gone, 2 precondition (+ current version or -1),
 /// 3 not found, 4 too many keys (+ count), 5 conflict (+ current version, keys), 6 already
 /// soft-rotated (+ next sid).
-fn outcome(code: i64, r: &[Value]) -> StoreError {
+pub(super) fn outcome(code: i64, r: &[Value]) -> StoreError {
     match code {
         1 => StoreError::Gone,
         2 => StoreError::Precondition {

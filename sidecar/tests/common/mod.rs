@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use clap::Parser;
-use odoo_ha_testkit::{Client, PostgresServer, RedisServer};
+use odoo_ha_testkit::{Client, PostgresServer, RedisCluster, RedisServer};
 use odoo_session_sidecar::config::{Args, Settings};
 use odoo_session_sidecar::http::{router, AppState};
 use odoo_session_sidecar::store;
@@ -17,15 +17,22 @@ use serde_json::Value;
 pub enum Backend {
     Memory,
     Redis,
+    /// Six nodes, started once per test binary that uses it.
+    RedisCluster,
     Postgres,
 }
 
 static REDIS: OnceLock<RedisServer> = OnceLock::new();
 static POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn shared_redis() -> &'static RedisServer {
     REDIS.get_or_init(RedisServer::start)
+}
+
+pub fn shared_cluster() -> &'static RedisCluster {
+    CLUSTER.get_or_init(RedisCluster::start)
 }
 
 pub fn shared_postgres() -> &'static PostgresServer {
@@ -56,6 +63,10 @@ pub fn backend_flags(backend: Backend) -> Vec<String> {
         Backend::Redis => {
             flags.push("--driver=redis".into());
             flags.push(format!("--redis-uri={}", shared_redis().url()));
+        }
+        Backend::RedisCluster => {
+            flags.push("--driver=redis".into());
+            flags.push(format!("--redis-uri={}", shared_cluster().uri()));
         }
         Backend::Postgres => {
             flags.push("--driver=db".into());

@@ -8,5 +8,5 @@ pub mod servers;
 pub mod tls;
 
 pub use client::{Client, Reply};
-pub use servers::{free_port, PostgresServer, RedisServer, SentinelRedis};
+pub use servers::{free_port, PostgresServer, RedisCluster, RedisServer, SentinelRedis};
 pub use tls::TestCa;

@@ -432,6 +432,176 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster on loopback: three primaries and one replica each (`redis-cli --cluster
+/// create --cluster-replicas 1`), durable (append-only, fsync always), quick to fail over
+/// (`cluster-node-timeout` 1000 ms), and serving the slots of the other primaries while
+/// one has none (`cluster-require-full-coverage no`). Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut s = RedisServer {
+                    port: free_port(),
+                    dir,
+                    child: None,
+                    durable: true,
+                    extra: [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-require-full-coverage",
+                        "no",
+                        // A replica may take over however long it was cut off.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    password: None,
+                };
+                s.launch();
+                s
+            })
+            .collect();
+        let mut cmd = Command::new(find_binary("redis-cli", &[]));
+        cmd.arg("--cluster").arg("create");
+        for n in &nodes {
+            cmd.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = cmd
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = RedisCluster { nodes };
+        assert!(
+            c.wait_healthy(Duration::from_secs(30)),
+            "the Redis Cluster did not come up: {:?}",
+            c.nodes[0].cli(&["CLUSTER", "NODES"])
+        );
+        c
+    }
+
+    /// `redis+cluster://` naming every node as a seed.
+    pub fn uri(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+
+    /// Every node running answers `cluster_state:ok`, three primaries serve every slot, and
+    /// each has a replica with its link up.
+    pub fn wait_healthy(&self, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            let states_ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                n.cli(&["CLUSTER", "INFO"]).is_ok_and(|i| {
+                    i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
+                })
+            });
+            let linked = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .filter(|n| n.cli(&["ROLE"]).is_ok_and(|r| r.starts_with("slave")))
+                .filter(|n| {
+                    n.cli(&["INFO", "replication"])
+                        .is_ok_and(|i| i.contains("master_link_status:up"))
+                })
+                .count();
+            if states_ok && linked >= 3 && self.primaries().len() == 3 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Port of every node `CLUSTER NODES` (asked of a running node) lists as a primary
+    /// that is not failed, with its slot ranges.
+    pub fn primaries(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let Some(text) = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find_map(|n| n.cli(&["CLUSTER", "NODES"]).ok())
+        else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let flags = f.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let ranges: Vec<(u16, u16)> = f
+                    .iter()
+                    .skip(8)
+                    .filter(|r| !r.starts_with('['))
+                    .filter_map(|r| match r.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => r.parse().ok().map(|a| (a, a)),
+                    })
+                    .collect();
+                (!ranges.is_empty()).then_some((port, ranges))
+            })
+            .collect()
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find_map(|n| n.cli(&["CLUSTER", "KEYSLOT", key]).ok())
+            .and_then(|s| s.parse().ok())
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The port of the primary serving `slot`, if any.
+    pub fn primary_of(&self, slot: u16) -> Option<u16> {
+        self.primaries()
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(p, _)| p)
+    }
+
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("no such cluster node")
+    }
+}
+
 /// A Redis primary, its replicas (`replicaof`) and three Sentinels (quorum 2), all with one
 /// password (`requirepass`, `masterauth`, Sentinel `requirepass` and `auth-pass`), as the
 /// operator's managed Redis runs them. Nodes announce themselves as `localhost` and the

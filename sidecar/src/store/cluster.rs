@@ -1,0 +1,632 @@
+//! The Redis driver on a Redis Cluster (`redis+cluster://h1:p1,h2:p2/`, `rediss+cluster://`).
+//!
+//! The scripts are those of `store/redis.rs`: every key one script touches carries the hash
+//! tag of one sid's group, so each script runs on the one primary that owns its slot.
+//! redis-rs's cluster client routes each command by its first key, follows `MOVED`/`ASK`,
+//! and refreshes the slot map after a fail-over inside the cluster; while a slot has no
+//! primary its commands are retried until the backend timeout and then answer 503.
+//!
+//! Two things span slots and are done here:
+//! - A rotation between sids of different slots (a login: the anonymous sid and the new
+//!   one have unrelated hash tags) cannot be one script. The new sid's slot is read first
+//!   (so a taken or tombstoned new sid refuses the rotation with nothing changed), then the
+//!   old sid is ended on its slot (`rotate_out.lua`: tombstone and index entry removed, or
+//!   the soft-rotation mark), which returns the data to copy, and only then is the new sid
+//!   created create-only on its slot (`put.lua`). A sidecar that dies between the two
+//!   steps leaves the user logged out (the old sid is a tombstone, the new one absent),
+//!   never a logged-out session alive, and a retried rotation finds the tombstone (410).
+//! - Identifier batches: the delete scripts run concurrently, each on its slot's primary;
+//!   the "missing" look-up groups the identifiers by slot, one script per slot, run
+//!   concurrently.
+//!
+//! Connections: one cluster connection (one multiplexed connection per node, opened and
+//! replaced by redis-rs) for every request, and a second one for writes followed by
+//! `WAIT`, which blocks the node connection it runs on.
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{RedisError, Value};
+
+use super::redis::{
+    delete_call, delete_reply, flag, group_prefix, keys_of, outcome, patch_call, patch_reply,
+    percent_decode, put_call, put_reply, rotate_call, rotate_reply, status, text, Ending, Keys,
+    RotateArgs, Scripts,
+};
+use super::sentinel::HostPort;
+use super::{millis, StoreError, StoreResult, StoreSettings};
+use crate::model::{
+    Condition, Fields, Identifier, Patch, RotateSource, Rotation, Session, Sid, Written,
+};
+
+/// Whether `uri` is one of the Cluster forms.
+pub fn is_cluster_uri(uri: &str) -> bool {
+    uri.starts_with("redis+cluster://") || uri.starts_with("rediss+cluster://")
+}
+
+/// A parsed Cluster URI: the seed nodes and a client for them.
+pub struct ClusterTarget {
+    nodes: Vec<HostPort>,
+    client: ClusterClient,
+}
+
+impl ClusterTarget {
+    /// `redis+cluster://[user:pass@]h1:p1,h2:p2[/]` (`rediss+cluster://`: TLS to every
+    /// node, verified against `ca` when given, else the public roots). A Cluster has only
+    /// database 0. `timeout` bounds each connect and each answer.
+    pub fn from_uri(
+        uri: &str,
+        password: Option<&str>,
+        ca: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let (rest, tls) = match uri.strip_prefix("redis+cluster://") {
+            Some(r) => (r, false),
+            None => (
+                uri.strip_prefix("rediss+cluster://")
+                    .ok_or("expected redis+cluster:// or rediss+cluster://")?,
+                true,
+            ),
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() && path != "0" {
+            return Err(format!(
+                "a Redis Cluster has only database 0, the URI names {path:?}"
+            ));
+        }
+        let (user, pass) = match auth {
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
+                None => (Some(percent_decode(a)?), None),
+            },
+            None => (None, None),
+        };
+        let pass = pass
+            .filter(|p| !p.is_empty())
+            .or(password.map(str::to_owned));
+        let nodes: Vec<HostPort> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(HostPort::parse)
+            .collect::<Result<_, _>>()?;
+        if nodes.is_empty() {
+            return Err("the cluster form needs at least one host:port".into());
+        }
+        let scheme = if tls { "rediss" } else { "redis" };
+        let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+        let mut b = ClusterClientBuilder::new(urls)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            // The whole request, redirections and retries included, within the budget.
+            .overall_response_timeout(Some(timeout))
+            // Retried (a slot without a primary, a node reconnecting) every 10 to 100 ms
+            // rather than redis-rs's default of 1.3 s and up, which is past any budget.
+            .retries(RETRIES)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            b = b.username(u);
+        }
+        if let Some(p) = pass {
+            b = b.password(p);
+        }
+        if tls {
+            b = b.tls(redis::TlsMode::Secure);
+            if let Some(pem) = ca {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                });
+            }
+        }
+        let client = b.build().map_err(|e| e.to_string())?;
+        Ok(ClusterTarget { nodes, client })
+    }
+
+    /// Whether any seed node accepts a TCP connection within `timeout`: a Cluster URI
+    /// none of whose nodes can be reached is a setting mistake, refused at start-up.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), String> {
+        let mut why = Vec::new();
+        for n in &self.nodes {
+            let addrs = match (n.host.as_str(), n.port).to_socket_addrs() {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => {
+                    why.push(format!("{n}: {e}"));
+                    continue;
+                }
+            };
+            for a in &addrs {
+                match std::net::TcpStream::connect_timeout(a, timeout) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => why.push(format!("{n} ({a}): {e}")),
+                }
+            }
+        }
+        Err(format!(
+            "no node of the Redis Cluster can be reached: {}",
+            why.join("; ")
+        ))
+    }
+}
+
+/// Tries of one command in redis-rs's cluster client (redirections, reconnects); the
+/// overall timeout ends them first.
+const RETRIES: u32 = 30;
+
+/// Identifier scripts in flight at once, per batch.
+const CONCURRENT: usize = 64;
+
+pub struct ClusterStore {
+    client: ClusterClient,
+    shared: tokio::sync::OnceCell<ClusterConnection>,
+    /// Only for writes followed by `WAIT` (`DKN_AUTH_REDIS_MIN_REPLICAS` > 0).
+    waited: tokio::sync::OnceCell<ClusterConnection>,
+    scripts: Scripts,
+    settings: StoreSettings,
+    min_replicas: u32,
+    timeout: Duration,
+    replicas_short: AtomicBool,
+}
+
+/// A Redis error as the API answers it: the cluster or a node unreachable, a slot without
+/// a primary, a timeout are outages (503), anything else 502.
+fn fail(e: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let outage = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || e.code() == Some("NOREPLICAS")
+        || e.code() == Some("UNBLOCKED")
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            ) | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::AuthenticationFailed
+        );
+    if outage {
+        StoreError::Unavailable(format!("Redis Cluster: {e}"))
+    } else {
+        StoreError::Backend(format!("Redis Cluster: {e}"))
+    }
+}
+
+fn route_of(key: &str) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        key,
+        SlotAddr::Master,
+    )))
+}
+
+impl ClusterStore {
+    pub fn new(
+        target: ClusterTarget,
+        settings: StoreSettings,
+        min_replicas: u32,
+        timeout: Duration,
+    ) -> Self {
+        ClusterStore {
+            client: target.client,
+            shared: tokio::sync::OnceCell::new(),
+            waited: tokio::sync::OnceCell::new(),
+            scripts: Scripts::load(),
+            settings,
+            min_replicas,
+            timeout,
+            replicas_short: AtomicBool::new(false),
+        }
+    }
+
+    /// The connection of `cell`, opened on first use (it asks a seed node for the slot map).
+    /// A connect that fails is tried again by the next request; once open, redis-rs
+    /// reconnects to the nodes itself.
+    async fn conn(
+        &self,
+        cell: &tokio::sync::OnceCell<ClusterConnection>,
+    ) -> StoreResult<ClusterConnection> {
+        cell.get_or_try_init(|| async {
+            let c = self.client.get_async_connection().await.map_err(|e| {
+                StoreError::Unavailable(format!("connecting to Redis Cluster: {e}"))
+            })?;
+            tracing::info!("connected to the Redis Cluster");
+            Ok(c)
+        })
+        .await
+        .cloned()
+    }
+
+    fn keys(&self, sid: &Sid) -> Keys {
+        keys_of(&self.settings.prefix, sid)
+    }
+
+    fn index_key(&self, id: &Identifier) -> String {
+        format!("{}i", group_prefix(&self.settings.prefix, id.as_str()))
+    }
+
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> StoreResult<Vec<Value>> {
+        let mut c = self.conn(&self.shared).await?;
+        inv.invoke_async::<Vec<Value>>(&mut c).await.map_err(fail)
+    }
+
+    /// Runs a script that ends or moves a session; with `min_replicas` > 0 on the waited
+    /// connection, followed by `WAIT` on the primary of `key`'s slot (the node that ran it,
+    /// over the same node connection), when `ok` says the script wrote.
+    async fn run_ending(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+        key: &str,
+        ending: Ending,
+        start: Instant,
+        ok: impl Fn(&[Value]) -> bool,
+    ) -> StoreResult<Vec<Value>> {
+        if self.min_replicas == 0 {
+            return self.run(inv).await;
+        }
+        let mut c = self.conn(&self.waited).await?;
+        let r = inv.invoke_async::<Vec<Value>>(&mut c).await.map_err(fail)?;
+        if ok(&r) {
+            self.wait_replicas(&mut c, Some(route_of(key)), start, ending)
+                .await?;
+        }
+        Ok(r)
+    }
+
+    /// `WAIT min_replicas <what is left of the budget>` on `route` (one primary), or on
+    /// every primary (`None`: redis-rs sends `WAIT` to each and keeps the smallest count).
+    async fn wait_replicas(
+        &self,
+        c: &mut ClusterConnection,
+        route: Option<RoutingInfo>,
+        start: Instant,
+        ending: Ending,
+    ) -> StoreResult<()> {
+        let n = self.min_replicas;
+        let left = self.timeout.saturating_sub(start.elapsed());
+        // As in store/redis.rs: Redis notices a WAIT's timeout up to 1/hz late.
+        let margin = (Duration::from_millis(120) + self.timeout / 10).min(self.timeout / 2);
+        let wait_ms = millis(left.saturating_sub(margin)).max(1);
+        let guard = left.saturating_sub(Duration::from_millis(10));
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(wait_ms);
+        let routing = route.unwrap_or(RoutingInfo::MultiNode((
+            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+            Some(redis::cluster_routing::ResponsePolicy::Aggregate(
+                redis::cluster_routing::AggregateOp::Min,
+            )),
+        )));
+        let r = match tokio::time::timeout(guard, c.route_command(cmd, routing)).await {
+            Ok(r) => r.map_err(fail).and_then(|v| match v {
+                Value::Int(i) => Ok(i),
+                other => Err(StoreError::Backend(format!(
+                    "expected an integer from WAIT, got {other:?}"
+                ))),
+            }),
+            Err(_) => Err(StoreError::NotReplicated(format!(
+                "the {} was applied on its Redis Cluster primary, but its WAIT for the {n} \
+                 replica(s) required by DKN_AUTH_REDIS_MIN_REPLICAS did not answer within {} \
+                 ms; it is not known to be durable and may be undone by a fail-over",
+                ending.what(),
+                millis(guard)
+            ))),
+        };
+        let r = match r {
+            Ok(acked) if acked >= i64::from(n) => Ok(()),
+            Ok(acked) => Err(StoreError::NotReplicated(format!(
+                "the {} was applied on its Redis Cluster primary, but only {acked} of the {n} \
+                 replica(s) required by DKN_AUTH_REDIS_MIN_REPLICAS acknowledged it within \
+                 {wait_ms} ms; it is not durable and may be undone by a fail-over",
+                ending.what()
+            ))),
+            Err(e) => Err(e),
+        };
+        match &r {
+            Err(StoreError::NotReplicated(m)) => {
+                if !self.replicas_short.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %m, min_replicas = n,
+                        "endings are not acknowledged by enough Redis replicas: they answer 503");
+                }
+            }
+            Ok(()) => {
+                if self.replicas_short.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        min_replicas = n,
+                        "endings are acknowledged by enough Redis replicas again"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    pub fn pool_in_use(&self) -> u64 {
+        u64::from(self.shared.initialized()) + u64::from(self.waited.initialized())
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut c = self.conn(&self.shared).await?;
+        // Every primary answers, or the cluster is not whole.
+        let cmd = redis::cmd("PING");
+        c.route_command(
+            cmd,
+            RoutingInfo::MultiNode((
+                redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+            )),
+        )
+        .await
+        .map(|_| ())
+        .map_err(fail)
+    }
+
+    pub async fn get(&self, sid: &Sid) -> StoreResult<Option<Session>> {
+        let k = self.keys(sid);
+        let mut pipe = redis::pipe();
+        pipe.cmd("PTTL")
+            .arg(&k.session)
+            .cmd("HGETALL")
+            .arg(&k.session);
+        let mut c = self.conn(&self.shared).await?;
+        let (ttl, v): (Value, Vec<Value>) = pipe.query_async(&mut c).await.map_err(fail)?;
+        super::redis::session_of(&ttl, v)
+    }
+
+    pub async fn put(
+        &self,
+        sid: &Sid,
+        fields: Fields,
+        ttl: Duration,
+        cond: Condition,
+    ) -> StoreResult<Written> {
+        let k = self.keys(sid);
+        put_reply(
+            &self
+                .run(put_call(&self.scripts, &k, sid, &fields, ttl, cond))
+                .await?,
+        )
+    }
+
+    pub async fn patch(
+        &self,
+        sid: &Sid,
+        patch: Patch,
+        ttl: Duration,
+        if_match: Option<u64>,
+    ) -> StoreResult<u64> {
+        let k = self.keys(sid);
+        patch_reply(
+            &self
+                .run(patch_call(&self.scripts, &k, sid, &patch, ttl, if_match))
+                .await?,
+        )
+    }
+
+    pub async fn delete(&self, sid: &Sid, if_match: Option<u64>) -> StoreResult<bool> {
+        let start = Instant::now();
+        let k = self.keys(sid);
+        let inv = delete_call(
+            &self.scripts,
+            &k,
+            sid,
+            self.settings.tombstone_ttl,
+            if_match,
+        );
+        let r = self
+            .run_ending(inv, &k.session, Ending::Delete, start, |r| {
+                matches!(status(r), Ok(0))
+            })
+            .await?;
+        delete_reply(&r)
+    }
+
+    pub async fn rotate(
+        &self,
+        old: &Sid,
+        rotation: Rotation,
+        if_match: Option<u64>,
+    ) -> StoreResult<Written> {
+        let start = Instant::now();
+        let ko = self.keys(old);
+        let kn = self.keys(&rotation.new_sid);
+        if Slot::for_key(&ko.session) == Slot::for_key(&kn.session) {
+            let inv = rotate_call(
+                &self.scripts,
+                &ko,
+                &kn,
+                old,
+                &rotation,
+                self.settings.tombstone_ttl,
+                if_match,
+            );
+            let r = self
+                .run_ending(inv, &ko.session, Ending::Rotation, start, |r| {
+                    matches!(status(r), Ok(0))
+                })
+                .await?;
+            return rotate_reply(&r);
+        }
+        // Across slots. Step 0: is the new sid free? (Read-only; its answer is checked by
+        // step 1 where rotate.lua checks it, so the outcomes come in the same order.)
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS")
+            .arg(&kn.tombstone)
+            .cmd("HGET")
+            .arg(&kn.session)
+            .arg("v");
+        let mut c = self.conn(&self.shared).await?;
+        let (tomb, newv): (i64, Option<String>) = pipe.query_async(&mut c).await.map_err(fail)?;
+        let new_state = if tomb == 1 {
+            "-1".to_owned()
+        } else {
+            newv.unwrap_or_default()
+        };
+        // Step 1: end the old sid on its slot, get its data.
+        let a = RotateArgs::of(&rotation);
+        let mut inv = self.scripts.rotate_out.prepare_invoke();
+        inv.key(&ko.session)
+            .key(&ko.tombstone)
+            .key(ko.index.as_ref().unwrap_or(&ko.session))
+            .arg(a.mode)
+            .arg(old.as_str())
+            .arg(rotation.new_sid.as_str())
+            .arg(millis(self.settings.tombstone_ttl))
+            .arg(a.keep_ms)
+            .arg(flag(ko.index.is_some()))
+            .arg(new_state);
+        a.push_lists(&mut inv);
+        inv.arg(if_match.map(|v| v.to_string()).unwrap_or_default());
+        let r = self
+            .run_ending(inv, &ko.session, Ending::Rotation, start, |r| {
+                matches!(status(r), Ok(0))
+            })
+            .await?;
+        match status(&r)? {
+            0 => {}
+            code => return Err(outcome(code, &r)),
+        }
+        let mut fields = Fields::new();
+        let mut it = r.into_iter().skip(1);
+        while let (Some(f), Some(v)) = (it.next(), it.next()) {
+            let f = text(f)?;
+            if let Some(key) = f.strip_prefix("d:") {
+                fields.insert(key.to_owned(), text(v)?);
+            }
+        }
+        match &rotation.source {
+            RotateSource::Stored(p) => {
+                fields.extend(p.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                for key in &p.remove {
+                    fields.remove(key);
+                }
+            }
+            RotateSource::Given(given) => fields.clone_from(given),
+        }
+        // Step 2: the new sid, create-only. Refused only if it was taken since step 0.
+        let inv = put_call(
+            &self.scripts,
+            &kn,
+            &rotation.new_sid,
+            &fields,
+            rotation.ttl,
+            Condition::CreateOnly,
+        );
+        let created = self
+            .run_ending(inv, &kn.session, Ending::Rotation, start, |r| {
+                matches!(status(r), Ok(0))
+            })
+            .await;
+        let created = match created {
+            Ok(r) => put_reply(&r),
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(w) => Ok(Written {
+                version: w.version,
+                created: true,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "a rotation across Redis Cluster slots ended the old sid but could not create the new one: the user is logged out");
+                Err(match e {
+                    StoreError::Gone => StoreError::Precondition { current: None },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
+        let start = Instant::now();
+        let tomb = millis(self.settings.tombstone_ttl);
+        let cell = if self.min_replicas == 0 {
+            &self.shared
+        } else {
+            &self.waited
+        };
+        let c = self.conn(cell).await?;
+        // Collected first: a lazy map over borrowed ids makes the handler's future not Send.
+        let calls: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let mut c = c.clone();
+                let key = self.index_key(id);
+                let prefix = group_prefix(&self.settings.prefix, id.as_str());
+                async move {
+                    let mut inv = self.scripts.delete_identifier.prepare_invoke();
+                    inv.key(key).arg(prefix).arg(tomb);
+                    inv.invoke_async::<u64>(&mut c).await
+                }
+            })
+            .collect();
+        let counts: Vec<u64> = stream::iter(calls)
+            .buffer_unordered(CONCURRENT)
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        if self.min_replicas > 0 {
+            let mut c = c;
+            // Every primary's connection of this set has its share of the batch.
+            self.wait_replicas(&mut c, None, start, Ending::IdentifierDelete)
+                .await?;
+        }
+        Ok(counts.into_iter().sum())
+    }
+
+    pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
+        let c = self.conn(&self.shared).await?;
+        let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+        let keys: Vec<String> = ids.iter().map(|id| self.index_key(id)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            by_slot.entry(Slot::for_key(k)).or_default().push(i);
+        }
+        let calls: Vec<_> = by_slot
+            .into_values()
+            .map(|members| {
+                let mut c = c.clone();
+                let keys = &keys;
+                async move {
+                    let mut inv = self.scripts.missing.prepare_invoke();
+                    for &i in &members {
+                        inv.key(&keys[i]);
+                    }
+                    let counts: Vec<u64> = inv.invoke_async(&mut c).await?;
+                    Ok::<_, RedisError>(
+                        members
+                            .into_iter()
+                            .zip(counts)
+                            .filter(|(_, n)| *n == 0)
+                            .map(|(i, _)| i)
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            })
+            .collect();
+        let found: Vec<Vec<usize>> = stream::iter(calls)
+            .buffer_unordered(CONCURRENT)
+            .try_collect()
+            .await
+            .map_err(fail)?;
+        let mut missing: Vec<usize> = found.into_iter().flatten().collect();
+        // In request order.
+        missing.sort_unstable();
+        Ok(missing.into_iter().map(|i| ids[i].clone()).collect())
+    }
+}
