@@ -1,0 +1,402 @@
+//! A real Redis Cluster (three primaries, three replicas, `testkit::RedisCluster`): one
+//! primary SIGKILLed under load from two sidecar processes with
+//! `DKN_AUTH_REDIS_MIN_REPLICAS=1` (503 only for its slots until its replica takes over, no
+//! acknowledged ending undone), and a sidecar SIGKILLed in the middle of rotations across
+//! slots (never both sids alive). The behavioural suite runs on a Cluster in behaviour.rs.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::process::Process;
+use common::{legacy_sid, s};
+use http::Method;
+use odoo_ha_testkit::{Client, RedisCluster};
+use serde_json::json;
+
+const TIMEOUT_MS: u64 = 800;
+const TIMEOUT: Duration = Duration::from_millis(TIMEOUT_MS);
+/// What a request may take beyond the backend timeout (HTTP, scheduling on a busy CI box).
+const SLACK: Duration = Duration::from_millis(700);
+
+/// One Cluster for this binary; the tests take turns, since one kills a node.
+fn cluster() -> &'static tokio::sync::Mutex<RedisCluster> {
+    static C: OnceLock<tokio::sync::Mutex<RedisCluster>> = OnceLock::new();
+    C.get_or_init(|| tokio::sync::Mutex::new(RedisCluster::start()))
+}
+
+/// The Redis Cluster slot of a legacy sid's keys: their hash tag is the sid itself
+/// (CRC16/XMODEM mod 16384, as Redis computes it).
+fn slot_of_sid(sid: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in sid.as_bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+fn sidecar(uri: &str, prefix: &str, min_replicas: u32) -> Process {
+    Process::start(&[
+        "--driver=redis".into(),
+        format!("--redis-uri={uri}"),
+        format!("--prefix={prefix}"),
+        format!("--backend-timeout-ms={TIMEOUT_MS}"),
+        format!("--redis-min-replicas={min_replicas}"),
+        "--log-level=warn".into(),
+    ])
+}
+
+async fn wait_backend(p: &mut Process) {
+    p.wait_serving().await;
+    let mut c = p.client();
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if matches!(c.get("/readyz?backend=1").await, Ok(r) if r.status == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sidecar never reached the Redis Cluster:\n{}", p.log());
+}
+
+#[derive(Default)]
+struct Tally {
+    /// (old sid, new sid or None for a DELETE) acknowledged.
+    endings: Vec<(String, Option<String>)>,
+    /// Slots (one or two) of each request answered 503.
+    unavailable: Vec<Vec<u16>>,
+    slowest_503: Duration,
+    /// First ending acknowledged on a slot of the killed primary, among those sent after
+    /// its replica was promoted.
+    recovered_at: Option<Instant>,
+    unexpected: Vec<String>,
+}
+
+/// Answers within the backend timeout plus slack, or the test fails.
+async fn timed(
+    c: &mut Client,
+    m: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: serde_json::Value,
+) -> (u16, Duration) {
+    let t = Instant::now();
+    match tokio::time::timeout(TIMEOUT + SLACK, c.json(m.clone(), path, headers, &body)).await {
+        Ok(Ok(r)) => {
+            let status = r.status.as_u16();
+            if status == 503 {
+                let j = r.json();
+                assert_eq!(j["error"], "backend_unavailable", "{m} {path}: {r:?}");
+                assert!(
+                    j["message"].as_str().is_some_and(|m| m.len() > 10),
+                    "a 503 says why: {r:?}"
+                );
+            }
+            (status, t.elapsed())
+        }
+        Ok(Err(e)) => panic!("{m} {path}: {e}"),
+        Err(_) => panic!("{m} {path} took longer than the backend timeout + slack"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_under_load() {
+    let mut cluster = cluster().lock().await;
+    assert!(cluster.wait_healthy(Duration::from_secs(30)));
+    let uri = cluster.uri();
+    let prefix = format!("k{}:", std::process::id());
+    let mut a = sidecar(&uri, &prefix, 1);
+    let mut b = sidecar(&uri, &prefix, 1);
+    wait_backend(&mut a).await;
+    wait_backend(&mut b).await;
+
+    // The primary of slot 0 is the one killed; its slots are known before.
+    let (victim, ranges) = cluster
+        .primaries()
+        .into_iter()
+        .find(|(_, r)| r.iter().any(|(lo, _)| *lo == 0))
+        .expect("a primary serves slot 0");
+    let killed_slot = move |slot: u16| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let promoted_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let addr = if w % 2 == 0 {
+            a.addr.clone()
+        } else {
+            b.addr.clone()
+        };
+        let stop = stop.clone();
+        let promoted_at = promoted_at.clone();
+        let killed_slot = killed_slot.clone();
+        workers.push(tokio::spawn(async move {
+            let mut c = Client::new(addr);
+            let mut t = Tally::default();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let old = legacy_sid();
+                let (status, took) = timed(
+                    &mut c,
+                    Method::PUT,
+                    &s("", &old),
+                    &[("if-none-match", "*")],
+                    json!({"data": {"uid": n}}),
+                )
+                .await;
+                match status {
+                    200 | 201 => {}
+                    503 => {
+                        t.unavailable.push(vec![slot_of_sid(&old)]);
+                        t.slowest_503 = t.slowest_503.max(took);
+                        continue;
+                    }
+                    other => {
+                        t.unexpected.push(format!("PUT -> {other}"));
+                        continue;
+                    }
+                }
+                // Every other session ends by DELETE, the rest by a rotation (across
+                // slots, almost always: the two sids have unrelated hash tags).
+                let sent_after_promotion = promoted_at.lock().unwrap().is_some();
+                let (status, took, new, slots) = if n % 2 == 0 {
+                    let (st, took) =
+                        timed(&mut c, Method::DELETE, &s("", &old), &[], json!({})).await;
+                    (st, took, None, vec![slot_of_sid(&old)])
+                } else {
+                    let new = legacy_sid();
+                    let (st, took) = timed(
+                        &mut c,
+                        Method::POST,
+                        &s("/rotate", &old),
+                        &[],
+                        json!({"new_sid": new, "set": {"rotated": true}}),
+                    )
+                    .await;
+                    let slots = vec![slot_of_sid(&old), slot_of_sid(&new)];
+                    (st, took, Some(new), slots)
+                };
+                match status {
+                    200 | 201 | 204 => {
+                        if sent_after_promotion && slots.iter().any(|s| killed_slot(*s)) {
+                            t.recovered_at.get_or_insert_with(Instant::now);
+                        }
+                        t.endings.push((old, new));
+                    }
+                    503 => {
+                        t.unavailable.push(slots);
+                        t.slowest_503 = t.slowest_503.max(took);
+                    }
+                    other => t.unexpected.push(format!("ending -> {other}")),
+                }
+            }
+            t
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kill = Instant::now();
+    cluster.node(victim).kill();
+    // Its replica is promoted: the slot map names another primary for slot 0.
+    let promoted = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if cluster.primary_of(0).is_some_and(|p| p != victim) {
+            *promoted_at.lock().unwrap() = Some(Instant::now());
+            break kill.elapsed();
+        }
+        assert!(
+            kill.elapsed() < Duration::from_secs(20),
+            "no replica took over"
+        );
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Back as a replica of the promoted node: endings on those slots are acknowledged again.
+    cluster.node(victim).restart();
+    assert!(
+        cluster.wait_healthy(Duration::from_secs(30)),
+        "the killed node did not rejoin as a replica"
+    );
+    let rejoined = kill.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w.await.expect("worker");
+        all.endings.extend(t.endings);
+        all.unavailable.extend(t.unavailable);
+        all.slowest_503 = all.slowest_503.max(t.slowest_503);
+        all.unexpected.extend(t.unexpected);
+        all.recovered_at = match (all.recovered_at, t.recovered_at) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+    }
+    assert!(all.unexpected.is_empty(), "{:?}", all.unexpected);
+    let elsewhere: Vec<_> = all
+        .unavailable
+        .iter()
+        .filter(|slots| !slots.iter().any(|s| killed_slot(*s)))
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "503 only for the killed primary's slots, not {elsewhere:?}"
+    );
+    assert!(
+        all.recovered_at.is_some(),
+        "endings on the killed primary's slots were acknowledged again"
+    );
+    assert!(all.endings.len() > 50, "load ran: {}", all.endings.len());
+
+    // Every acknowledged ending holds, read through a fresh sidecar.
+    let mut check = sidecar(&uri, &prefix, 0);
+    wait_backend(&mut check).await;
+    let mut c = check.client();
+    let mut undone = Vec::new();
+    for (old, new) in &all.endings {
+        let r = c.get(&s("", old)).await.expect("GET old");
+        let w = c
+            .json(Method::PATCH, &s("", old), &[], &json!({"set": {"x": 1}}))
+            .await
+            .expect("PATCH old");
+        if r.status != 404 || w.status != 410 {
+            undone.push(format!("{old}: GET {} PATCH {}", r.status, w.status));
+        }
+        if let Some(new) = new {
+            let r = c.get(&s("", new)).await.expect("GET new");
+            if r.status != 200 {
+                undone.push(format!("rotated {old} -> {new}: new answers {}", r.status));
+            }
+        }
+    }
+    assert!(undone.is_empty(), "acknowledged endings undone: {undone:?}");
+    eprintln!(
+        "redis_cluster: primary {victim} killed; replica promoted after {:.1} s, rejoined after \
+         {:.1} s; endings on its slots acknowledged again {:.1} s after the kill; {} endings \
+         acknowledged, none undone; {} requests answered 503, all for its slots, the slowest \
+         in {} ms",
+        promoted.as_secs_f64(),
+        rejoined.as_secs_f64(),
+        all.recovered_at
+            .map(|t| t.duration_since(kill).as_secs_f64())
+            .unwrap_or(0.0),
+        all.endings.len(),
+        all.unavailable.len(),
+        all.slowest_503.as_millis()
+    );
+}
+
+/// A sidecar SIGKILLed while rotations across slots are in flight: every rotation it was
+/// running ends either not started (old alive, new absent), done (old tombstoned, new alive)
+/// or with the user logged out (old tombstoned, new absent), never with both sids alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_killed_between_rotation_steps() {
+    let cluster = cluster().lock().await;
+    assert!(cluster.wait_healthy(Duration::from_secs(30)));
+    let uri = cluster.uri();
+    let prefix = format!("r{}:", std::process::id());
+    let mut p = sidecar(&uri, &prefix, 0);
+    wait_backend(&mut p).await;
+    // Pairs of sids on different slots, each old one stored.
+    let mut c = p.client();
+    let mut pairs = Vec::new();
+    while pairs.len() < 400 {
+        let (old, new) = (legacy_sid(), legacy_sid());
+        if slot_of_sid(&old) == slot_of_sid(&new) {
+            continue;
+        }
+        let r = c
+            .json(Method::PUT, &s("", &old), &[], &json!({"data": {"uid": 1}}))
+            .await
+            .expect("PUT");
+        assert_eq!(r.status, 201, "{r:?}");
+        pairs.push((old, new));
+    }
+    let pairs = Arc::new(pairs);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (pairs, next, addr) = (pairs.clone(), next.clone(), p.addr.clone());
+        workers.push(tokio::spawn(async move {
+            let mut c = Client::new(addr);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((old, new)) = pairs.get(i) else {
+                    return;
+                };
+                // Fails once the sidecar is killed: what matters is what Redis holds.
+                if c.json(
+                    Method::POST,
+                    &s("/rotate", old),
+                    &[],
+                    &json!({"new_sid": new}),
+                )
+                .await
+                .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    // Kill once about a third of the rotations were sent.
+    while next.load(Ordering::Relaxed) < pairs.len() / 3 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    p.signal("KILL");
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut check = sidecar(&uri, &prefix, 0);
+    wait_backend(&mut check).await;
+    let mut c = check.client();
+    let (mut untouched, mut done, mut logged_out) = (0, 0, 0);
+    let mut ended = Vec::new();
+    for (old, new) in pairs.iter() {
+        let o = c.get(&s("", old)).await.expect("GET old").status.as_u16();
+        let n = c.get(&s("", new)).await.expect("GET new").status.as_u16();
+        match (o, n) {
+            (200, 404) => untouched += 1,
+            (404, 200) => done += 1,
+            (404, 404) => logged_out += 1,
+            other => panic!("rotation {old} -> {new} left {other:?}: both alive"),
+        }
+        if o == 404 {
+            ended.push((old, new, n));
+        }
+    }
+    assert!(
+        done > 0 && untouched > 0,
+        "the kill fell among the rotations"
+    );
+    // A retried rotation of an ended sid answers 410 and changes nothing.
+    for (old, new, before) in ended {
+        let r = c
+            .json(
+                Method::POST,
+                &s("/rotate", old),
+                &[],
+                &json!({"new_sid": new}),
+            )
+            .await
+            .expect("retry");
+        assert_eq!(r.status, 410, "retried rotation: {r:?}");
+        let now = c.get(&s("", new)).await.expect("GET new").status.as_u16();
+        assert_eq!(now, before, "a retry changes nothing");
+    }
+    eprintln!(
+        "redis_cluster: sidecar killed among {} rotations across slots: {done} done, \
+         {untouched} not started, {logged_out} logged out, none with both sids alive",
+        pairs.len()
+    );
+}
