@@ -67,6 +67,49 @@ fn configuration_errors_are_one_line_naming_the_setting() {
     fails_with(&["--config=/nonexistent/odoo.conf"], &[], "DKN_AUTH_CONFIG");
 }
 
+/// Redis Cluster URIs: no reachable node, a database other than 0, no host, a prefix with
+/// a hash tag (it would move a sid's keys out of their slot): exit 2, one line naming the
+/// setting, no password shown.
+#[test]
+fn cluster_uri_errors_are_one_line_naming_the_setting() {
+    let (p1, p2) = (free_port(), free_port());
+    let unreachable = format!("redis+cluster://:hunter2@127.0.0.1:{p1},127.0.0.1:{p2}/");
+    let mut cmd = Command::new(bin());
+    clean_env(&mut cmd).args(["--driver=redis", &format!("--redis-uri={unreachable}")]);
+    let t = Instant::now();
+    let out = cmd.output().expect("run sidecar");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("DKN_AUTH_REDIS_URI"), "{err}");
+    assert!(err.contains("no node of the Redis Cluster"), "{err}");
+    assert!(
+        err.contains(&p1.to_string()) && err.contains(&p2.to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "no password in the error: {err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "refused at once");
+    for uri in [
+        format!("redis+cluster://127.0.0.1:{p1}/3"),
+        "redis+cluster:///".to_string(),
+        "rediss+cluster://127.0.0.1/".to_string(),
+    ] {
+        fails_with(
+            &["--driver=redis", &format!("--redis-uri={uri}")],
+            &[],
+            "DKN_AUTH_REDIS_URI",
+        );
+    }
+    fails_with(
+        &[
+            "--driver=redis",
+            &format!("--redis-uri=redis+cluster://127.0.0.1:{p1}/"),
+        ],
+        &[("DKN_AUTH_PREFIX", "odoo{x}:")],
+        "DKN_AUTH_PREFIX",
+    );
+}
+
 fn spawn(args: &[String]) -> std::process::Child {
     let mut cmd = Command::new(bin());
     clean_env(&mut cmd)
