@@ -353,7 +353,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     free(
         "DKN_AUTH_REDIS_URI",
-        "redis://, rediss:// or redis+sentinel://host:port,host:port/master[/db].",
+        "redis://, rediss://, redis+sentinel://host:port,host:port/master[/db] or redis+cluster://host:port,host:port/ (rediss+cluster:// for TLS).",
         Some("redis://localhost:6379/1"),
         "a Redis URI",
         S,

@@ -72,7 +72,8 @@ pub struct Args {
     /// Time limit of one backend operation, in ms, before answering 503. Default 1000.
     #[arg(long, env = "DKN_AUTH_BACKEND_TIMEOUT_MS")]
     pub backend_timeout_ms: Option<String>,
-    /// redis://, rediss:// (TLS) or redis+sentinel://host:port,host:port/master[/db].
+    /// redis://, rediss:// (TLS), redis+sentinel://host:port,host:port/master[/db] or
+    /// redis+cluster://host:port,host:port/ (rediss+cluster:// for TLS).
     #[arg(long, env = "DKN_AUTH_REDIS_URI", hide_env_values = true)]
     pub redis_uri: Option<String>,
     /// Redis password, used when the URI carries none (for Kubernetes Secrets).
