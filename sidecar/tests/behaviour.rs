@@ -1289,5 +1289,5 @@ mod postgres_data_writes_not_flushed {
 /// different slots, so rotations cross slots as well as stay in one.
 mod redis_cluster {
     use super::*;
-    all_cases!(Backend::RedisCluster);
+    all_cases!(backend_flags(Backend::RedisCluster));
 }
