@@ -310,6 +310,7 @@ impl RedisServer {
         let bin = find_binary("redis-cli", &[]);
         let mut cmd = Command::new(bin);
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(self.cli_tls_args());
         if let Some(pw) = &self.password {
             cmd.env("REDISCLI_AUTH", pw);
         }
@@ -341,6 +342,16 @@ impl RedisServer {
             primary_port.to_string(),
         ]);
         self.restart();
+    }
+
+    /// `--tls --cacert <CA>` for a server that speaks only TLS, else nothing.
+    fn cli_tls_args(&self) -> Vec<String> {
+        match self.extra.iter().position(|a| a == "--tls-ca-cert-file") {
+            Some(i) if self.extra.iter().any(|a| a == "--tls-port") => {
+                vec!["--tls".into(), "--cacert".into(), self.extra[i + 1].clone()]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the process is running (not killed).
@@ -432,6 +443,50 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `cmd` to its end, or kills it after `limit` and panics with what it printed
+/// (`redis-cli --cluster` waits for ever for nodes that cannot meet). Its output is read
+/// as it comes: a reshard's plan alone can fill a pipe.
+fn output_within(mut cmd: Command, limit: Duration, what: &str) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = read(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = read(child.stderr.take().map(|r| Box::new(r) as _));
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            break Some(status);
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    match status {
+        Some(s) => (s.success(), text),
+        None => panic!("{what} did not finish within {limit:?}: {text}"),
+    }
+}
+
 /// A Redis Cluster on loopback: three primaries and one replica each (`redis-cli --cluster
 /// create --cluster-replicas 1`), durable (append-only, fsync always), quick to fail over
 /// (`cluster-node-timeout` 1000 ms), and serving the slots of the other primaries while
@@ -442,17 +497,51 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same, speaking only TLS (clients, the cluster bus and replication), with a
+    /// certificate for 127.0.0.1 and localhost signed by `tls`'s CA.
+    pub fn start_tls(tls: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&crate::tls::TestCa>) -> Self {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 let dir = tempfile::tempdir().expect("tempdir");
+                let port = free_port();
+                let mut extra: Vec<String> = Vec::new();
+                if let Some(tls) = tls {
+                    let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
+                    extra.extend([
+                        "--tls-port".into(),
+                        port.to_string(),
+                        "--tls-cert-file".into(),
+                        p(&tls.server_cert),
+                        "--tls-key-file".into(),
+                        p(&tls.server_key),
+                        "--tls-ca-cert-file".into(),
+                        p(&tls.ca_cert),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                    ]);
+                }
                 let mut s = RedisServer {
-                    port: free_port(),
+                    port,
                     dir,
                     child: None,
                     durable: true,
                     extra: [
                         "--cluster-enabled",
                         "yes",
+                        // Not the default port + 10000, which may be past 65535.
+                        "--cluster-port",
+                        &free_port().to_string(),
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
@@ -466,7 +555,9 @@ impl RedisCluster {
                         "0",
                     ]
                     .map(String::from)
-                    .to_vec(),
+                    .into_iter()
+                    .chain(extra)
+                    .collect(),
                     password: None,
                 };
                 s.launch();
@@ -474,21 +565,14 @@ impl RedisCluster {
             })
             .collect();
         let mut cmd = Command::new(find_binary("redis-cli", &[]));
+        cmd.args(nodes[0].cli_tls_args());
         cmd.arg("--cluster").arg("create");
         for n in &nodes {
             cmd.arg(format!("127.0.0.1:{}", n.port));
         }
-        let out = cmd
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let (ok, out) = output_within(cmd, Duration::from_secs(60), "redis-cli --cluster create");
+        assert!(ok, "redis-cli --cluster create failed: {out}");
         let c = RedisCluster { nodes };
         assert!(
             c.wait_healthy(Duration::from_secs(30)),
@@ -498,14 +582,35 @@ impl RedisCluster {
         c
     }
 
-    /// `redis+cluster://` naming every node as a seed.
+    /// `redis+cluster://` (`rediss+cluster://` for a TLS cluster) naming every node as a seed.
     pub fn uri(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}/", hosts.join(","))
+        let tls = self.nodes[0].extra.iter().any(|a| a == "--tls-port");
+        let scheme = if tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}/", hosts.join(","))
+    }
+
+    /// Moves `slots` slots (with their keys) from the primary `from` to the primary `to`
+    /// (`redis-cli --cluster reshard`); blocks until done.
+    pub fn reshard(&self, from: u16, to: u16, slots: u32) {
+        let id = |port: u16| {
+            self.nodes
+                .iter()
+                .find(|n| n.port == port)
+                .and_then(|n| n.cli(&["CLUSTER", "MYID"]).ok())
+                .expect("CLUSTER MYID")
+        };
+        let mut cmd = Command::new(find_binary("redis-cli", &[]));
+        cmd.args(self.nodes[0].cli_tls_args());
+        cmd.args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"]);
+        let (ok, out) = output_within(cmd, Duration::from_secs(120), "redis-cli --cluster reshard");
+        assert!(ok, "redis-cli --cluster reshard failed: {out}");
     }
 
     /// Every node running answers `cluster_state:ok`, three primaries serve every slot, and
