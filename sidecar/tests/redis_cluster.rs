@@ -499,24 +499,36 @@ async fn resharding_under_load() {
     );
 }
 
-/// `rediss+cluster://`: TLS to every node (and between them), verified against
-/// `DKN_AUTH_REDIS_CA_FILE`; without the CA the certificate is refused (503, not served
-/// in clear).
+/// `rediss+cluster://` with a password: TLS to every node (and between them), verified
+/// against `DKN_AUTH_REDIS_CA_FILE`, the password from the URI or from
+/// `DKN_AUTH_REDIS_PASSWORD`; without the CA the certificate is refused, with a wrong
+/// password every request answers 503 (never served unauthenticated).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_cluster() {
+async fn tls_cluster_with_password() {
     let ca = odoo_ha_testkit::TestCa::new();
-    let cluster = RedisCluster::start_tls(&ca);
-    let uri = cluster.uri();
-    assert!(uri.starts_with("rediss+cluster://"), "{uri}");
+    let cluster = RedisCluster::start_tls(&ca, "s3cret/pw");
+    let hosts = cluster.uri();
+    let hosts = hosts
+        .strip_prefix("rediss+cluster://")
+        .expect("a TLS cluster URI");
     let prefix = format!("t{}:", std::process::id());
-    let mut p = Process::start(&[
-        "--driver=redis".into(),
-        format!("--redis-uri={uri}"),
-        format!("--redis-ca-file={}", ca.ca_cert.display()),
-        format!("--prefix={prefix}"),
-        format!("--backend-timeout-ms={TIMEOUT_MS}"),
-        "--log-level=warn".into(),
-    ]);
+    let start = |uri: String, extra: &[String]| {
+        let mut flags = vec![
+            "--driver=redis".to_string(),
+            format!("--redis-uri={uri}"),
+            format!("--prefix={prefix}"),
+            format!("--backend-timeout-ms={TIMEOUT_MS}"),
+            "--log-level=warn".into(),
+        ];
+        flags.extend_from_slice(extra);
+        Process::start(&flags)
+    };
+    let with_ca = format!("--redis-ca-file={}", ca.ca_cert.display());
+    // The password percent-encoded in the URI.
+    let mut p = start(
+        format!("rediss+cluster://:s3cret%2Fpw@{hosts}"),
+        std::slice::from_ref(&with_ca),
+    );
     wait_backend(&mut p).await;
     let mut c = p.client();
     let (old, new) = loop {
@@ -540,26 +552,44 @@ async fn tls_cluster() {
         .await
         .expect("rotate");
     assert_eq!(r.status, 201, "{r:?}");
-    let r = c.get(&s("", &new)).await.expect("GET");
-    assert_eq!(r.json()["data"], json!({"uid": 7}), "{r:?}");
     assert_eq!(c.get(&s("", &old)).await.expect("GET").status, 404);
 
-    // The same cluster without its CA: the public roots do not vouch for it.
-    let mut untrusted = Process::start(&[
-        "--driver=redis".into(),
-        format!("--redis-uri={uri}"),
-        format!("--prefix={prefix}"),
-        format!("--backend-timeout-ms={TIMEOUT_MS}"),
-        "--log-level=warn".into(),
-    ]);
-    untrusted.wait_serving().await;
-    let mut c = untrusted.client();
-    let r = tokio::time::timeout(TIMEOUT + SLACK, c.get(&s("", &new)))
-        .await
-        .expect("answered within the backend timeout")
-        .expect("GET");
-    assert_eq!(
-        r.status, 503,
-        "an untrusted certificate is an outage: {r:?}"
+    // The password from DKN_AUTH_REDIS_PASSWORD (the form a Kubernetes Secret gives).
+    let mut q = start(
+        format!("rediss+cluster://{hosts}"),
+        &[with_ca.clone(), "--redis-password=s3cret/pw".into()],
     );
+    wait_backend(&mut q).await;
+    let r = q.client().get(&s("", &new)).await.expect("GET");
+    assert_eq!(r.json()["data"], json!({"uid": 7}), "{r:?}");
+
+    // Refused: no CA (the public roots do not vouch for the test CA), a wrong password.
+    for (what, mut bad) in [
+        (
+            "an untrusted certificate",
+            start(format!("rediss+cluster://:s3cret%2Fpw@{hosts}"), &[]),
+        ),
+        (
+            "a wrong password",
+            start(
+                format!("rediss+cluster://:wrong@{hosts}"),
+                &[with_ca.clone()],
+            ),
+        ),
+    ] {
+        bad.wait_serving().await;
+        let mut c = bad.client();
+        let r = tokio::time::timeout(TIMEOUT + SLACK, c.get(&s("", &new)))
+            .await
+            .expect("answered within the backend timeout")
+            .expect("GET");
+        assert_eq!(r.status, 503, "{what} is an outage: {r:?}");
+        assert!(
+            !r.json()["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("s3cret"),
+            "no password in the message: {r:?}"
+        );
+    }
 }

@@ -501,20 +501,25 @@ impl RedisCluster {
     }
 
     /// The same, speaking only TLS (clients, the cluster bus and replication), with a
-    /// certificate for 127.0.0.1 and localhost signed by `tls`'s CA.
-    pub fn start_tls(tls: &crate::tls::TestCa) -> Self {
-        Self::start_with(Some(tls))
+    /// certificate for 127.0.0.1 and localhost signed by `tls`'s CA, and `requirepass` /
+    /// `masterauth` set to `password`.
+    pub fn start_tls(tls: &crate::tls::TestCa, password: &str) -> Self {
+        Self::start_with(Some((tls, password)))
     }
 
-    fn start_with(tls: Option<&crate::tls::TestCa>) -> Self {
+    fn start_with(tls: Option<(&crate::tls::TestCa, &str)>) -> Self {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let port = free_port();
                 let mut extra: Vec<String> = Vec::new();
-                if let Some(tls) = tls {
+                if let Some((tls, password)) = tls {
                     let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
                     extra.extend([
+                        "--requirepass".into(),
+                        password.to_owned(),
+                        "--masterauth".into(),
+                        password.to_owned(),
                         "--tls-port".into(),
                         port.to_string(),
                         "--tls-cert-file".into(),
@@ -558,7 +563,7 @@ impl RedisCluster {
                     .into_iter()
                     .chain(extra)
                     .collect(),
-                    password: None,
+                    password: tls.map(|(_, pw)| pw.to_owned()),
                 };
                 s.launch();
                 s
@@ -566,6 +571,9 @@ impl RedisCluster {
             .collect();
         let mut cmd = Command::new(find_binary("redis-cli", &[]));
         cmd.args(nodes[0].cli_tls_args());
+        if let Some(pw) = &nodes[0].password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
         cmd.arg("--cluster").arg("create");
         for n in &nodes {
             cmd.arg(format!("127.0.0.1:{}", n.port));
@@ -606,6 +614,9 @@ impl RedisCluster {
         };
         let mut cmd = Command::new(find_binary("redis-cli", &[]));
         cmd.args(self.nodes[0].cli_tls_args());
+        if let Some(pw) = &self.nodes[0].password {
+            cmd.env("REDISCLI_AUTH", pw);
+        }
         cmd.args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
             .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
             .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"]);
