@@ -573,7 +573,7 @@ async fn tls_cluster_with_password() {
             "a wrong password",
             start(
                 format!("rediss+cluster://:wrong@{hosts}"),
-                &[with_ca.clone()],
+                std::slice::from_ref(&with_ca),
             ),
         ),
     ] {
