@@ -36,8 +36,8 @@ use redis::{RedisError, Value};
 
 use super::redis::{
     delete_call, delete_reply, flag, group_prefix, keys_of, outcome, patch_call, patch_reply,
-    percent_decode, put_call, put_reply, rotate_call, rotate_reply, status, text, Ending, Keys,
-    RotateArgs, Scripts,
+    percent_decode, put_call, put_reply, rotate_call, rotate_reply, status, text, Call, Ending,
+    Keys, RotateArgs, Scripts,
 };
 use super::sentinel::HostPort;
 use super::{millis, StoreError, StoreResult, StoreSettings};
@@ -202,18 +202,14 @@ fn fail(e: RedisError) -> StoreError {
             ) | ErrorKind::ClusterConnectionNotFound
                 | ErrorKind::AuthenticationFailed
         );
-    if outage {
+    // A WAIT that reached a replica: the node that took the write was demoted meanwhile
+    // (a fail-over), so whether the write survives is not known.
+    let demoted = e.to_string().contains("WAIT cannot be used with replica");
+    if outage || demoted {
         StoreError::Unavailable(format!("Redis Cluster: {e}"))
     } else {
         StoreError::Backend(format!("Redis Cluster: {e}"))
     }
-}
-
-fn route_of(key: &str) -> RoutingInfo {
-    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-        key,
-        SlotAddr::Master,
-    )))
 }
 
 impl ClusterStore {
@@ -261,17 +257,19 @@ impl ClusterStore {
         format!("{}i", group_prefix(&self.settings.prefix, id.as_str()))
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> StoreResult<Vec<Value>> {
+    async fn run(&self, inv: Call<'_>) -> StoreResult<Vec<Value>> {
         let mut c = self.conn(&self.shared).await?;
         inv.invoke_async::<Vec<Value>>(&mut c).await.map_err(fail)
     }
 
-    /// Runs a script that ends or moves a session; with `min_replicas` > 0 on the waited
-    /// connection, followed by `WAIT` on the primary of `key`'s slot (the node that ran it,
-    /// over the same node connection), when `ok` says the script wrote.
+    /// Runs a script that ends or moves a session. With `min_replicas` > 0 it runs on the
+    /// waited connection in one pipeline with `WAIT`, sent to the primary of `key`'s slot:
+    /// the `WAIT` runs on the node connection that ran the script, right after it, and a
+    /// redirection (`MOVED`, `ASK`) moves both. Success only once enough replicas have it,
+    /// when `ok` says the script wrote.
     async fn run_ending(
         &self,
-        inv: redis::ScriptInvocation<'_>,
+        inv: Call<'_>,
         key: &str,
         ending: Ending,
         start: Instant,
@@ -280,62 +278,78 @@ impl ClusterStore {
         if self.min_replicas == 0 {
             return self.run(inv).await;
         }
+        let n = self.min_replicas;
         let mut c = self.conn(&self.waited).await?;
-        let r = inv.invoke_async::<Vec<Value>>(&mut c).await.map_err(fail)?;
-        if ok(&r) {
-            self.wait_replicas(&mut c, Some(route_of(key)), start, ending)
-                .await?;
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+        let mut loaded = false;
+        loop {
+            let left = self.timeout.saturating_sub(start.elapsed());
+            // As in store/redis.rs: Redis notices a WAIT's timeout up to 1/hz late.
+            let margin = (Duration::from_millis(120) + self.timeout / 10).min(self.timeout / 2);
+            let wait_ms = millis(left.saturating_sub(margin)).max(1);
+            let guard = left.saturating_sub(Duration::from_millis(10));
+            let mut pipe = redis::pipe();
+            pipe.add_command(inv.evalsha())
+                .cmd("WAIT")
+                .arg(n)
+                .arg(wait_ms);
+            let sent = c.route_pipeline(pipe, 0, 2, route.clone());
+            let replies = match tokio::time::timeout(guard, sent).await {
+                Ok(r) => r.map_err(fail)?,
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the {} and its WAIT for the {n} replica(s) required by \
+                         DKN_AUTH_REDIS_MIN_REPLICAS did not answer within {} ms; it may or \
+                         may not have been applied",
+                        ending.what(),
+                        millis(guard)
+                    )))
+                }
+            };
+            let mut it = replies.into_iter();
+            let (Some(script), Some(waited)) = (it.next(), it.next()) else {
+                return Err(StoreError::Backend(
+                    "short pipeline reply from Redis".into(),
+                ));
+            };
+            let script = match script.extract_error() {
+                Err(e)
+                    if !loaded
+                        && e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Not loaded on this node yet (nothing ran): load, send again.
+                    inv.script.load_async(&mut c).await.map_err(fail)?;
+                    loaded = true;
+                    continue;
+                }
+                Err(e) => return Err(fail(e)),
+                Ok(v) => v,
+            };
+            let r: Vec<Value> = redis::FromRedisValue::from_redis_value(script)
+                .map_err(|e| StoreError::Backend(format!("Redis Cluster: {e}")))?;
+            if ok(&r) {
+                let acked = waited.extract_error().map_err(fail)?;
+                self.judge(acked, n, wait_ms, ending)?;
+            }
+            return Ok(r);
         }
-        Ok(r)
     }
 
-    /// `WAIT min_replicas <what is left of the budget>` on `route` (one primary), or on
-    /// every primary (`None`: redis-rs sends `WAIT` to each and keeps the smallest count).
-    async fn wait_replicas(
-        &self,
-        c: &mut ClusterConnection,
-        route: Option<RoutingInfo>,
-        start: Instant,
-        ending: Ending,
-    ) -> StoreResult<()> {
-        let n = self.min_replicas;
-        let left = self.timeout.saturating_sub(start.elapsed());
-        // As in store/redis.rs: Redis notices a WAIT's timeout up to 1/hz late.
-        let margin = (Duration::from_millis(120) + self.timeout / 10).min(self.timeout / 2);
-        let wait_ms = millis(left.saturating_sub(margin)).max(1);
-        let guard = left.saturating_sub(Duration::from_millis(10));
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(n).arg(wait_ms);
-        let routing = route.unwrap_or(RoutingInfo::MultiNode((
-            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
-            Some(redis::cluster_routing::ResponsePolicy::Aggregate(
-                redis::cluster_routing::AggregateOp::Min,
-            )),
-        )));
-        let r = match tokio::time::timeout(guard, c.route_command(cmd, routing)).await {
-            Ok(r) => r.map_err(fail).and_then(|v| match v {
-                Value::Int(i) => Ok(i),
-                other => Err(StoreError::Backend(format!(
-                    "expected an integer from WAIT, got {other:?}"
-                ))),
-            }),
-            Err(_) => Err(StoreError::NotReplicated(format!(
-                "the {} was applied on its Redis Cluster primary, but its WAIT for the {n} \
-                 replica(s) required by DKN_AUTH_REDIS_MIN_REPLICAS did not answer within {} \
-                 ms; it is not known to be durable and may be undone by a fail-over",
-                ending.what(),
-                millis(guard)
-            ))),
-        };
-        let r = match r {
-            Ok(acked) if acked >= i64::from(n) => Ok(()),
-            Ok(acked) => Err(StoreError::NotReplicated(format!(
-                "the {} was applied on its Redis Cluster primary, but only {acked} of the {n} \
+    /// A `WAIT` reply against `n`, logged once when endings start (and stop) lacking
+    /// acknowledgements.
+    fn judge(&self, acked: Value, n: u32, wait_ms: u64, ending: Ending) -> StoreResult<()> {
+        let r = match acked {
+            Value::Int(a) if a >= i64::from(n) => Ok(()),
+            Value::Int(a) => Err(StoreError::NotReplicated(format!(
+                "the {} was applied on its Redis Cluster primary, but only {a} of the {n} \
                  replica(s) required by DKN_AUTH_REDIS_MIN_REPLICAS acknowledged it within \
                  {wait_ms} ms; it is not durable and may be undone by a fail-over",
                 ending.what()
             ))),
-            Err(e) => Err(e),
+            other => Err(StoreError::Backend(format!(
+                "expected an integer from WAIT, got {other:?}"
+            ))),
         };
         match &r {
             Err(StoreError::NotReplicated(m)) => {
@@ -355,6 +369,44 @@ impl ClusterStore {
             Err(_) => {}
         }
         r
+    }
+
+    /// `WAIT min_replicas <what is left of the budget>` on every primary (redis-rs sends it
+    /// to each over the connections of `c`, which ran the batch, and keeps the smallest
+    /// count).
+    async fn wait_all_primaries(
+        &self,
+        c: &mut ClusterConnection,
+        start: Instant,
+        ending: Ending,
+    ) -> StoreResult<()> {
+        let n = self.min_replicas;
+        let left = self.timeout.saturating_sub(start.elapsed());
+        // As in store/redis.rs: Redis notices a WAIT's timeout up to 1/hz late.
+        let margin = (Duration::from_millis(120) + self.timeout / 10).min(self.timeout / 2);
+        let wait_ms = millis(left.saturating_sub(margin)).max(1);
+        let guard = left.saturating_sub(Duration::from_millis(10));
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(wait_ms);
+        let routing = RoutingInfo::MultiNode((
+            redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+            Some(redis::cluster_routing::ResponsePolicy::Aggregate(
+                redis::cluster_routing::AggregateOp::Min,
+            )),
+        ));
+        match tokio::time::timeout(guard, c.route_command(cmd, routing)).await {
+            Ok(r) => {
+                let acked = r.and_then(Value::extract_error).map_err(fail)?;
+                self.judge(acked, n, wait_ms, ending)
+            }
+            Err(_) => Err(StoreError::NotReplicated(format!(
+                "the {} was applied on its Redis Cluster primaries, but their WAIT for the {n} \
+                 replica(s) required by DKN_AUTH_REDIS_MIN_REPLICAS did not answer within {} \
+                 ms; it is not known to be durable and may be undone by a fail-over",
+                ending.what(),
+                millis(guard)
+            ))),
+        }
     }
 
     pub fn pool_in_use(&self) -> u64 {
@@ -480,7 +532,7 @@ impl ClusterStore {
         };
         // Step 1: end the old sid on its slot, get its data.
         let a = RotateArgs::of(&rotation);
-        let mut inv = self.scripts.rotate_out.prepare_invoke();
+        let mut inv = Call::new(&self.scripts.rotate_out);
         inv.key(&ko.session)
             .key(&ko.tombstone)
             .key(ko.index.as_ref().unwrap_or(&ko.session))
@@ -584,7 +636,7 @@ impl ClusterStore {
         if self.min_replicas > 0 {
             let mut c = c;
             // Every primary's connection of this set has its share of the batch.
-            self.wait_replicas(&mut c, None, start, Ending::IdentifierDelete)
+            self.wait_all_primaries(&mut c, start, Ending::IdentifierDelete)
                 .await?;
         }
         Ok(counts.into_iter().sum())

@@ -677,14 +677,14 @@ impl RedisStore {
     }
 
     /// Runs a writing script (retried only when provably unsent).
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> StoreResult<Vec<Value>> {
+    async fn run(&self, inv: Call<'_>) -> StoreResult<Vec<Value>> {
         self.run_on(&self.pool.shared, &inv).await.map(|(r, _)| r)
     }
 
     async fn run_on<'a>(
         &'a self,
         set: &'a Slots,
-        inv: &redis::ScriptInvocation<'_>,
+        inv: &Call<'_>,
     ) -> StoreResult<(Vec<Value>, Checkout<'a>)> {
         self.pool
             .exec(set, Replay::Write, |mut conn| async move {
@@ -699,7 +699,7 @@ impl RedisStore {
     /// nothing and answers as it is).
     async fn run_ending(
         &self,
-        inv: redis::ScriptInvocation<'_>,
+        inv: Call<'_>,
         ending: Ending,
         ok: impl Fn(&[Value]) -> bool,
     ) -> StoreResult<Vec<Value>> {
@@ -998,6 +998,57 @@ pub(super) fn session_of(ttl: &Value, v: Vec<Value>) -> StoreResult<Option<Sessi
     }))
 }
 
+/// A script call: `EVALSHA` with its keys and arguments, the script loaded on `NOSCRIPT`.
+/// Unlike redis-rs's `ScriptInvocation` it gives its command, which the Cluster driver
+/// pipelines with the `WAIT` that must run on the same node connection.
+pub(super) struct Call<'a> {
+    pub(super) script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl<'a> Call<'a> {
+    pub(super) fn new(script: &'a Script) -> Self {
+        Call {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    pub(super) fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub(super) fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    pub(super) fn evalsha(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&*self.keys)
+            .arg(&*self.args);
+        cmd
+    }
+
+    pub(super) async fn invoke_async<T: redis::FromRedisValue>(
+        &self,
+        con: &mut impl redis::aio::ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        match self.evalsha().query_async(con).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.script.load_async(con).await?;
+                self.evalsha().query_async(con).await
+            }
+            r => r,
+        }
+    }
+}
+
 pub(super) fn flag(b: bool) -> &'static str {
     if b {
         "1"
@@ -1014,13 +1065,13 @@ pub(super) fn put_call<'a>(
     fields: &Fields,
     ttl: Duration,
     cond: Condition,
-) -> redis::ScriptInvocation<'a> {
+) -> Call<'a> {
     let (mode, expected) = match cond {
         Condition::Unconditional => ("none", String::new()),
         Condition::CreateOnly => ("create", String::new()),
         Condition::IfMatch(v) => ("match", v.to_string()),
     };
-    let mut inv = scripts.put.prepare_invoke();
+    let mut inv = Call::new(&scripts.put);
     inv.key(&k.session)
         .key(&k.tombstone)
         .key(k.index.as_ref().unwrap_or(&k.session))
@@ -1053,8 +1104,8 @@ pub(super) fn patch_call<'a>(
     patch: &Patch,
     ttl: Duration,
     if_match: Option<u64>,
-) -> redis::ScriptInvocation<'a> {
-    let mut inv = scripts.patch.prepare_invoke();
+) -> Call<'a> {
+    let mut inv = Call::new(&scripts.patch);
     inv.key(&k.session)
         .key(&k.tombstone)
         .key(k.index.as_ref().unwrap_or(&k.session))
@@ -1091,8 +1142,8 @@ pub(super) fn delete_call<'a>(
     sid: &Sid,
     tombstone_ttl: Duration,
     if_match: Option<u64>,
-) -> redis::ScriptInvocation<'a> {
-    let mut inv = scripts.delete.prepare_invoke();
+) -> Call<'a> {
+    let mut inv = Call::new(&scripts.delete);
     inv.key(&k.session)
         .key(&k.tombstone)
         .key(k.index.as_ref().unwrap_or(&k.session))
@@ -1142,7 +1193,7 @@ impl<'r> RotateArgs<'r> {
     }
 
     /// Set count, set pairs, remove count, remove keys, keep count, keep pairs.
-    pub(super) fn push_lists(&self, inv: &mut redis::ScriptInvocation<'_>) {
+    pub(super) fn push_lists(&self, inv: &mut Call<'_>) {
         inv.arg(self.set.len());
         for (key, val) in self.set {
             inv.arg(key).arg(val);
@@ -1167,9 +1218,9 @@ pub(super) fn rotate_call<'a>(
     rotation: &Rotation,
     tombstone_ttl: Duration,
     if_match: Option<u64>,
-) -> redis::ScriptInvocation<'a> {
+) -> Call<'a> {
     let a = RotateArgs::of(rotation);
-    let mut inv = scripts.rotate.prepare_invoke();
+    let mut inv = Call::new(&scripts.rotate);
     inv.key(&ko.session)
         .key(&ko.tombstone)
         .key(ko.index.as_ref().unwrap_or(&ko.session))
