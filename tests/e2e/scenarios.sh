@@ -322,14 +322,16 @@ spec:
 YAML
 }
 
-# check_injected EXPIRY DRIVER: every live stand-in Pod has the sidecar and the variables.
+# check_injected EXPIRY DRIVER: every live stand-in Pod has the sidecar and the variables
+# (and the process sees them: /standin/env).
 check_injected() {
     local expiry=$1 driver=$2 pod json out
     for pod in $(live_pods); do
         json=$(kubectl get pod -n "$NS" "$pod" -o json)
         jq -e --arg s "$SIDECAR" '[.spec.containers[].name, (.spec.initContainers // [])[].name] | index($s)' <<<"$json" >/dev/null ||
             fail "$pod has no $SIDECAR container: $(jq -c '[.spec.containers[].name]' <<<"$json")"
-        for var in "DKN_AUTH_URL=http://127.0.0.1:7070" "DKN_AUTH_EXPIRY=$expiry" "DKN_AUTH_ANONYMOUS_EXPIRY=600"; do
+        # The operator's default address: the sidecar's Unix socket in a shared emptyDir.
+        for var in "DKN_AUTH_SOCKET=/run/dkn-auth/sidecar.sock" "DKN_AUTH_EXPIRY=$expiry" "DKN_AUTH_ANONYMOUS_EXPIRY=600"; do
             jq -e --arg n "${var%%=*}" --arg v "${var#*=}" \
                 '.spec.containers[] | select(.name == "odoo") | .env[] | select(.name == $n and .value == $v)' <<<"$json" >/dev/null ||
                 fail "$pod: container odoo lacks $var"
