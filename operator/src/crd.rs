@@ -257,8 +257,10 @@ pub struct SidecarSpec {
     /// Compute resources of the sidecar. Default: requests 10m CPU / 32Mi, limit 128Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Loopback port of the session API (DKN_AUTH_LISTEN=127.0.0.1:<port>); the addon's
-    /// DKN_AUTH_URL points at it.
+    /// Loopback port of the session API, used only by Pods annotated
+    /// `odoo-ha.io/sidecar-address: loopback` (DKN_AUTH_LISTEN=127.0.0.1:<port>, the addon's
+    /// DKN_AUTH_URL); by default the addon reaches the sidecar over the Unix socket
+    /// DKN_AUTH_SOCKET=/run/dkn-auth/sidecar.sock in a shared emptyDir.
     #[serde(default = "default_sidecar_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: i32,
@@ -290,7 +292,8 @@ impl Default for SidecarSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct InjectionSpec {
-    /// Names of the containers (the Odoo containers) that receive DKN_AUTH_URL,
+    /// Names of the containers (the Odoo containers) that receive the sidecar's address
+    /// (DKN_AUTH_SOCKET and the socket volume, or DKN_AUTH_URL with the loopback annotation),
     /// DKN_AUTH_EXPIRY and DKN_AUTH_ANONYMOUS_EXPIRY. Empty: every container of the Pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<String>,
