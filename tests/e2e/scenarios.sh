@@ -152,6 +152,13 @@ dump_logs() {
             kubectl describe -n "$ns" "$pod" | tail -30
             kubectl logs -n "$ns" "$pod" --all-containers --tail=100
             kubectl logs -n "$ns" "$pod" --all-containers --previous --tail=30 2>/dev/null
+            # A failover is decided in the Sentinels' event lines (+sdown, +odown, +vote-for-leader,
+            # -failover-abort-*), which the watch loop's reaped children ("waitpid() returned a
+            # pid ...", every 2 s) push out of any tail: keep the events only, further back.
+            if kubectl get -n "$ns" "$pod" -o jsonpath='{.spec.containers[*].name}' | grep -qw sentinel; then
+                log "---- sentinel events $ns/$pod"
+                kubectl logs -n "$ns" "$pod" -c sentinel --tail=5000 | grep -v 'waitpid() returned' | tail -150 || true
+            fi
         done
     done
     kubectl get events -n "$OPNS" --sort-by=.lastTimestamp | tail -20
