@@ -35,9 +35,9 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{RedisError, Value};
 
 use super::redis::{
-    delete_call, delete_reply, flag, group_prefix, keys_of, outcome, patch_call, patch_reply,
-    percent_decode, put_call, put_reply, rotate_call, rotate_reply, status, text, Call, Ending,
-    Keys, RotateArgs, Scripts,
+    delete_call, delete_reply, flag, group_prefix, keys_of, outcome, parse_hosts, patch_call,
+    patch_reply, put_call, put_reply, rotate_call, rotate_reply, split_auth, status, text, Call,
+    Ending, Keys, RotateArgs, Scripts,
 };
 use super::sentinel::HostPort;
 use super::{millis, StoreError, StoreResult, StoreSettings};
@@ -74,34 +74,17 @@ impl ClusterTarget {
                 true,
             ),
         };
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((a, r)) => (Some(a), r),
-            None => (None, rest),
-        };
+        let (user, pass, rest) = split_auth(rest)?;
         let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !path.is_empty() && path != "0" {
             return Err(format!(
                 "a Redis Cluster has only database 0, the URI names {path:?}"
             ));
         }
-        let (user, pass) = match auth {
-            Some(a) => match a.split_once(':') {
-                Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
-                None => (Some(percent_decode(a)?), None),
-            },
-            None => (None, None),
-        };
         let pass = pass
             .filter(|p| !p.is_empty())
             .or(password.map(str::to_owned));
-        let nodes: Vec<HostPort> = hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(HostPort::parse)
-            .collect::<Result<_, _>>()?;
-        if nodes.is_empty() {
-            return Err("the cluster form needs at least one host:port".into());
-        }
+        let nodes = parse_hosts(hosts, "the cluster form needs at least one host:port")?;
         let scheme = if tls { "rediss" } else { "redis" };
         let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
         let mut b = ClusterClientBuilder::new(urls)

@@ -129,10 +129,7 @@ impl Target {
         ca: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((a, r)) => (Some(a), r),
-            None => (None, rest),
-        };
+        let (user, pass, rest) = split_auth(rest)?;
         let (hosts, path) = rest
             .split_once('/')
             .ok_or("sentinel form needs /<master name> after the hosts")?;
@@ -145,14 +142,6 @@ impl Target {
             Some(d) if !d.is_empty() => d.parse().map_err(|_| format!("bad db number {d:?}"))?,
             _ => 0,
         };
-        // Percent-encoded, as in redis:// URIs.
-        let (user, pass) = match auth {
-            Some(a) => match a.split_once(':') {
-                Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
-                None => (Some(percent_decode(a)?), None),
-            },
-            None => (None, None),
-        };
         let pass = pass.or(password.map(str::to_owned));
         let mut info = redis::RedisConnectionInfo::default().set_db(db);
         if let Some(u) = user.filter(|u| !u.is_empty()) {
@@ -161,14 +150,7 @@ impl Target {
         if let Some(p) = pass.filter(|p| !p.is_empty()) {
             info = info.set_password(p);
         }
-        let sentinels: Vec<HostPort> = hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(HostPort::parse)
-            .collect::<Result<_, _>>()?;
-        if sentinels.is_empty() {
-            return Err("sentinel form needs at least one host:port".into());
-        }
+        let sentinels = parse_hosts(hosts, "sentinel form needs at least one host:port")?;
         Ok(Target::Sentinel(Arc::new(Sentinels::new(
             sentinels,
             master.to_owned(),
@@ -187,8 +169,33 @@ impl Target {
     }
 }
 
+/// The `[user[:password]@]` part of a multi-host URI (Sentinel, Cluster) after its scheme,
+/// percent-decoded as in redis:// URIs, and the rest.
+pub(super) fn split_auth(rest: &str) -> Result<(Option<String>, Option<String>, &str), String> {
+    let Some((auth, rest)) = rest.rsplit_once('@') else {
+        return Ok((None, None, rest));
+    };
+    Ok(match auth.split_once(':') {
+        Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?), rest),
+        None => (Some(percent_decode(auth)?), None, rest),
+    })
+}
+
+/// `h1:p1,h2:p2` of a multi-host URI; `none` is the error when it names no host.
+pub(super) fn parse_hosts(hosts: &str, none: &str) -> Result<Vec<HostPort>, String> {
+    let parsed: Vec<HostPort> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(HostPort::parse)
+        .collect::<Result<_, _>>()?;
+    if parsed.is_empty() {
+        return Err(none.into());
+    }
+    Ok(parsed)
+}
+
 /// `%XX` escapes of a URI's user or password.
-pub(super) fn percent_decode(s: &str) -> Result<String, String> {
+fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
