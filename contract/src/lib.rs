@@ -152,6 +152,15 @@ pub const REDIS_MAX_CONN: Setting = Setting {
     crd_field: Some("spec.redisPoolSize"),
 };
 
+pub const DB_SYNCHRONOUS_COMMIT: Setting = Setting {
+    env: "DKN_AUTH_DB_SYNCHRONOUS_COMMIT",
+    description: "off: data-only writes (puts, patches, TTL refreshes) commit without waiting for the WAL flush, so a PostgreSQL crash can undo the last of them (about 3 x wal_writer_delay); endings (logout, rotation, identifier revoke) always wait.",
+    default: Some("on"),
+    format: Format::Choice(&["on", "off"]),
+    readers: S,
+    crd_field: Some("spec.dbSynchronousCommit"),
+};
+
 const fn int(
     env: &'static str,
     description: &'static str,
@@ -243,14 +252,7 @@ pub const SETTINGS: &[Setting] = &[
         "a secret",
         S,
     ),
-    Setting {
-        env: "DKN_AUTH_DB_SYNCHRONOUS_COMMIT",
-        description: "off: data-only writes (puts, patches, TTL refreshes) commit without waiting for the WAL flush, so a PostgreSQL crash can undo the last of them (about 3 x wal_writer_delay); endings (logout, rotation, identifier revoke) always wait.",
-        default: Some("on"),
-        format: Format::Choice(&["on", "off"]),
-        readers: S,
-        crd_field: None,
-    },
+    DB_SYNCHRONOUS_COMMIT,
     Setting {
         env: "DKN_AUTH_DB_TABLE",
         description: "Session table name (PostgreSQL).",
@@ -467,6 +469,19 @@ impl Setting {
                 self.env
             )),
             _ => Err(format!("{} is not a whole number setting", self.env)),
+        }
+    }
+
+    /// Checks a `Choice` value; the error names the variable and the words.
+    pub fn check_choice(&self, value: &str) -> Result<(), String> {
+        match self.format {
+            Format::Choice(words) if words.contains(&value) => Ok(()),
+            Format::Choice(words) => Err(format!(
+                "{} must be one of {}, got {value:?}",
+                self.env,
+                words.join(", ")
+            )),
+            _ => Err(format!("{} is not a choice", self.env)),
         }
     }
 

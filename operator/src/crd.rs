@@ -80,6 +80,15 @@ pub struct OdooSessionStoreSpec {
     #[schemars(transform = contract::redis_max_conn)]
     pub redis_pool_size: i32,
 
+    /// Driver `db` only: `off` commits data-only writes (logins' session data, patches, TTL
+    /// refreshes) without waiting for PostgreSQL's WAL flush, about 0.25 ms less per write
+    /// on a local disk; a PostgreSQL crash can then undo the last ~0.6 s of them. Endings
+    /// (logout, rotation, device revoke) always wait. Default (unset): `on`, every
+    /// acknowledged write durable. Becomes DKN_AUTH_DB_SYNCHRONOUS_COMMIT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = contract::db_synchronous_commit)]
+    pub db_synchronous_commit: Option<String>,
+
     /// The session sidecar injected into opted-in Pods.
     #[serde(default)]
     pub sidecar: SidecarSpec,
@@ -385,6 +394,9 @@ pub mod contract {
                 schema.insert("maxLength".into(), json!(max_len));
                 schema.insert("pattern".into(), json!(s.pattern()));
             }
+            Format::Choice(words) => {
+                schema.insert("enum".into(), json!(words));
+            }
             _ => {}
         }
     }
@@ -400,6 +412,9 @@ pub mod contract {
     }
     pub fn redis_max_conn(schema: &mut Schema) {
         apply(schema, &odoo_ha_contract::REDIS_MAX_CONN)
+    }
+    pub fn db_synchronous_commit(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::DB_SYNCHRONOUS_COMMIT)
     }
 }
 
@@ -516,6 +531,12 @@ mod tests {
                 "{field}"
             );
         }
+        let commit = &props["dbSynchronousCommit"];
+        assert_eq!(commit["enum"], serde_json::json!(["on", "off"]), "{commit}");
+        assert_eq!(
+            odoo_ha_contract::DB_SYNCHRONOUS_COMMIT.crd_field,
+            Some("spec.dbSynchronousCommit")
+        );
         let prefix = &props["prefix"];
         assert_eq!(
             prefix["pattern"].as_str(),

@@ -466,6 +466,18 @@ async fn invalid_specs_are_rejected_or_reported() {
             json!({"driver": "redis", "anonymousExpirySeconds": 40_000_000, "backend": {"managed": {}}}),
             "spec.anonymousExpirySeconds",
         ),
+        // Issue 9 item 4: the commit mode is one of the contract's words; YAML's bare
+        // `off` arrives as a boolean and is refused as one.
+        (
+            "commit-word",
+            json!({"driver": "db", "dbSynchronousCommit": "local", "backend": {"managed": {}}}),
+            "spec.dbSynchronousCommit",
+        ),
+        (
+            "commit-boolean",
+            json!({"driver": "db", "dbSynchronousCommit": false, "backend": {"managed": {}}}),
+            "spec.dbSynchronousCommit",
+        ),
     ] {
         let mut obj = kube::api::DynamicObject::new(
             name,

@@ -208,6 +208,12 @@ pub fn build_for(
             spec.redis_pool_size.to_string(),
         ));
     }
+    if let (Driver::Db, Some(commit)) = (spec.driver, &spec.db_synchronous_commit) {
+        env.push(var(
+            odoo_ha_contract::DB_SYNCHRONOUS_COMMIT.env,
+            commit.clone(),
+        ));
+    }
     env.extend(connection(store).env);
 
     let mut sidecar = Container {
@@ -503,6 +509,27 @@ mod tests {
         assert_eq!(path(&c.startup_probe).as_deref(), Some("/healthz"));
         assert_eq!(c.restart_policy.as_deref(), Some("Always"));
         assert!(!env_of(c).contains_key("DKN_AUTH_REDIS_MAX_CONN"));
+    }
+
+    #[test]
+    fn db_synchronous_commit_reaches_the_sidecar_and_the_hash() {
+        let with = |v: Option<&str>| {
+            let mut spec = serde_json::json!({"driver": "db", "backend": {"managed": {}}});
+            if let Some(v) = v {
+                spec["dbSynchronousCommit"] = v.into();
+            }
+            build(&fixtures::store(spec), &Defaults::default(), false)
+        };
+        let unset = with(None);
+        assert!(!env_of(&unset.sidecar).contains_key("DKN_AUTH_DB_SYNCHRONOUS_COMMIT"));
+        let off = with(Some("off"));
+        assert_eq!(
+            env_of(&off.sidecar)["DKN_AUTH_DB_SYNCHRONOUS_COMMIT"]
+                .value
+                .as_deref(),
+            Some("off")
+        );
+        assert_ne!(off.config_hash, unset.config_hash);
     }
 
     #[test]

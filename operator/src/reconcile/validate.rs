@@ -62,6 +62,16 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
             problems.push(format!("{field}: {e}"));
         }
     }
+    if let Some(commit) = &spec.db_synchronous_commit {
+        if spec.driver != Driver::Db {
+            problems.push(format!(
+                "spec.dbSynchronousCommit applies to driver db only (spec.driver is {})",
+                spec.driver.as_str()
+            ));
+        } else if let Err(e) = odoo_ha_contract::DB_SYNCHRONOUS_COMMIT.check_choice(commit) {
+            problems.push(format!("spec.dbSynchronousCommit: {e}"));
+        }
+    }
     let side = &spec.sidecar;
     for (field, port) in [
         ("spec.sidecar.port", side.port),
@@ -251,6 +261,24 @@ mod tests {
             serde_json::json!({"driver": "db", "backend": {"managed": {}}})
         ))
         .is_ok());
+    }
+
+    /// Issue 9 item 4: the PostgreSQL commit mode, for driver db only, one of the contract's words.
+    #[test]
+    fn db_synchronous_commit_is_for_driver_db() {
+        let spec = |driver: &str, v: &str| serde_json::json!({"driver": driver, "backend": {"managed": {}}, "dbSynchronousCommit": v});
+        assert!(validate(&store("s", spec("db", "off"))).is_ok());
+        assert!(validate(&store("s", spec("db", "on"))).is_ok());
+        let err = validate(&store("s", spec("redis", "off"))).expect_err("redis");
+        assert!(
+            err[0].contains("spec.dbSynchronousCommit applies to driver db only"),
+            "{err:?}"
+        );
+        let err = validate(&store("s", spec("db", "local"))).expect_err("bad word");
+        assert!(
+            err[0].contains("DKN_AUTH_DB_SYNCHRONOUS_COMMIT must be one of on, off"),
+            "{err:?}"
+        );
     }
 
     #[test]
