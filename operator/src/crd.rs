@@ -365,9 +365,11 @@ pub struct RedisReplicationStatus {
     pub sentinels_agreeing: i32,
     /// Sentinels asked (one per Pod).
     pub sentinels: i32,
-    /// True when a primary is known, every other Pod replicates it with its link up, and a
-    /// quorum of Sentinels agrees on it; until then the store is not Ready (reason
-    /// SentinelsUnreachable, SentinelsNotAgreeing, PrimaryDown or ReplicasNotInSync).
+    /// True when a primary is known, every other Pod replicates it with its link up, a
+    /// quorum of Sentinels agrees on it, and every Sentinel naming it knows every replica
+    /// and every other Sentinel; until then the store is not Ready (reason
+    /// SentinelsUnreachable, SentinelsNotAgreeing, PrimaryDown, ReplicasNotInSync or
+    /// SentinelsLearning).
     pub healthy: bool,
     /// What was seen, in words (unreachable Sentinels, disagreement, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -56,7 +56,13 @@ fn free_port(avoid: u16) -> u16 {
 }
 
 struct Set {
+    /// Data directories and logs (a Pod's data volume).
     dir: PathBuf,
+    /// redis.conf and sentinel.conf, in memory where possible, as the Pod's `conf` volume
+    /// (a `Memory` emptyDir): Sentinel fsyncs its file at every change it learns, and one
+    /// fsync on a busy disk stalled a Sentinel over 2 s, so it entered TILT mode for 30 s
+    /// and voted no failover (seen here under a CI build: no promotion within 30 s).
+    conf_dir: PathBuf,
     port: u16,
     sport: u16,
     procs: Vec<Option<(Child, Child)>>,
@@ -69,18 +75,28 @@ impl Drop for Set {
         }
         if std::env::var_os("REDIS_HA_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(&self.conf_dir);
         }
     }
 }
 
 impl Set {
     fn new() -> Set {
-        let dir = std::env::temp_dir().join(format!("redis-ha-it-{}", std::process::id()));
+        let name = format!("redis-ha-it-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
+        let shm = Path::new("/dev/shm");
+        let conf_dir = if shm.is_dir() {
+            shm.join(&name)
+        } else {
+            dir.join("conf")
+        };
+        let _ = std::fs::remove_dir_all(&conf_dir);
         let port = free_port(0);
         let sport = free_port(port);
         Set {
             dir,
+            conf_dir,
             port,
             sport,
             procs: (0..PODS).map(|_| None).collect(),
@@ -88,7 +104,7 @@ impl Set {
     }
 
     fn conf(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("conf-{i}"))
+        self.conf_dir.join(format!("conf-{i}"))
     }
 
     fn script(&self, i: usize, script: &str) -> Command {

@@ -251,6 +251,15 @@ exit 0
 /// (and `CONFIG REWRITE`, as Sentinel does). It never touches a primary, never acts while
 /// the Sentinels disagree, and never moves a replica away from a working primary, so it
 /// cannot undo what a Sentinel leading a failover just did.
+///
+/// Why Sentinel waits for this Pod's Redis (at most `REDIS_HA_SENTINEL_WAIT_SECONDS`, until
+/// it is a primary or a replica with its link up): a Sentinel learns the replicas from the
+/// primary's `INFO` when it connects and then only every 10 seconds. Started before its own
+/// Redis had connected, a Sentinel knew no replica at all; when the primary then failed, it
+/// was elected leader at every attempt (it asked first, the other voted for it) and aborted
+/// each one with `-failover-abort-no-good-slave`: no promotion in 30 s (seen on real
+/// processes, operator/tests/redis_ha_processes.rs). Started after, its first look at the
+/// primary lists at least its own Pod's replica, which is alive whenever this Sentinel is.
 pub const SENTINEL_SCRIPT: &str = r#"port=${REDIS_PORT:-6379}
 sport=${SENTINEL_PORT:-26379}
 name=${REDIS_HA_MASTER:?}
@@ -299,7 +308,18 @@ watch() {
     suspect=""
   done
 }
-[ -z "$me" ] || watch &
+if [ -n "$me" ]; then
+  n=0
+  while [ "$n" -lt "${REDIS_HA_SENTINEL_WAIT_SECONDS:-30}" ]; do
+    r=$(field "$me" role)
+    [ "$r" = master ] && break
+    [ "$r" = slave ] && [ "$(field "$me" master_link_status)" = up ] && break
+    [ "$n" = 0 ] && echo "redis-ha: waiting for this Pod's Redis to be a primary or a replica in sync before starting Sentinel"
+    sleep 1
+    n=$((n + 1))
+  done
+  watch &
+fi
 exec redis-server "$conf/sentinel.conf" --sentinel
 "#;
 

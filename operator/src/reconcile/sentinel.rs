@@ -23,11 +23,12 @@ pub const SENTINEL_TIMEOUT: Duration = Duration::from_millis(1500);
 pub enum Answer {
     /// The primary's host, whether this Sentinel sees it up (not flagged `s_down`,
     /// `o_down`, `disconnected` or in a failover), and the replicas it knows as (host,
-    /// master link up).
+    /// master link up), and how many other Sentinels it knows.
     Primary {
         host: String,
         up: bool,
         replicas: Vec<(String, bool)>,
+        other_sentinels: usize,
     },
     /// Could not connect, authenticate or read: the error in words.
     Unreachable(String),
@@ -45,6 +46,10 @@ pub enum Problem {
     PrimaryDown,
     /// Fewer than all the other Pods replicate the primary with their link up.
     ReplicasNotInSync,
+    /// The replication is in sync, but a Sentinel naming the primary does not know every
+    /// replica in sync or every other Sentinel yet: a failover it led could find no
+    /// replica to promote (it learns them from the primary within about 10 s).
+    SentinelsLearning,
 }
 
 impl Problem {
@@ -54,6 +59,7 @@ impl Problem {
             Problem::SentinelsNotAgreeing => "SentinelsNotAgreeing",
             Problem::PrimaryDown => "PrimaryDown",
             Problem::ReplicasNotInSync => "ReplicasNotInSync",
+            Problem::SentinelsLearning => "SentinelsLearning",
         }
     }
 }
@@ -117,6 +123,10 @@ async fn ask_inner(
         )));
     };
     let up = primary_up(primary.get("flags").map_or("", String::as_str));
+    let other_sentinels = primary
+        .get("num-other-sentinels")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let replicas: Vec<HashMap<String, String>> = redis::cmd("SENTINEL")
         .arg("replicas")
         .arg(master)
@@ -138,6 +148,7 @@ async fn ask_inner(
         host: address,
         up,
         replicas,
+        other_sentinels,
     })
 }
 
@@ -258,6 +269,36 @@ pub fn summarize(pods: i32, answers: &[Answer]) -> Replication {
             pods - 1
         ));
     }
+    // Every Sentinel naming the primary must know every replica in sync and every other
+    // Sentinel: any of them may lead the next failover, and a leader that knows no good
+    // replica aborts it (`-failover-abort-no-good-slave`) at every attempt.
+    let wanted = usize::try_from(pods - 1).unwrap_or(0);
+    let learning: Vec<String> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(ordinal, a)| match a {
+            Answer::Primary {
+                host,
+                replicas,
+                other_sentinels,
+                ..
+            } if *host == primary_host => {
+                let known = replicas.iter().filter(|(_, up)| *up).count();
+                (known < wanted || *other_sentinels < wanted).then(|| {
+                    format!(
+                        "the Sentinel of Pod {ordinal} knows {known} of {wanted} replicas in sync and {other_sentinels} of {wanted} other Sentinels"
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if !learning.is_empty() && in_sync >= pods - 1 {
+        problems.push(format!(
+            "{} (learnt from the primary within about 10 s)",
+            learning.join(", ")
+        ));
+    }
     let quorum = crate::builders::redis_ha::quorum(pods);
     let problem = if votes.len() > 1 || naming < quorum {
         Some(Problem::SentinelsNotAgreeing)
@@ -265,6 +306,8 @@ pub fn summarize(pods: i32, answers: &[Answer]) -> Replication {
         Some(Problem::PrimaryDown)
     } else if in_sync < pods - 1 {
         Some(Problem::ReplicasNotInSync)
+    } else if !learning.is_empty() {
+        Some(Problem::SentinelsLearning)
     } else {
         None
     };
@@ -343,15 +386,36 @@ mod tests {
             host: host.into(),
             up: true,
             replicas: replicas.iter().map(|(h, u)| (h.to_string(), *u)).collect(),
+            other_sentinels: 2,
+        }
+    }
+
+    fn knowing(other_sentinels: usize, a: Answer) -> Answer {
+        match a {
+            Answer::Primary {
+                host, up, replicas, ..
+            } => Answer::Primary {
+                host,
+                up,
+                replicas,
+                other_sentinels,
+            },
+            a => a,
         }
     }
 
     fn flagged_down(host: &str, replicas: &[(&str, bool)]) -> Answer {
         match primary(host, replicas) {
-            Answer::Primary { host, replicas, .. } => Answer::Primary {
+            Answer::Primary {
+                host,
+                replicas,
+                other_sentinels,
+                ..
+            } => Answer::Primary {
                 host,
                 up: false,
                 replicas,
+                other_sentinels,
             },
             a => a,
         }
@@ -407,8 +471,12 @@ mod tests {
         assert_eq!(r.status.message, "x");
     }
 
+    /// The replication itself is the fullest view; but every Sentinel must know every
+    /// replica in sync and every other Sentinel before the set is healthy (seen on real
+    /// processes: a Sentinel that knew no replica led every failover attempt and aborted
+    /// each with no good replica).
     #[test]
-    fn the_fullest_view_of_the_agreeing_sentinels_counts() {
+    fn the_fullest_view_counts_and_every_sentinel_must_know_everything() {
         let r = summarize(
             3,
             &[
@@ -418,6 +486,26 @@ mod tests {
             ],
         );
         assert_eq!((r.status.replicas_seen, r.status.replicas_in_sync), (2, 2));
+        assert!(!r.status.healthy);
+        assert_eq!(r.problem, Some(Problem::SentinelsLearning));
+        assert!(
+            r.status.message.contains(
+                "the Sentinel of Pod 0 knows 1 of 2 replicas in sync and 2 of 2 other Sentinels, the Sentinel of Pod 2 knows 1 of 2"
+            ),
+            "{}",
+            r.status.message
+        );
+        let all = primary(H1, &[(H0, true), (H2, true)]);
+        let r = summarize(3, &[all.clone(), knowing(1, all.clone()), all.clone()]);
+        assert_eq!(r.problem, Some(Problem::SentinelsLearning));
+        assert!(
+            r.status
+                .message
+                .contains("Pod 1 knows 2 of 2 replicas in sync and 1 of 2 other Sentinels"),
+            "{}",
+            r.status.message
+        );
+        let r = summarize(3, &[all.clone(), all.clone(), all]);
         assert!(r.status.healthy);
     }
 

@@ -404,6 +404,7 @@ mod tests {
                 .zip(in_sync)
                 .map(|(h, s)| (h.to_string(), *s))
                 .collect(),
+            other_sentinels: 2,
         }
     }
 

@@ -107,6 +107,21 @@ fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> PathBuf {
     panic!("{name} not found: install it (the README's test command does: apt-get install redis-server postgresql)");
 }
 
+/// The directory of a Sentinel's configuration: in memory (/dev/shm) where there is one,
+/// as the operator's Pods keep it (a `Memory` emptyDir). Sentinel rewrites and fsyncs its
+/// file on every change it learns; on a busy disk one fsync stalled a Sentinel over 2 s,
+/// which puts it into TILT mode for 30 s, where it votes no failover (seen in
+/// operator/tests/redis_ha_processes.rs under a CI build: no promotion within 30 s).
+pub fn sentinel_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
+
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -205,7 +220,7 @@ impl RedisServer {
 
     /// A Sentinel watching the master at `master_port` under the name `mymaster`.
     pub fn start_sentinel(master_port: u16) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = sentinel_dir();
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
@@ -272,7 +287,7 @@ impl RedisServer {
         password: &str,
         sentinel_password: bool,
     ) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = sentinel_dir();
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         let requirepass = if sentinel_password {
