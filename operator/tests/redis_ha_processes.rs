@@ -165,6 +165,11 @@ impl Set {
         wait_for(&format!("redis {i} to answer"), 10, || {
             self.cli(i, self.port, &["PING"]).trim() == "PONG"
         });
+        // As the Pod's readiness (a TCP probe on the Sentinel port): the sentinel container
+        // starts Sentinel once its Redis is a primary or a replica in sync.
+        wait_for(&format!("sentinel {i} to answer"), 35, || {
+            self.cli(i, self.sport, &["PING"]).trim() == "PONG"
+        });
     }
 
     /// SIGKILL of both processes: a forced deletion of the Pod.
@@ -391,8 +396,11 @@ async fn init_script_roles_failover_and_prestop_on_real_redis_and_sentinel() {
     let started = Instant::now();
     let out = set.init(0);
     let took = started.elapsed();
-    assert!(out.contains("former primary: waiting"), "{out}");
+    // Usually the script asks before the Sentinels have promoted anyone and waits; on a
+    // loaded machine the promotion (2-3 s) can come first, and it follows at once. Either
+    // way it must come back as a replica of the promoted Pod, never as a primary.
     assert!(out.contains("as primary: replicating it"), "{out}");
+    assert!(!out.contains("starting as primary"), "{out}");
     // About 3 s on an idle machine; a split Sentinel vote is retried after 8 s.
     assert!(took < Duration::from_secs(28), "failover took {took:?}");
     eprintln!("failover seen by the restarted former primary after {took:?}");
