@@ -161,6 +161,35 @@ pub const DB_SYNCHRONOUS_COMMIT: Setting = Setting {
     crd_field: Some("spec.dbSynchronousCommit"),
 };
 
+/// Set, like [`REDIS_CA_FILE`], from one field: the operator mounts the Secret's key as a
+/// file in the sidecar and points the driver's variable at it.
+pub const DB_CA_FILE: Setting = Setting {
+    env: "DKN_AUTH_DB_CA_FILE",
+    description: "PEM file of CA certificates for PostgreSQL TLS.",
+    default: None,
+    format: Format::Free("a file path"),
+    readers: S,
+    crd_field: Some("spec.backend.external.caSecretRef"),
+};
+
+pub const REDIS_CA_FILE: Setting = Setting {
+    env: "DKN_AUTH_REDIS_CA_FILE",
+    description: "PEM file of the CA of the Redis server certificate (rediss://).",
+    default: None,
+    format: Format::Free("a file path"),
+    readers: S,
+    crd_field: Some("spec.backend.external.caSecretRef"),
+};
+
+pub const REDIS_MIN_REPLICAS: Setting = Setting {
+    env: "DKN_AUTH_REDIS_MIN_REPLICAS",
+    description: "Redis replicas that must hold an ending write (WAIT) before it is acknowledged.",
+    default: Some("0"),
+    format: Format::Integer { min: 0, max: 16 },
+    readers: S,
+    crd_field: Some("spec.backend.external.minReplicas"),
+};
+
 const fn int(
     env: &'static str,
     description: &'static str,
@@ -222,13 +251,7 @@ pub const SETTINGS: &[Setting] = &[
         "a file path",
         S,
     ),
-    free(
-        "DKN_AUTH_DB_CA_FILE",
-        "PEM file of CA certificates for PostgreSQL TLS.",
-        None,
-        "a file path",
-        S,
-    ),
+    DB_CA_FILE,
     int(
         "DKN_AUTH_DB_GC_INTERVAL",
         "Seconds between clean-ups of expired rows (PostgreSQL).",
@@ -330,22 +353,9 @@ pub const SETTINGS: &[Setting] = &[
         S,
     ),
     PREFIX,
-    free(
-        "DKN_AUTH_REDIS_CA_FILE",
-        "PEM file of the CA of the Redis server certificate (rediss://).",
-        None,
-        "a file path",
-        S,
-    ),
+    REDIS_CA_FILE,
     REDIS_MAX_CONN,
-    int(
-        "DKN_AUTH_REDIS_MIN_REPLICAS",
-        "Redis replicas that must hold an ending write (WAIT) before it is acknowledged.",
-        "0",
-        0,
-        16,
-        S,
-    ),
+    REDIS_MIN_REPLICAS,
     free(
         "DKN_AUTH_REDIS_PASSWORD",
         "Redis password, used when the URI carries none.",
@@ -753,6 +763,24 @@ mod tests {
             rows += 1;
         }
         assert!(rows == 0 || rows >= 10, "{rows} rows read from README.md");
+    }
+
+    /// Issue 9 item 3: the external backend's CA Secret sets the CA file of either driver,
+    /// and its minReplicas the Redis WAIT count.
+    #[test]
+    fn external_backend_fields_name_their_settings() {
+        for env in ["DKN_AUTH_REDIS_CA_FILE", "DKN_AUTH_DB_CA_FILE"] {
+            assert_eq!(
+                setting(env).and_then(|s| s.crd_field),
+                Some("spec.backend.external.caSecretRef"),
+                "{env}"
+            );
+        }
+        let min = setting("DKN_AUTH_REDIS_MIN_REPLICAS").expect("listed");
+        assert_eq!(min, &REDIS_MIN_REPLICAS);
+        assert_eq!(min.crd_field, Some("spec.backend.external.minReplicas"));
+        assert_eq!(min.int_bounds(), Some((0, 16)));
+        assert!(min.check_int(17).is_err());
     }
 
     #[test]

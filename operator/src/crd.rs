@@ -206,6 +206,23 @@ pub struct ExternalBackend {
     /// Secret (in the store's namespace) and key holding the full backend URI, password
     /// included: `redis://:password@host:6379/0`, `rediss://...` or `postgresql://...`.
     pub uri_secret_ref: SecretKeyRef,
+    /// Secret (in the store's namespace) and key holding PEM CA certificates that sign the
+    /// backend's TLS certificate, for a private CA such as Google Memorystore's server CA
+    /// (ElastiCache and most hosted PostgreSQL services chain to public roots and need
+    /// none). The key is mounted read-only into the sidecar as
+    /// /etc/dkn-auth/ca/ca.crt, which becomes DKN_AUTH_REDIS_CA_FILE (driver `redis`) or
+    /// DKN_AUTH_DB_CA_FILE (driver `db`). The Secret must exist with the key, or the
+    /// injected Pods cannot start: BackendReady says which is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretKeyRef>,
+    /// Driver `redis` only: replicas that must hold a logout, rotation or device revoke
+    /// (Redis WAIT) before the sidecar acknowledges it, 0 to 16, so a fail-over to a
+    /// replica cannot undo it; fewer within the backend timeout answer 503. For a Redis
+    /// Cluster it counts the replicas of the key's shard. Data writes never wait. Default
+    /// (unset): 0, nothing waited for. Becomes DKN_AUTH_REDIS_MIN_REPLICAS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = contract::redis_min_replicas)]
+    pub min_replicas: Option<i32>,
 }
 
 /// A key of a Secret in the store's namespace.
@@ -217,6 +234,20 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Key inside the Secret.
     #[serde(default = "default_uri_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A key of a Secret in the store's namespace holding PEM CA certificates.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret whose value is the PEM bundle. Default: `ca.crt` (the key
+    /// cert-manager and `kubectl create secret generic --from-file=ca.crt` use).
+    #[serde(default = "default_ca_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
@@ -418,6 +449,9 @@ pub mod contract {
     pub fn db_synchronous_commit(schema: &mut Schema) {
         apply(schema, &odoo_ha_contract::DB_SYNCHRONOUS_COMMIT)
     }
+    pub fn redis_min_replicas(schema: &mut Schema) {
+        apply(schema, &odoo_ha_contract::REDIS_MIN_REPLICAS)
+    }
 }
 
 pub fn default_prefix() -> String {
@@ -437,6 +471,9 @@ pub fn default_storage_size() -> Quantity {
 }
 pub fn default_uri_key() -> String {
     "uri".to_string()
+}
+pub fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 pub fn default_instances() -> i32 {
     1
@@ -539,6 +576,37 @@ mod tests {
             odoo_ha_contract::DB_SYNCHRONOUS_COMMIT.crd_field,
             Some("spec.dbSynchronousCommit")
         );
+        // Issue 9 item 3: the external backend's fields, one level down.
+        let external = &props["backend"]["properties"]["external"]["properties"];
+        let min = &external["minReplicas"];
+        let (lo, hi) = odoo_ha_contract::REDIS_MIN_REPLICAS
+            .int_bounds()
+            .expect("integer");
+        assert_eq!(min["minimum"].as_f64(), Some(lo as f64), "{min}");
+        assert_eq!(min["maximum"].as_f64(), Some(hi as f64), "{min}");
+        assert_eq!(min["type"], "integer");
+        assert_eq!(
+            odoo_ha_contract::REDIS_MIN_REPLICAS.crd_field,
+            Some("spec.backend.external.minReplicas")
+        );
+        let ca = &external["caSecretRef"];
+        assert_eq!(ca["properties"]["key"]["default"], "ca.crt", "{ca}");
+        for field in ["name", "key"] {
+            assert_eq!(ca["properties"][field]["minLength"].as_u64(), Some(1));
+            assert_eq!(ca["properties"][field]["maxLength"].as_u64(), Some(253));
+        }
+        assert_eq!(ca["required"], serde_json::json!(["name"]));
+        for setting in [
+            odoo_ha_contract::REDIS_CA_FILE,
+            odoo_ha_contract::DB_CA_FILE,
+        ] {
+            assert_eq!(
+                setting.crd_field,
+                Some("spec.backend.external.caSecretRef"),
+                "{}",
+                setting.env
+            );
+        }
         let prefix = &props["prefix"];
         assert_eq!(
             prefix["pattern"].as_str(),
@@ -559,6 +627,31 @@ mod tests {
             "backend": {"managed": {}, "external": {"uriSecretRef": {"name": "x"}}}
         }));
         assert!(err.is_err());
+    }
+
+    /// The URI key defaults to `uri`, the CA key to `ca.crt`; both new fields are optional.
+    #[test]
+    fn external_backend_defaults() {
+        let spec: OdooSessionStoreSpec = serde_json::from_value(serde_json::json!({
+            "driver": "redis",
+            "backend": {"external": {"uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "ca"}}}
+        }))
+        .expect("parses");
+        let Backend::External(ext) = spec.backend else {
+            panic!("external expected");
+        };
+        assert_eq!(ext.uri_secret_ref.key, "uri");
+        assert_eq!(
+            ext.ca_secret_ref,
+            Some(CaSecretKeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into()
+            })
+        );
+        assert_eq!(ext.min_replicas, None);
+        // An unset count stays unset: the sidecar then keeps its own default.
+        let written = serde_json::to_value(&ext).expect("serialises");
+        assert!(written.get("minReplicas").is_none(), "{written}");
     }
 
     #[test]

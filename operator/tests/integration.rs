@@ -478,6 +478,12 @@ async fn invalid_specs_are_rejected_or_reported() {
             json!({"driver": "db", "dbSynchronousCommit": false, "backend": {"managed": {}}}),
             "spec.dbSynchronousCommit",
         ),
+        // Issue 9 item 3: an external Redis's WAIT count within the contract's 0..16.
+        (
+            "min-replicas",
+            json!({"driver": "redis", "backend": {"external": {"uriSecretRef": {"name": "r"}, "minReplicas": 17}}}),
+            "spec.backend.external.minReplicas",
+        ),
     ] {
         let mut obj = kube::api::DynamicObject::new(
             name,

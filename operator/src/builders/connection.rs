@@ -1,11 +1,13 @@
 //! How the sidecar reaches the backend: names, URIs and the Secret references it reads.
 //! Shared by the reconciler (status) and the webhook (sidecar env), so both agree.
 
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+use k8s_openapi::api::core::v1::{
+    EnvVar, EnvVarSource, KeyToPath, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+};
 
 use super::secret::{PASSWORD_KEY, PG_DATABASE, PG_USER};
 use super::ValidStore;
-use crate::crd::{Backend, Driver};
+use crate::crd::{Backend, CaSecretKeyRef, Driver, ExternalBackend};
 
 pub const REDIS_PORT: i32 = 6379;
 pub const POSTGRES_PORT: i32 = 5432;
@@ -58,6 +60,18 @@ pub fn cnpg_cluster_name(store: &ValidStore) -> String {
     format!("{}-pg", store.name)
 }
 
+/// Pod volume of an external backend's CA Secret (`spec.backend.external.caSecretRef`),
+/// mounted in the sidecar only: the Odoo containers never talk to the backend.
+pub const CA_VOLUME: &str = "dkn-auth-ca";
+/// Where [`CA_VOLUME`] is mounted in the sidecar. Outside the socket's directory, which the
+/// Odoo containers share; a mount point, so a read-only root filesystem is fine.
+pub const CA_DIR: &str = "/etc/dkn-auth/ca";
+/// The file the Secret's key becomes, whatever the key is called: DKN_AUTH_REDIS_CA_FILE or
+/// DKN_AUTH_DB_CA_FILE.
+pub const CA_FILE: &str = "ca.crt";
+/// Owner, group and others may read, nobody writes: the sidecar's uid is not the file's.
+const CA_FILE_MODE: i32 = 0o444;
+
 /// What the sidecar needs to reach the backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connection {
@@ -67,6 +81,9 @@ pub struct Connection {
     pub endpoint: Option<String>,
     /// Secret holding the credentials.
     pub secret_name: String,
+    /// The Pod volume holding the backend's CA certificates and the sidecar's mount of it,
+    /// when the store names a CA Secret.
+    pub ca: Option<(Volume, VolumeMount)>,
 }
 
 fn literal(name: &str, value: String) -> EnvVar {
@@ -96,6 +113,66 @@ fn uri_var(driver: Driver) -> &'static str {
     match driver {
         Driver::Redis => "DKN_AUTH_REDIS_URI",
         Driver::Db => "DKN_AUTH_DB_URI",
+    }
+}
+
+fn ca_file_var(driver: Driver) -> &'static str {
+    match driver {
+        Driver::Redis => odoo_ha_contract::REDIS_CA_FILE.env,
+        Driver::Db => odoo_ha_contract::DB_CA_FILE.env,
+    }
+}
+
+/// The CA Secret's one key as a file in the sidecar (only that key: other keys of the
+/// Secret, a URI with its password for instance, stay out of the container).
+fn ca_volume(r: &CaSecretKeyRef) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: CA_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(r.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: r.key.clone(),
+                path: CA_FILE.into(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(CA_FILE_MODE),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: CA_VOLUME.into(),
+        mount_path: CA_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    (volume, mount)
+}
+
+/// An external backend: the URI from its Secret, and the optional CA file and WAIT count.
+fn external(ext: &ExternalBackend, driver: Driver) -> Connection {
+    let mut env = vec![from_secret(
+        uri_var(driver),
+        &ext.uri_secret_ref.name,
+        &ext.uri_secret_ref.key,
+    )];
+    let ca = ext.ca_secret_ref.as_ref().map(ca_volume);
+    if ca.is_some() {
+        env.push(literal(ca_file_var(driver), format!("{CA_DIR}/{CA_FILE}")));
+    }
+    // Validation refuses minReplicas with driver db; the sidecar would ignore it anyway.
+    if let (Driver::Redis, Some(n)) = (driver, ext.min_replicas) {
+        env.push(literal(
+            odoo_ha_contract::REDIS_MIN_REPLICAS.env,
+            n.to_string(),
+        ));
+    }
+    Connection {
+        env,
+        endpoint: None,
+        secret_name: ext.uri_secret_ref.name.clone(),
+        ca,
     }
 }
 
@@ -131,6 +208,7 @@ pub fn connection(store: &ValidStore) -> Connection {
                     store.namespace
                 )),
                 secret_name: name,
+                ca: None,
             }
         }
         Backend::Managed(_) => {
@@ -155,17 +233,10 @@ pub fn connection(store: &ValidStore) -> Connection {
                 ],
                 endpoint: Some(format!("{host}:{port}")),
                 secret_name: name,
+                ca: None,
             }
         }
-        Backend::External(ext) => Connection {
-            env: vec![from_secret(
-                uri_var(driver),
-                &ext.uri_secret_ref.name,
-                &ext.uri_secret_ref.key,
-            )],
-            endpoint: None,
-            secret_name: ext.uri_secret_ref.name.clone(),
-        },
+        Backend::External(ext) => external(ext, driver),
         Backend::CloudNativePg(_) => {
             let cluster = cnpg_cluster_name(store);
             let secret = format!("{cluster}-app");
@@ -176,6 +247,7 @@ pub fn connection(store: &ValidStore) -> Connection {
                     store.namespace
                 )),
                 secret_name: secret,
+                ca: None,
             }
         }
     }
@@ -268,6 +340,92 @@ mod tests {
         assert_eq!(c.env[0].value, None);
         assert_eq!(secret_ref(&c.env[0]), Some(("my-pg", "dsn")));
         assert_eq!(c.secret_name, "my-pg");
+    }
+
+    /// Issue 9 item 3: the CA Secret's one key becomes a read-only file of the sidecar and
+    /// the driver's CA variable names it; minReplicas becomes the WAIT count.
+    #[test]
+    fn external_ca_secret_and_min_replicas() {
+        let ext = |driver: &str, extra: serde_json::Value| {
+            let mut external = serde_json::json!({"uriSecretRef": {"name": "r"}});
+            external
+                .as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            connection(&fixtures::store(
+                serde_json::json!({"driver": driver, "backend": {"external": external}}),
+            ))
+        };
+        let env = |c: &Connection| -> Vec<(String, Option<String>)> {
+            c.env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect()
+        };
+        let c = ext(
+            "redis",
+            serde_json::json!({"caSecretRef": {"name": "memorystore-ca"}, "minReplicas": 1}),
+        );
+        assert_eq!(
+            env(&c)[1..],
+            [
+                (
+                    "DKN_AUTH_REDIS_CA_FILE".to_string(),
+                    Some("/etc/dkn-auth/ca/ca.crt".to_string())
+                ),
+                (
+                    "DKN_AUTH_REDIS_MIN_REPLICAS".to_string(),
+                    Some("1".to_string())
+                ),
+            ]
+        );
+        let (volume, mount) = c.ca.expect("CA volume");
+        assert_eq!(volume.name, CA_VOLUME);
+        let secret = volume.secret.expect("secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("memorystore-ca"));
+        assert_eq!(secret.default_mode, Some(0o444));
+        assert_eq!(secret.optional, Some(false));
+        let items = secret.items.expect("only the one key");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.crt", CA_FILE)
+        );
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only
+            ),
+            (CA_VOLUME, CA_DIR, Some(true))
+        );
+        // The key is the user's; the file name stays the one the variable gives.
+        let c = ext(
+            "db",
+            serde_json::json!({"caSecretRef": {"name": "rds", "key": "bundle.pem"}}),
+        );
+        assert_eq!(
+            env(&c)[1..],
+            [(
+                "DKN_AUTH_DB_CA_FILE".to_string(),
+                Some("/etc/dkn-auth/ca/ca.crt".to_string())
+            )]
+        );
+        let items =
+            c.ca.and_then(|(v, _)| v.secret)
+                .and_then(|s| s.items)
+                .expect("items");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("bundle.pem", "ca.crt")
+        );
+        // Neither set: the URI alone, as before.
+        let c = ext("redis", serde_json::json!({}));
+        assert_eq!(c.env.len(), 1);
+        assert_eq!(c.ca, None);
+        assert!(!env(&ext("redis", serde_json::json!({"minReplicas": 0})))
+            .iter()
+            .any(|(n, _)| n.ends_with("_CA_FILE")));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Injection {
     /// With [`Address::Socket`]: the Pod volume of the socket, and its mount for the
     /// containers that get `addon_env` (the sidecar has its own already).
     pub socket: Option<(Volume, VolumeMount)>,
+    /// The Pod volume of the external backend's CA Secret, when the store names one; only
+    /// the sidecar mounts it (its mount is in `sidecar` already).
+    pub ca_volume: Option<Volume>,
     /// Containers that get `addon_env`; empty means all regular containers.
     pub target_containers: Vec<String>,
     /// Hash of the injected settings (independent of `native`).
@@ -214,7 +217,14 @@ pub fn build_for(
             commit.clone(),
         ));
     }
-    env.extend(connection(store).env);
+    let backend = connection(store);
+    env.extend(backend.env);
+    let (ca_volume, ca_mount) = backend.ca.unzip();
+    let mounts: Vec<VolumeMount> = (address == Address::Socket)
+        .then(socket_mount)
+        .into_iter()
+        .chain(ca_mount)
+        .collect();
 
     let mut sidecar = Container {
         name: SIDECAR_CONTAINER.into(),
@@ -239,7 +249,7 @@ pub fn build_for(
         resources: Some(side.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(hardened_security_context(Some(SIDECAR_UID))),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: (address == Address::Socket).then(|| vec![socket_mount()]),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Container::default()
     };
 
@@ -270,9 +280,15 @@ pub fn build_for(
     ];
     let target_containers = spec.injection.containers.clone();
     // The store's hash is the default address's: a Pod's annotation does not change it.
-    let config_hash = match address {
-        Address::Socket => hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE)),
-        Address::Loopback => build_for(store, defaults, native, Address::Socket).config_hash,
+    // The CA volume is hashed too: the sidecar's CA path is fixed, so another Secret or
+    // key leaves the container as it was. Only when set, so that stores without one keep
+    // the hash they had (no roll of their workloads on an operator upgrade).
+    let config_hash = match (address, &ca_volume) {
+        (Address::Socket, None) => hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE)),
+        (Address::Socket, Some(ca)) => {
+            hash(&(&sidecar, &addon_env, &target_containers, DRAIN_RULE, ca))
+        }
+        (Address::Loopback, _) => build_for(store, defaults, native, Address::Socket).config_hash,
     };
 
     if native {
@@ -286,6 +302,7 @@ pub fn build_for(
         native,
         addon_env,
         socket,
+        ca_volume,
         target_containers,
         config_hash,
     }
@@ -530,6 +547,105 @@ mod tests {
             Some("off")
         );
         assert_ne!(off.config_hash, unset.config_hash);
+    }
+
+    /// Issue 9 item 3: the external backend's CA Secret and minReplicas reach the sidecar
+    /// (variables, read-only mount, Pod volume) and the hash; a store without them keeps
+    /// the hash it had.
+    #[test]
+    fn external_ca_and_min_replicas_reach_the_sidecar_and_the_hash() {
+        use crate::builders::connection::{CA_DIR, CA_VOLUME};
+        let with = |driver: &str, extra: serde_json::Value| {
+            let mut external = serde_json::json!({"uriSecretRef": {"name": "r"}});
+            external
+                .as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            build(
+                &fixtures::store(
+                    serde_json::json!({"driver": driver, "backend": {"external": external}}),
+                ),
+                &Defaults::default(),
+                false,
+            )
+        };
+        let plain = with("redis", serde_json::json!({}));
+        assert_eq!(plain.ca_volume, None);
+        assert_eq!(
+            plain.sidecar.volume_mounts,
+            Some(vec![socket_mount()]),
+            "no CA, the socket alone"
+        );
+        let ca = with("redis", serde_json::json!({"caSecretRef": {"name": "ca"}}));
+        let env = env_of(&ca.sidecar);
+        assert_eq!(
+            env["DKN_AUTH_REDIS_CA_FILE"].value.as_deref(),
+            Some("/etc/dkn-auth/ca/ca.crt")
+        );
+        assert!(!env.contains_key("DKN_AUTH_REDIS_MIN_REPLICAS"));
+        let mounts = ca.sidecar.volume_mounts.clone().expect("mounts");
+        assert_eq!(mounts[0], socket_mount());
+        assert_eq!(
+            (mounts[1].name.as_str(), mounts[1].mount_path.as_str()),
+            (CA_VOLUME, CA_DIR)
+        );
+        assert_eq!(mounts[1].read_only, Some(true));
+        assert_eq!(
+            ca.ca_volume
+                .as_ref()
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("ca")
+        );
+        // With the loopback address the sidecar mounts the CA alone.
+        let store = fixtures::store(serde_json::json!({"driver": "redis",
+            "backend": {"external": {"uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "ca"}}}}));
+        let loopback = build_for(&store, &Defaults::default(), false, Address::Loopback);
+        assert_eq!(
+            loopback.sidecar.volume_mounts,
+            Some(vec![mounts[1].clone()])
+        );
+        assert_eq!(loopback.ca_volume, ca.ca_volume);
+        assert_eq!(loopback.config_hash, ca.config_hash);
+        // The read-only root filesystem stays: the CA is a mount, not a write.
+        assert_eq!(
+            ca.sidecar
+                .security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(true)
+        );
+        let db = with("db", serde_json::json!({"caSecretRef": {"name": "ca"}}));
+        assert_eq!(
+            env_of(&db.sidecar)["DKN_AUTH_DB_CA_FILE"].value.as_deref(),
+            Some("/etc/dkn-auth/ca/ca.crt")
+        );
+        let min = with("redis", serde_json::json!({"minReplicas": 2}));
+        assert_eq!(
+            env_of(&min.sidecar)["DKN_AUTH_REDIS_MIN_REPLICAS"]
+                .value
+                .as_deref(),
+            Some("2")
+        );
+        // Every change rolls the Pods: a field set, another Secret, another key, another count.
+        let hashes = [
+            plain.config_hash,
+            ca.config_hash,
+            with(
+                "redis",
+                serde_json::json!({"caSecretRef": {"name": "other"}}),
+            )
+            .config_hash,
+            with(
+                "redis",
+                serde_json::json!({"caSecretRef": {"name": "ca", "key": "pem"}}),
+            )
+            .config_hash,
+            min.config_hash,
+            with("redis", serde_json::json!({"minReplicas": 1})).config_hash,
+        ];
+        let distinct: std::collections::BTreeSet<_> = hashes.iter().collect();
+        assert_eq!(distinct.len(), hashes.len(), "{hashes:?}");
     }
 
     #[test]

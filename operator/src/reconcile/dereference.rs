@@ -1,5 +1,5 @@
 //! Dereference: read what the build and status steps need from the API server (the
-//! managed backend's Secret and StatefulSet, the external backend's Secret, whether
+//! managed backend's Secret and StatefulSet, the external backend's Secrets, whether
 //! CloudNativePG is installed, the opted-in Pods) into one typed value. Nothing is decided
 //! here.
 
@@ -16,7 +16,7 @@ use crate::builders::ValidStore;
 use crate::crd::{Backend, SIDECAR_CONTAINER, STORE_LABEL};
 use crate::error::Result;
 
-/// State of the Secret an external backend points at.
+/// State of a Secret an external backend points at (its URI's, its CA's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExternalSecret {
     Missing,
@@ -24,11 +24,35 @@ pub enum ExternalSecret {
     Present,
 }
 
+impl ExternalSecret {
+    /// Whether `secret` (None: not found) holds a non-empty `key`.
+    pub fn of(secret: Option<&Secret>, key: &str) -> ExternalSecret {
+        let Some(s) = secret else {
+            return ExternalSecret::Missing;
+        };
+        let has_key = s
+            .data
+            .as_ref()
+            .is_some_and(|d| d.get(key).is_some_and(|v| !v.0.is_empty()))
+            || s.string_data
+                .as_ref()
+                .is_some_and(|d| d.get(key).is_some_and(|v| !v.is_empty()));
+        if has_key {
+            ExternalSecret::Present
+        } else {
+            ExternalSecret::KeyMissing
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Dereferenced {
     /// Password already kept in the managed backend's Secret.
     pub managed_password: Option<String>,
+    /// The external backend's URI Secret (`uriSecretRef`).
     pub external_secret: Option<ExternalSecret>,
+    /// The external backend's CA Secret (`caSecretRef`), when it names one.
+    pub external_ca_secret: Option<ExternalSecret>,
     /// Whether `clusters.postgresql.cnpg.io` is installed (only looked up for that backend).
     pub cnpg_installed: bool,
     /// Live opted-in Pods without the sidecar (names).
@@ -63,23 +87,18 @@ pub async fn dereference(client: &Client, store: &ValidStore) -> Result<Derefere
         }
         Backend::External(ext) => {
             let r = &ext.uri_secret_ref;
-            observed.external_secret = Some(match secrets.get_opt(&r.name).await? {
-                None => ExternalSecret::Missing,
-                Some(s) => {
-                    let has_key = s
-                        .data
-                        .as_ref()
-                        .is_some_and(|d| d.get(&r.key).is_some_and(|v| !v.0.is_empty()))
-                        || s.string_data
-                            .as_ref()
-                            .is_some_and(|d| d.contains_key(&r.key));
-                    if has_key {
-                        ExternalSecret::Present
-                    } else {
-                        ExternalSecret::KeyMissing
-                    }
-                }
-            });
+            let uri_secret = secrets.get_opt(&r.name).await?;
+            observed.external_secret = Some(ExternalSecret::of(uri_secret.as_ref(), &r.key));
+            // A Secret volume that cannot be mounted keeps the injected Pods in
+            // ContainerCreating: the status says so before the Pods show it.
+            if let Some(ca) = &ext.ca_secret_ref {
+                let ca_secret = if ca.name == r.name {
+                    uri_secret
+                } else {
+                    secrets.get_opt(&ca.name).await?
+                };
+                observed.external_ca_secret = Some(ExternalSecret::of(ca_secret.as_ref(), &ca.key));
+            }
         }
         Backend::CloudNativePg(_) => {
             let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -127,6 +146,33 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).expect("pod")
+    }
+
+    /// Issue 9 item 3: one reading of a Secret for the URI's key and the CA's.
+    #[test]
+    fn external_secret_states() {
+        let secret =
+            |v: serde_json::Value| -> Secret { serde_json::from_value(v).expect("secret") };
+        assert_eq!(ExternalSecret::of(None, "ca.crt"), ExternalSecret::Missing);
+        let s = secret(serde_json::json!({"metadata": {"name": "ca"},
+            "data": {"ca.crt": "LS0tLS1CRUdJTg==", "empty": ""}}));
+        assert_eq!(
+            ExternalSecret::of(Some(&s), "ca.crt"),
+            ExternalSecret::Present
+        );
+        assert_eq!(
+            ExternalSecret::of(Some(&s), "empty"),
+            ExternalSecret::KeyMissing
+        );
+        assert_eq!(
+            ExternalSecret::of(Some(&s), "uri"),
+            ExternalSecret::KeyMissing
+        );
+        let bare = secret(serde_json::json!({"metadata": {"name": "ca"}}));
+        assert_eq!(
+            ExternalSecret::of(Some(&bare), "ca.crt"),
+            ExternalSecret::KeyMissing
+        );
     }
 
     #[test]

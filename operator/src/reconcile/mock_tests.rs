@@ -185,6 +185,119 @@ async fn missing_external_secret_is_reported_in_status() {
     );
 }
 
+/// Issue 9 item 3: the CA Secret is looked up after the URI's; missing, it is reported
+/// (the injected Pods would wait in ContainerCreating for it).
+#[tokio::test]
+async fn missing_external_ca_secret_is_reported_in_status() {
+    let (ctx, mut handle) = context();
+    let s = store(json!({"driver": "redis", "backend": {"external": {
+        "uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "memorystore-ca"}}}}));
+    let server = tokio::spawn(async move {
+        let uri_secret = json!({"kind": "Secret", "apiVersion": "v1",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "data": {"uri": "cmVkaXNzK2NsdXN0ZXI6Ly9oOjYzNzkv"}});
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/secrets/r",
+            (200, uri_secret),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/secrets/memorystore-ca",
+            not_found(),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/pods",
+            (200, empty_list("PodList", "v1")),
+        )
+        .await;
+        let patch = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
+            (200, store_json()),
+        )
+        .await;
+        answer_events(&mut handle, 2).await;
+        patch
+    });
+    reconcile(Arc::new(s), ctx.clone())
+        .await
+        .expect("a reported problem is not an error");
+    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("the reconciler made every expected request")
+        .expect("mock server");
+    let backend = condition(&patch, "BackendReady");
+    assert_eq!(backend["status"], "False");
+    assert_eq!(backend["reason"], "SecretNotFound");
+    assert!(
+        backend["message"].as_str().is_some_and(|m| m.starts_with(
+            "Secret memorystore-ca not found in namespace shop (spec.backend.external.caSecretRef"
+        )),
+        "{backend}"
+    );
+    assert_eq!(condition(&patch, "Ready")["reason"], "SecretNotFound");
+}
+
+/// A CA kept in the URI's own Secret is read with it: one request, and a missing CA key is
+/// reported as such.
+#[tokio::test]
+async fn a_ca_in_the_uri_secret_is_read_once() {
+    let (ctx, mut handle) = context();
+    let s = store(json!({"driver": "redis", "backend": {"external": {
+        "uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "r"}}}}));
+    let server = tokio::spawn(async move {
+        let secret = json!({"kind": "Secret", "apiVersion": "v1",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "data": {"uri": "cmVkaXNzOi8vaDo2Mzc5LzA="}});
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/secrets/r",
+            (200, secret),
+        )
+        .await;
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/shop/pods",
+            (200, empty_list("PodList", "v1")),
+        )
+        .await;
+        let patch = expect(
+            &mut handle,
+            "PATCH",
+            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
+            (200, store_json()),
+        )
+        .await;
+        answer_events(&mut handle, 2).await;
+        patch
+    });
+    reconcile(Arc::new(s), ctx.clone())
+        .await
+        .expect("a reported problem is not an error");
+    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("the reconciler made every expected request")
+        .expect("mock server");
+    let backend = condition(&patch, "BackendReady");
+    assert_eq!(backend["reason"], "SecretKeyMissing");
+    assert!(
+        backend["message"].as_str().is_some_and(|m| m.starts_with(
+            "Secret r in namespace shop has no key \"ca.crt\" (spec.backend.external.caSecretRef"
+        )),
+        "{backend}"
+    );
+}
+
 #[tokio::test]
 async fn invalid_spec_writes_status_and_waits_for_a_change() {
     let (ctx, mut handle) = context();

@@ -14,7 +14,7 @@ use super::sentinel::Replication;
 use crate::builders::cnpg::CNPG_CRD;
 use crate::builders::connection::managed_names;
 use crate::builders::ValidStore;
-use crate::crd::{Backend, OdooSessionStoreStatus};
+use crate::crd::{Backend, ExternalBackend, OdooSessionStoreStatus};
 
 pub const READY: &str = "Ready";
 pub const BACKEND_READY: &str = "BackendReady";
@@ -185,29 +185,7 @@ pub fn backend_condition(
                 None => Decided::new(BACKEND_READY, true, "BackendRunning", running),
             }
         }
-        Backend::External(ext) => {
-            let r = &ext.uri_secret_ref;
-            match found.external_secret {
-                Some(ExternalSecret::Present) => Decided::new(
-                    BACKEND_READY,
-                    true,
-                    "SecretFound",
-                    format!("backend URI read from Secret {} key {}; reachability is reported by each sidecar's /readyz", r.name, r.key),
-                ),
-                Some(ExternalSecret::KeyMissing) => Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "SecretKeyMissing",
-                    format!("Secret {} in namespace {} has no key {:?}", r.name, valid.namespace, r.key),
-                ),
-                _ => Decided::new(
-                    BACKEND_READY,
-                    false,
-                    "SecretNotFound",
-                    format!("Secret {} not found in namespace {}", r.name, valid.namespace),
-                ),
-            }
-        }
+        Backend::External(ext) => external_condition(valid, ext, found),
         Backend::CloudNativePg(_) => match &applied.cluster {
             _ if !found.cnpg_installed => Decided::new(
                 BACKEND_READY,
@@ -235,6 +213,67 @@ pub fn backend_condition(
             ),
         },
     }
+}
+
+/// `BackendReady` False naming a Secret of an external backend that is missing or lacks
+/// its key; None when it holds the key. `what` says which reference it is, when not the
+/// URI's.
+fn secret_problem(
+    state: Option<&ExternalSecret>,
+    name: &str,
+    key: &str,
+    namespace: &str,
+    what: &str,
+) -> Option<Decided> {
+    match state {
+        Some(ExternalSecret::Present) => None,
+        Some(ExternalSecret::KeyMissing) => Some(Decided::new(
+            BACKEND_READY,
+            false,
+            "SecretKeyMissing",
+            format!("Secret {name} in namespace {namespace} has no key {key:?}{what}"),
+        )),
+        Some(ExternalSecret::Missing) | None => Some(Decided::new(
+            BACKEND_READY,
+            false,
+            "SecretNotFound",
+            format!("Secret {name} not found in namespace {namespace}{what}"),
+        )),
+    }
+}
+
+/// `BackendReady` of an external backend: its URI Secret first, then its CA Secret, each
+/// must hold its key (a missing CA Secret keeps the injected Pods in ContainerCreating).
+fn external_condition(valid: &ValidStore, ext: &ExternalBackend, found: &Dereferenced) -> Decided {
+    let r = &ext.uri_secret_ref;
+    let ns = &valid.namespace;
+    if let Some(problem) = secret_problem(found.external_secret.as_ref(), &r.name, &r.key, ns, "") {
+        return problem;
+    }
+    let mut read = format!("backend URI read from Secret {} key {}", r.name, r.key);
+    if let Some(ca) = &ext.ca_secret_ref {
+        let what =
+            " (spec.backend.external.caSecretRef: the injected Pods cannot start without it)";
+        if let Some(problem) = secret_problem(
+            found.external_ca_secret.as_ref(),
+            &ca.name,
+            &ca.key,
+            ns,
+            what,
+        ) {
+            return problem;
+        }
+        read.push_str(&format!(
+            ", CA certificates from Secret {} key {}",
+            ca.name, ca.key
+        ));
+    }
+    Decided::new(
+        BACKEND_READY,
+        true,
+        "SecretFound",
+        format!("{read}; reachability is reported by each sidecar's /readyz"),
+    )
 }
 
 /// Most failing Pods named in the `InjectionReady` message.
@@ -582,6 +621,72 @@ mod tests {
             let c = computed(&external, &found, &Applied::default(), None);
             assert_eq!(c.conditions[1].reason, reason);
         }
+        // The same reasons for the CA Secret, after the URI Secret's.
+        let with_ca = fixtures::store(
+            serde_json::json!({"driver": "redis", "backend": {"external": {
+            "uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "memorystore-ca"}}}}),
+        );
+        let present = Some(ExternalSecret::Present);
+        for (uri, ca, reason, words) in [
+            (
+                None,
+                None,
+                "SecretNotFound",
+                "Secret r not found in namespace shop",
+            ),
+            (
+                Some(ExternalSecret::KeyMissing),
+                Some(ExternalSecret::Missing),
+                "SecretKeyMissing",
+                "Secret r in namespace shop has no key \"uri\"",
+            ),
+            (
+                present.clone(),
+                None,
+                "SecretNotFound",
+                "Secret memorystore-ca not found in namespace shop (spec.backend.external.caSecretRef: the injected Pods cannot start without it)",
+            ),
+            (
+                present.clone(),
+                Some(ExternalSecret::Missing),
+                "SecretNotFound",
+                "Secret memorystore-ca not found in namespace shop (spec.backend.external.caSecretRef",
+            ),
+            (
+                present.clone(),
+                Some(ExternalSecret::KeyMissing),
+                "SecretKeyMissing",
+                "Secret memorystore-ca in namespace shop has no key \"ca.crt\" (spec.backend.external.caSecretRef",
+            ),
+            (
+                present.clone(),
+                present.clone(),
+                "SecretFound",
+                "backend URI read from Secret r key uri, CA certificates from Secret memorystore-ca key ca.crt; ",
+            ),
+        ] {
+            let found = Dereferenced {
+                external_secret: uri,
+                external_ca_secret: ca,
+                ..Dereferenced::default()
+            };
+            let c = computed(&with_ca, &found, &Applied::default(), None);
+            let [ready, backend, _] = &c.conditions;
+            assert_eq!(backend.reason, reason);
+            assert_eq!(backend.status, reason == "SecretFound");
+            assert!(backend.message.starts_with(words), "{}", backend.message);
+            assert_eq!(ready.reason, if backend.status { "Ready" } else { reason });
+        }
+        // Without caSecretRef the CA state is not looked at.
+        let found = Dereferenced {
+            external_secret: present,
+            ..Dereferenced::default()
+        };
+        let c = computed(&external, &found, &Applied::default(), None);
+        assert_eq!(
+            c.conditions[1].message,
+            "backend URI read from Secret r key uri; reachability is reported by each sidecar's /readyz"
+        );
         let cnpg =
             fixtures::store(serde_json::json!({"driver": "db", "backend": {"cloudNativePG": {}}}));
         let installed = Dereferenced {

@@ -2,7 +2,9 @@
 //! retrying cannot fix it.
 
 use crate::builders::ValidStore;
-use crate::crd::{Backend, Driver, OdooSessionStore, MAX_MANAGED_REPLICAS, SIDECAR_CONTAINER};
+use crate::crd::{
+    Backend, Driver, ExternalBackend, OdooSessionStore, MAX_MANAGED_REPLICAS, SIDECAR_CONTAINER,
+};
 
 /// Longest store name for which every derived name fits: `<name>-postgres` as a StatefulSet
 /// name must leave room for the 11-character `controller-revision-hash` suffix within 63.
@@ -15,6 +17,31 @@ fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// What is wrong with an external backend's references and settings.
+fn external_problems(e: &ExternalBackend, driver: Driver) -> Vec<String> {
+    let mut problems = Vec::new();
+    if e.uri_secret_ref.name.is_empty() || e.uri_secret_ref.key.is_empty() {
+        problems.push("spec.backend.external.uriSecretRef needs name and key".to_string());
+    }
+    if e.ca_secret_ref
+        .as_ref()
+        .is_some_and(|r| r.name.is_empty() || r.key.is_empty())
+    {
+        problems.push("spec.backend.external.caSecretRef needs name and key".to_string());
+    }
+    if let Some(n) = e.min_replicas {
+        if driver != Driver::Redis {
+            problems.push(format!(
+                "spec.backend.external.minReplicas applies to driver redis only (spec.driver is {}); with PostgreSQL, the server's synchronous replication decides whether a commit survives a fail-over",
+                driver.as_str()
+            ));
+        } else if let Err(err) = odoo_ha_contract::REDIS_MIN_REPLICAS.check_int(i64::from(n)) {
+            problems.push(format!("spec.backend.external.minReplicas: {err}"));
+        }
+    }
+    problems
 }
 
 /// Returns the validated store, or every problem found (joined for the status message).
@@ -131,11 +158,7 @@ pub fn validate(store: &OdooSessionStore) -> Result<ValidStore, Vec<String>> {
         Backend::Managed(m) if m.image.as_deref().is_some_and(|i| i.trim().is_empty()) => {
             problems.push("spec.backend.managed.image must not be empty".to_string());
         }
-        Backend::External(e)
-            if e.uri_secret_ref.name.is_empty() || e.uri_secret_ref.key.is_empty() =>
-        {
-            problems.push("spec.backend.external.uriSecretRef needs name and key".to_string());
-        }
+        Backend::External(e) => problems.extend(external_problems(e, spec.driver)),
         _ => {}
     }
     if !problems.is_empty() {
@@ -278,6 +301,56 @@ mod tests {
         assert!(
             err[0].contains("DKN_AUTH_DB_SYNCHRONOUS_COMMIT must be one of on, off"),
             "{err:?}"
+        );
+    }
+
+    /// Issue 9 item 3: minReplicas for driver redis only, within the contract's bounds;
+    /// a CA Secret for either driver.
+    #[test]
+    fn external_min_replicas_and_ca_secret() {
+        let spec = |driver: &str, external: serde_json::Value| {
+            let mut e = serde_json::json!({"uriSecretRef": {"name": "r"}});
+            e.as_object_mut()
+                .expect("object")
+                .extend(external.as_object().expect("object").clone());
+            store(
+                "s",
+                serde_json::json!({"driver": driver, "backend": {"external": e}}),
+            )
+        };
+        for n in [0, 1, 16] {
+            assert!(validate(&spec("redis", serde_json::json!({"minReplicas": n}))).is_ok());
+        }
+        let err = validate(&spec("db", serde_json::json!({"minReplicas": 1}))).expect_err("db");
+        assert!(
+            err[0].starts_with(
+                "spec.backend.external.minReplicas applies to driver redis only (spec.driver is db)"
+            ),
+            "{err:?}"
+        );
+        for n in [-1, 17] {
+            let err = validate(&spec("redis", serde_json::json!({"minReplicas": n})))
+                .expect_err("out of bounds");
+            assert_eq!(
+                err,
+                [format!("spec.backend.external.minReplicas: DKN_AUTH_REDIS_MIN_REPLICAS must be from 0 to 16, got {n}")]
+            );
+        }
+        for driver in ["redis", "db"] {
+            assert!(validate(&spec(
+                driver,
+                serde_json::json!({"caSecretRef": {"name": "ca"}})
+            ))
+            .is_ok());
+        }
+        let err = validate(&spec(
+            "redis",
+            serde_json::json!({"caSecretRef": {"name": "ca", "key": ""}}),
+        ))
+        .expect_err("empty key");
+        assert_eq!(
+            err,
+            ["spec.backend.external.caSecretRef needs name and key"]
         );
     }
 

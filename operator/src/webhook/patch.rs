@@ -110,18 +110,26 @@ pub fn build(pod: &Value, inj: &Injection, store: &str) -> Result<Plan> {
         }
     }
 
-    // 2. The socket's volume, unless present (a previous invocation).
-    if let Some((volume, _)) = &inj.socket {
-        if !names(spec.get("volumes")).contains(&volume.name.as_str()) {
-            let volume = serde_json::to_value(volume)?;
-            if spec.get("volumes").and_then(Value::as_array).is_some() {
-                plan.ops
-                    .push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
-            } else {
-                plan.ops
-                    .push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
-            }
+    // 2. The Pod volumes, the socket's and the CA Secret's (mounted by the sidecar alone),
+    // each unless present (a previous invocation).
+    let present_volumes = names(spec.get("volumes"));
+    let new_volumes: Vec<Value> = inj
+        .socket
+        .iter()
+        .map(|(volume, _)| volume)
+        .chain(&inj.ca_volume)
+        .filter(|v| !present_volumes.contains(&v.name.as_str()))
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    if spec.get("volumes").and_then(Value::as_array).is_some() {
+        for volume in new_volumes {
+            plan.ops
+                .push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
         }
+    } else if !new_volumes.is_empty() {
+        // One op for all: a second `add /spec/volumes` would replace the first.
+        plan.ops
+            .push(json!({"op": "add", "path": "/spec/volumes", "value": new_volumes}));
     }
 
     // 3. The sidecar, unless a previous invocation (or the user) already added it.
@@ -343,6 +351,68 @@ mod tests {
             assert_eq!(sidecar["ports"].as_array().map(Vec::len), Some(1));
             let again = build(&out, &injection(native), "sessions").expect("plan");
             assert!(again.ops.is_empty(), "reinvocation: {:?}", again.ops);
+        }
+    }
+
+    /// Issue 9 item 3: the CA Secret's volume is added once, next to the socket's (or alone
+    /// with the loopback address), and only the sidecar mounts it.
+    #[test]
+    fn the_ca_volume_is_added_once_and_mounted_by_the_sidecar_only() {
+        use crate::builders::connection::{CA_DIR, CA_VOLUME};
+        use crate::builders::sidecar::{build_for, Address, SOCKET_VOLUME};
+        let store = fixtures::store(json!({
+            "driver": "redis",
+            "backend": {"external": {"uriSecretRef": {"name": "r"}, "caSecretRef": {"name": "ca"}}}
+        }));
+        for (address, volumes) in [
+            (Address::Socket, vec![SOCKET_VOLUME, CA_VOLUME]),
+            (Address::Loopback, vec![CA_VOLUME]),
+        ] {
+            for native in [false, true] {
+                let inj = build_for(&store, &Defaults::default(), native, address);
+                for user_volumes in [None, Some(json!([{"name": "data", "emptyDir": {}}]))] {
+                    let mut pod = odoo_pod();
+                    let mut want: Vec<&str> = volumes.clone();
+                    if let Some(v) = &user_volumes {
+                        pod["spec"]["volumes"] = v.clone();
+                        want.insert(0, "data");
+                    }
+                    let out = apply(&pod, build(&pod, &inj, "sessions").expect("plan"));
+                    let spec = &out["spec"];
+                    let got: Vec<&str> = names(spec.get("volumes"));
+                    assert_eq!(got, want, "{address:?} native {native}");
+                    let ca = &spec["volumes"][want.len() - 1];
+                    assert_eq!(ca["secret"]["secretName"], "ca");
+                    assert_eq!(ca["secret"]["items"][0]["key"], "ca.crt");
+                    let sidecar = if native {
+                        &spec["initContainers"][0]
+                    } else {
+                        &spec["containers"][0]
+                    };
+                    assert!(
+                        mounts(sidecar).contains(&(CA_VOLUME.to_owned(), CA_DIR.to_owned())),
+                        "{:?}",
+                        mounts(sidecar)
+                    );
+                    assert_eq!(sidecar["name"], SIDECAR_CONTAINER);
+                    let others: Vec<&Value> = spec["containers"]
+                        .as_array()
+                        .expect("containers")
+                        .iter()
+                        .filter(|c| c["name"] != SIDECAR_CONTAINER)
+                        .collect();
+                    assert_eq!(others.len(), 2);
+                    for c in others {
+                        assert!(
+                            !mounts(c).iter().any(|(name, _)| name == CA_VOLUME),
+                            "{} mounts the CA",
+                            c["name"]
+                        );
+                    }
+                    let again = build(&out, &inj, "sessions").expect("plan");
+                    assert!(again.ops.is_empty(), "reinvocation: {:?}", again.ops);
+                }
+            }
         }
     }
 
