@@ -122,6 +122,24 @@ pub fn sentinel_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
 
+/// redis-server arguments for TLS only on `port`, with the test CA's server certificate
+/// and no client certificates.
+fn tls_args(tls: &crate::tls::TestCa, port: u16) -> Vec<String> {
+    let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        p(&tls.server_cert),
+        "--tls-key-file".into(),
+        p(&tls.server_key),
+        "--tls-ca-cert-file".into(),
+        p(&tls.ca_cert),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
+}
+
 pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -194,24 +212,12 @@ impl RedisServer {
     pub fn start_tls(tls: &crate::tls::TestCa) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
         let mut s = RedisServer {
             port,
             dir,
             child: None,
             durable: false,
-            extra: vec![
-                "--tls-port".into(),
-                port.to_string(),
-                "--tls-cert-file".into(),
-                p(&tls.server_cert),
-                "--tls-key-file".into(),
-                p(&tls.server_key),
-                "--tls-ca-cert-file".into(),
-                p(&tls.ca_cert),
-                "--tls-auth-clients".into(),
-                "no".into(),
-            ],
+            extra: tls_args(tls, port),
             password: None,
         };
         s.launch();
@@ -529,22 +535,14 @@ impl RedisCluster {
                 let port = free_port();
                 let mut extra: Vec<String> = Vec::new();
                 if let Some((tls, password)) = tls {
-                    let p = |f: &std::path::PathBuf| f.to_string_lossy().into_owned();
                     extra.extend([
                         "--requirepass".into(),
                         password.to_owned(),
                         "--masterauth".into(),
                         password.to_owned(),
-                        "--tls-port".into(),
-                        port.to_string(),
-                        "--tls-cert-file".into(),
-                        p(&tls.server_cert),
-                        "--tls-key-file".into(),
-                        p(&tls.server_key),
-                        "--tls-ca-cert-file".into(),
-                        p(&tls.ca_cert),
-                        "--tls-auth-clients".into(),
-                        "no".into(),
+                    ]);
+                    extra.extend(tls_args(tls, port));
+                    extra.extend([
                         "--tls-cluster".into(),
                         "yes".into(),
                         "--tls-replication".into(),
