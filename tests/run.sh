@@ -23,21 +23,44 @@ mkdir -p "$CARGO_TARGET_DIR"
 stages=("$@")
 ((${#stages[@]})) || stages=(rust addon realodoo operator chart e2e)
 
+# Each stage's output is also kept in $LOGS/<stage>.log: a failed stage's reasons are
+# repeated at the very end, where a CI page that shows only the tail still has them.
+LOGS=${TEST_LOGS:-${TMPDIR:-/tmp}/odoo-ha-session-tests}
+mkdir -p "$LOGS"
+
 passed=0
 failed=0
 results=()
+reasons=()
 run_stage() {
-    local name=$1
+    local name=$1 rc
     shift
-    local start=$SECONDS
+    local start=$SECONDS log=$LOGS/$name.log
     echo "=== stage $name" >&2
-    if "$@"; then
+    set +e
+    "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if ((rc == 0)); then
         passed=$((passed + 1))
         results+=("ok     $name ($((SECONDS - start)) s)")
     else
         failed=$((failed + 1))
-        results+=("FAILED $name ($((SECONDS - start)) s)")
+        results+=("FAILED $name ($((SECONDS - start)) s, exit $rc; log $log)")
+        reasons+=("$(failure_lines "$name" "$log")")
     fi
+}
+
+# failure_lines STAGE LOG: the lines of LOG that say what failed (a failed e2e step, a
+# failed or panicking Rust test, a pytest failure, a compiler error; then targets reported
+# as not met), at most 12, each cut to 300 characters.
+failure_lines() {
+    local failed not_met
+    failed=$(grep -aE '^\[e2e.*FAILED in step|^test .* \.\.\. FAILED$|panicked at|^error(\[E[0-9]+\])?:|^FAILED |^E +[A-Za-z]' "$2" |
+        tail -n 8 | cut -c1-300)
+    not_met=$(grep -a 'NOT MET' "$2" | tail -n 4 | cut -c1-300)
+    printf -- '--- why %s failed:\n%s' "$1" "${failed:-(no known failure line; see the log)}"
+    [[ -z $not_met ]] || printf '\n%s' "$not_met"
 }
 
 stage_rust() {
@@ -85,5 +108,6 @@ done
 
 echo
 printf '%s\n' "${results[@]}"
+((${#reasons[@]} == 0)) || printf '%s\n' "${reasons[@]}"
 echo "stages: $passed passed, $failed failed"
 ((failed == 0))

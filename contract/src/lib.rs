@@ -642,6 +642,16 @@ pub const JSON_PATH: &str = "docs/settings-contract.json";
 mod tests {
     use super::*;
 
+    /// A file of the repository, found through the package directory cargo gives the test
+    /// when it runs it (a test binary cached from another checkout would otherwise read
+    /// that checkout's files).
+    fn repo_file(rel: &str) -> std::path::PathBuf {
+        let package = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        package.join("..").join(rel)
+    }
+
     #[test]
     fn names_are_sorted_unique_and_dkn_auth() {
         let names: Vec<&str> = SETTINGS.iter().map(|s| s.env).collect();
@@ -729,10 +739,9 @@ mod tests {
     /// setting of the contract and give the contract's default (or none / required).
     #[test]
     fn readme_rows_agree_with_the_contract() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        let Ok(readme) = std::fs::read_to_string(path) else {
-            return;
-        };
+        let path = repo_file("README.md");
+        let readme =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut rows = 0;
         for line in readme.lines() {
             let Some(rest) = line.strip_prefix("| `DKN_AUTH_") else {
@@ -762,7 +771,7 @@ mod tests {
             }
             rows += 1;
         }
-        assert!(rows == 0 || rows >= 10, "{rows} rows read from README.md");
+        assert!(rows >= 10, "{rows} rows read from README.md");
     }
 
     /// Issue 9 item 3: the external backend's CA Secret sets the CA file of either driver,
@@ -792,14 +801,12 @@ mod tests {
 
     #[test]
     fn the_checked_in_json_is_current() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/settings-contract.json"
-        );
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        let path = repo_file("docs/settings-contract.json");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             on_disk == contract_text(),
-            "{path} differs from contract/src/lib.rs: run `cargo run -p odoo-ha-contract --bin contractgen`"
+            "{} differs from contract/src/lib.rs: run `cargo run -p odoo-ha-contract --bin contractgen`",
+            path.display()
         );
     }
 }

@@ -665,15 +665,19 @@ mod tests {
     /// CI fails when `crds/` differs from these types (regenerate with `crdgen`).
     #[test]
     fn committed_crd_is_up_to_date() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../crds/odoosessionstores.odoo-ha.io.yaml"
-        );
+        // The package directory cargo gives the test when it runs it, not the one it was
+        // built in (a cached build may come from another checkout).
+        let path = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../crds/odoosessionstores.odoo-ha.io.yaml");
         let committed =
-            std::fs::read_to_string(path).expect("crds/odoosessionstores.odoo-ha.io.yaml exists");
+            std::fs::read_to_string(&path).expect("crds/odoosessionstores.odoo-ha.io.yaml exists");
         assert!(
             committed == crd_yaml().expect("CRD serialises"),
-            "{path} differs from operator/src/crd.rs: run `cargo run -p odoo-session-operator --bin crdgen`"
+            "{} differs from operator/src/crd.rs: run `cargo run -p odoo-session-operator --bin crdgen`",
+            path.display()
         );
     }
 
