@@ -1,8 +1,8 @@
 //! Redis with a replica behind three Sentinels, on real servers: session endings are
 //! acknowledged only once a replica has them (`DKN_AUTH_REDIS_MIN_REPLICAS`), the primary is
 //! SIGKILLed under load from two sidecar processes, Sentinels that name no usable primary
-//! answer 503 quickly, and a primary without the replica the setting asks for refuses to
-//! acknowledge endings.
+//! answer 503 quickly, a primary without the replica the setting asks for refuses to
+//! acknowledge endings, and a promoted replica is used before the Sentinels switch.
 
 mod common;
 
@@ -808,6 +808,147 @@ async fn demoted_primary_is_left_for_the_new_one() {
     assert!(
         role.starts_with("slave"),
         "the former primary was demoted: {role}"
+    );
+}
+
+/// A fail-over whose last step is slow: after `+promoted-slave` the Sentinel leading it
+/// waits for every other replica to follow the new primary before `+switch-master`, and
+/// until then its `SENTINEL MASTER` still gives the dead primary's address. Here that wait
+/// lasts the whole `failover-timeout` (60 s): the second replica cannot be promoted
+/// (`replica-priority 0`) nor told to follow (`SLAVEOF`/`REPLICAOF` renamed away). The
+/// sidecar must write to the promoted replica within seconds of the promotion, as the
+/// leader's `GET-MASTER-ADDR-BY-NAME` names it, not a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoted_replica_is_used_before_the_switch() {
+    let (redis, promotable, stuck) = tokio::task::spawn_blocking(|| {
+        use odoo_ha_testkit::RedisServer;
+        let password = format!("pw-{}-{}", std::process::id(), free_port());
+        let name = "sessions".to_string();
+        let primary = RedisServer::start_node(&password, None);
+        let old = primary.port;
+        let promotable = RedisServer::start_node(&password, Some(old));
+        let stuck = RedisServer::start_node_with(
+            &password,
+            Some(old),
+            &[
+                "--replica-priority",
+                "0",
+                "--rename-command",
+                "SLAVEOF",
+                "",
+                "--rename-command",
+                "REPLICAOF",
+                "",
+            ],
+        );
+        let (p, q) = (promotable.port, stuck.port);
+        // One Sentinel (quorum 1): it leads the fail-over, and no other Sentinel can pass
+        // the new address on meanwhile.
+        let sentinel = RedisServer::start_sentinel_with(&name, old, 1, &password, true, 60_000);
+        let set = SentinelRedis {
+            name,
+            password,
+            nodes: vec![primary, promotable, stuck],
+            sentinels: vec![sentinel],
+        };
+        assert!(
+            set.wait_replicas_online(old, 2, Duration::from_secs(15)),
+            "replicas in sync"
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        while !set.sentinels[0]
+            .cli(&["SENTINEL", "REPLICAS", &set.name])
+            .is_ok_and(|r| r.contains(&p.to_string()) && r.contains(&q.to_string()))
+        {
+            assert!(
+                Instant::now() < end,
+                "the Sentinel did not learn both replicas"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (set, p, q)
+    })
+    .await
+    .unwrap();
+    let mut redis = redis;
+    let sidecar = spawn_sidecar(&[
+        ("DKN_AUTH_REDIS_URI", redis.uri()),
+        ("DKN_AUTH_REDIS_PASSWORD", redis.password.clone()),
+        ("DKN_AUTH_PREFIX", format!("pr{}:", std::process::id())),
+    ]);
+    wait_status(
+        &sidecar.addr,
+        &s("", &legacy_sid()),
+        404,
+        Duration::from_secs(15),
+    )
+    .await;
+    let mut c = Client::new(sidecar.addr.clone());
+    let (r, _) = timed(
+        &mut c,
+        Method::PUT,
+        &s("", &legacy_sid()),
+        &[],
+        Some(json!({"data": {}})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+
+    let old = redis.nodes[0].port;
+    redis.nodes[0].kill();
+    let started = Instant::now();
+    let mut n503 = 0;
+    let back = loop {
+        let (r, took) = timed(
+            &mut c,
+            Method::PUT,
+            &s("", &legacy_sid()),
+            &[],
+            Some(json!({"data": {}})),
+        )
+        .await;
+        assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
+        match r.status.as_u16() {
+            201 => break started.elapsed(),
+            503 => {
+                check_503(&r, "during the fail-over");
+                n503 += 1;
+            }
+            other => panic!("only 201 and 503 during the fail-over, got {other}: {r:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no write acknowledged within 20 s of the kill ({n503} answered 503)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The write went to the promoted replica while the Sentinel still had not switched.
+    let master = redis.sentinels[0]
+        .cli(&["SENTINEL", "MASTER", &redis.name])
+        .unwrap_or_default();
+    let named = redis.sentinels[0]
+        .cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &redis.name])
+        .unwrap_or_default();
+    eprintln!(
+        "promoted replica written to {back:?} after the kill ({n503} answered 503 before); \
+         the Sentinel's current address: {}",
+        named.replace('\n', ":")
+    );
+    assert!(
+        master
+            .lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "port" && w[1] == old.to_string()),
+        "the test needs the Sentinel still between promotion and switch: {master}"
+    );
+    assert!(named.ends_with(&promotable.to_string()), "{named}");
+    let role = redis.node(promotable).cli(&["ROLE"]).unwrap_or_default();
+    assert!(role.starts_with("master"), "{role}");
+    let role = redis.node(stuck).cli(&["ROLE"]).unwrap_or_default();
+    assert!(
+        role.starts_with("slave"),
+        "the second replica never followed: {role}"
     );
 }
 

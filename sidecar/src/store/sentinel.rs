@@ -8,10 +8,12 @@
 //! redis-rs's default timeouts, not the sidecar's; and it sends no password to the Sentinels
 //! themselves. Here:
 //!
-//! - all Sentinels are asked at once (`SENTINEL MASTER <name>`), each within the backend
-//!   timeout; the answers that arrive within a short grace after the first are compared and
-//!   the highest `config-epoch` wins, so a Sentinel that missed a fail-over cannot send the
-//!   sidecar back to the old primary;
+//! - all Sentinels are asked at once (`SENTINEL MASTER <name>` and
+//!   `GET-MASTER-ADDR-BY-NAME`, one round trip), each within the backend timeout; the
+//!   answers that arrive within a short grace after the first are compared and the highest
+//!   `config-epoch` wins, so a Sentinel that missed a fail-over cannot send the sidecar back
+//!   to the old primary, and the Sentinel leading one sends it to the promoted replica as
+//!   soon as that replica is a primary;
 //! - the named primary is connected and asked `ROLE`: only a node that says it is the
 //!   primary is used (a demoted primary, or a replica being promoted, is refused);
 //! - nothing is cached for long: a discovered address is reused for at most
@@ -109,6 +111,9 @@ pub struct Sentinels {
     /// The primary the latest connection went to, for [`Sentinels::check_primary`].
     connected_to: parking_lot::Mutex<Option<HostPort>>,
 }
+
+/// A Sentinel's `SENTINEL MASTER` answer, field by field.
+type MasterFields = HashMap<String, String>;
 
 /// One Sentinel's answer: where it says the primary is, and how sure it is.
 struct Named {
@@ -307,44 +312,35 @@ impl Sentinels {
         self.ask_on(sentinel, &mut conn).await
     }
 
+    /// `SENTINEL MASTER` (the configuration epoch and the flags) and, in the same round
+    /// trip, `SENTINEL GET-MASTER-ADDR-BY-NAME`. The Sentinel leading a fail-over answers
+    /// the latter with the promoted replica as soon as the replica says it is a primary,
+    /// and bumps the epoch then; `SENTINEL MASTER` keeps the old address until every other
+    /// replica follows the new primary (`+switch-master`), which it sees through their
+    /// `INFO` once a second: seconds the sidecar would answer 503 for (test
+    /// `promoted_replica_is_used_before_the_switch`).
     async fn ask_on(
         &self,
         sentinel: &HostPort,
         conn: &mut MultiplexedConnection,
     ) -> Result<Named, String> {
-        let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("SENTINEL")
+        let reply: redis::RedisResult<(MasterFields, Option<(String, u16)>)> = redis::pipe()
+            .cmd("SENTINEL")
             .arg("MASTER")
+            .arg(&self.master)
+            .cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(&self.master)
             .query_async(conn)
             .await;
-        let fields = match reply {
-            Ok(f) => f,
+        let (fields, current) = match reply {
+            Ok(r) => r,
             Err(e) if e.to_string().contains("No such master") => {
                 return Err(format!("does not monitor a master named {:?}", self.master))
             }
             Err(e) => return Err(e.to_string()),
         };
-        let host = fields
-            .get("ip")
-            .filter(|h| !h.is_empty())
-            .ok_or("answer has no ip")?;
-        let port = fields
-            .get("port")
-            .and_then(|p| p.parse().ok())
-            .ok_or("answer has no port")?;
-        let flags = fields.get("flags").map(String::as_str).unwrap_or("");
-        Ok(Named {
-            sentinel: sentinel.clone(),
-            primary: HostPort {
-                host: host.clone(),
-                port,
-            },
-            epoch: fields
-                .get("config-epoch")
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0),
-            down: flags.split(',').any(|f| f == "s_down" || f == "o_down"),
-        })
+        named_from(sentinel, &fields, current)
     }
 
     async fn sentinel_connection(&self, at: &HostPort) -> Result<MultiplexedConnection, String> {
@@ -415,6 +411,48 @@ impl Sentinels {
     }
 }
 
+/// One Sentinel's answer from its `SENTINEL MASTER` fields and its current address of the
+/// primary (`GET-MASTER-ADDR-BY-NAME`). Where the two differ, a fail-over led by this
+/// Sentinel has promoted a replica: that replica is the primary it names, and the down
+/// flags (which are the old primary's) do not apply to it.
+fn named_from(
+    sentinel: &HostPort,
+    fields: &MasterFields,
+    current: Option<(String, u16)>,
+) -> Result<Named, String> {
+    let host = fields
+        .get("ip")
+        .filter(|h| !h.is_empty())
+        .ok_or("answer has no ip")?;
+    let port = fields
+        .get("port")
+        .and_then(|p| p.parse().ok())
+        .ok_or("answer has no port")?;
+    let configured = HostPort {
+        host: host.clone(),
+        port,
+    };
+    let flags = fields.get("flags").map(String::as_str).unwrap_or("");
+    let down = flags.split(',').any(|f| f == "s_down" || f == "o_down");
+    let (primary, down) = match current {
+        Some((host, port))
+            if !host.is_empty() && (host != configured.host || port != configured.port) =>
+        {
+            (HostPort { host, port }, false)
+        }
+        _ => (configured, down),
+    };
+    Ok(Named {
+        sentinel: sentinel.clone(),
+        primary,
+        epoch: fields
+            .get("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0),
+        down,
+    })
+}
+
 /// Asks the Sentinels, over connections kept between calls, whether they still name the
 /// primary the sidecar's connections go to. A fail-over with the old primary alive (forced,
 /// or a network split that leaves it reachable from the sidecar but not from the
@@ -482,7 +520,57 @@ pub type SharedSentinels = Arc<Sentinels>;
 
 #[cfg(test)]
 mod tests {
-    use super::HostPort;
+    use super::{named_from, HostPort};
+    use std::collections::HashMap;
+
+    fn master_fields(ip: &str, port: &str, flags: &str, epoch: &str) -> HashMap<String, String> {
+        [
+            ("ip", ip),
+            ("port", port),
+            ("flags", flags),
+            ("config-epoch", epoch),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn a_promoted_replica_is_named_before_the_switch() {
+        let at = HostPort::parse("s:26379").unwrap();
+        // The leader of a fail-over, between +promoted-slave and +switch-master.
+        let f = master_fields(
+            "10.0.0.1",
+            "6379",
+            "master,s_down,o_down,failover_in_progress",
+            "3",
+        );
+        let n = named_from(&at, &f, Some(("10.0.0.2".into(), 6379))).unwrap();
+        assert_eq!(n.primary, HostPort::parse("10.0.0.2:6379").unwrap());
+        assert_eq!(n.epoch, 3);
+        assert!(!n.down, "the down flags are the old primary's");
+        // Same address: the MASTER answer as it is, its flags included.
+        let n = named_from(&at, &f, Some(("10.0.0.1".into(), 6379))).unwrap();
+        assert_eq!(n.primary, HostPort::parse("10.0.0.1:6379").unwrap());
+        assert!(n.down);
+        // Another port of the same host is another node.
+        let n = named_from(&at, &f, Some(("10.0.0.1".into(), 6380))).unwrap();
+        assert_eq!(n.primary.port, 6380);
+        // No current address (or an empty one): the MASTER answer.
+        for current in [None, Some((String::new(), 0))] {
+            let n = named_from(&at, &f, current).unwrap();
+            assert_eq!(n.primary, HostPort::parse("10.0.0.1:6379").unwrap());
+        }
+    }
+
+    #[test]
+    fn a_master_answer_without_an_address_is_refused() {
+        let at = HostPort::parse("s:26379").unwrap();
+        let f = master_fields("", "6379", "master", "1");
+        assert!(named_from(&at, &f, None).is_err());
+        let f = master_fields("10.0.0.1", "x", "master", "1");
+        assert!(named_from(&at, &f, None).is_err());
+    }
 
     #[test]
     fn host_port_forms() {

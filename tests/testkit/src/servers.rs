@@ -253,6 +253,11 @@ impl RedisServer {
     /// to its primary as `localhost` (a hostname, as in Kubernetes), and replicating from
     /// `replica_of` when given.
     pub fn start_node(password: &str, replica_of: Option<u16>) -> Self {
+        Self::start_node_with(password, replica_of, &[])
+    }
+
+    /// As [`RedisServer::start_node`], with more `redis-server` arguments.
+    pub fn start_node_with(password: &str, replica_of: Option<u16>, more: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut extra: Vec<String> = [
             "--requirepass",
@@ -270,6 +275,7 @@ impl RedisServer {
         if let Some(p) = replica_of {
             extra.extend(["--replicaof".into(), "localhost".into(), p.to_string()]);
         }
+        extra.extend(more.iter().map(|a| a.to_string()));
         let mut s = RedisServer {
             port: free_port(),
             dir,
@@ -293,6 +299,20 @@ impl RedisServer {
         password: &str,
         sentinel_password: bool,
     ) -> Self {
+        Self::start_sentinel_with(name, master_port, quorum, password, sentinel_password, 4000)
+    }
+
+    /// As [`RedisServer::start_sentinel_for`], with the given `failover-timeout`: how long a
+    /// fail-over may wait for the other replicas to follow the new primary before it
+    /// switches anyway.
+    pub fn start_sentinel_with(
+        name: &str,
+        master_port: u16,
+        quorum: u32,
+        password: &str,
+        sentinel_password: bool,
+        failover_timeout_ms: u32,
+    ) -> Self {
         let dir = sentinel_dir();
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -309,7 +329,7 @@ impl RedisServer {
                  sentinel monitor {name} localhost {master_port} {quorum}\n\
                  sentinel auth-pass {name} {password}\n\
                  sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 4000\n"
+                 sentinel failover-timeout {name} {failover_timeout_ms}\n"
             ),
         )
         .expect("sentinel.conf");
