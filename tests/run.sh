@@ -56,9 +56,9 @@ run_stage() {
 # as not met), at most 12, each cut to 300 characters.
 failure_lines() {
     local failed not_met
-    failed=$(grep -aE '^\[e2e.*FAILED in step|^test .* \.\.\. FAILED$|panicked at|^error(\[E[0-9]+\])?:|^FAILED |^E +[A-Za-z]' "$2" |
+    failed=$(grep -aE '^(\[[a-z]+\] )?\[e2e.*FAILED in step|^test .* \.\.\. FAILED$|panicked at|^error(\[E[0-9]+\])?:|^FAILED |^E +[A-Za-z]' "$2" |
         tail -n 8 | cut -c1-300)
-    not_met=$(grep -a 'NOT MET' "$2" | tail -n 4 | cut -c1-300)
+    not_met=$(grep -a 'NOT MET' "$2" | grep -av 'NOT MET, reported only' | tail -n 4 | cut -c1-300)
     printf -- '--- why %s failed:\n%s' "$1" "${failed:-(no known failure line; see the log)}"
     [[ -z $not_met ]] || printf '\n%s' "$not_met"
 }

@@ -204,12 +204,12 @@ https_healthz() { # component self-signed serving certs: only liveness is asked 
 }
 
 up_api() {
-    mkdir -p "$STATE/etcd" "$LOGS" "$RUN"
-    chmod 0700 "$STATE/etcd"
+    mkdir -p "$ETCD_DATA" "$LOGS" "$RUN"
+    chmod 0700 "$ETCD_DATA"
     gen_pki
     gen_kubeconfigs
 
-    start etcd etcd --name odoo-ha --data-dir "$STATE/etcd" \
+    start etcd etcd --name odoo-ha --data-dir "$ETCD_DATA" \
         --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
         --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
         --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -439,7 +439,7 @@ EOF
 }
 
 start_kubelet() {
-    mkdir -p "$STATE/kubelet/pki" "$STATE/volumes"
+    mkdir -p "$STATE/kubelet/pki" "$VOLUMES"
     cat >"$STATE/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -561,9 +561,9 @@ provision_volumes() { # provision_volumes ALL_JSON
     while IFS=$'\t' read -r ns name uid size modes; do
         [[ -n $uid ]] || continue
         pv=pvc-$uid
-        mkdir -p "$STATE/volumes/$pv"
+        mkdir -p "$VOLUMES/$pv"
         # Pods run as arbitrary non-root users and fsGroup does not apply to hostPath.
-        chmod 0777 "$STATE/volumes/$pv"
+        chmod 0777 "$VOLUMES/$pv"
         kubectl_admin create -f - >/dev/null 2>&1 <<EOF || true
 apiVersion: v1
 kind: PersistentVolume
@@ -585,7 +585,7 @@ spec:
     name: $name
     uid: $uid
   hostPath:
-    path: $STATE/volumes/$pv
+    path: $VOLUMES/$pv
     type: Directory
 EOF
     done < <(jq -r '.items[] | select(.kind == "PersistentVolumeClaim")
@@ -597,7 +597,7 @@ EOF
     while read -r pv; do
         [[ -n $pv ]] || continue
         kubectl_admin delete pv "$pv" --wait=false >/dev/null 2>&1 || true
-        rm -rf "${STATE:?}/volumes/$pv"
+        rm -rf "${VOLUMES:?}/$pv"
     done < <(jq -r '.items[] | select(.kind == "PersistentVolume")
         | select(.metadata.labels["odoo-ha.io/hostpath-provisioned"] == "true"
                  and .status.phase == "Released") | .metadata.name' "$all")
@@ -805,7 +805,7 @@ cmd_down() {
     if [[ -d $LOGS ]]; then
         mv "$LOGS" "$STATE.last-logs"
     fi
-    rm -rf "$STATE"
+    rm -rf "$STATE" "$DATA_DIR"
     if [[ -f $NODE_OWNER && $(<"$NODE_OWNER") == "$STATE" ]]; then
         rm -f "$NODE_OWNER"
     fi
@@ -845,8 +845,8 @@ cmd_pv() {
     [[ $name =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "pv NAME SIZE: NAME must be a DNS label"
     [[ $size =~ ^[0-9]+(Ki|Mi|Gi|Ti)$ ]] || die "pv NAME SIZE: SIZE like 1Gi"
     running kubelet || die "the node is not up (cluster.sh up node)"
-    mkdir -p "$STATE/volumes/$name"
-    chmod 0777 "$STATE/volumes/$name"
+    mkdir -p "$VOLUMES/$name"
+    chmod 0777 "$VOLUMES/$name"
     kubectl_admin apply -f - <<EOF
 apiVersion: v1
 kind: PersistentVolume
@@ -859,7 +859,7 @@ spec:
   persistentVolumeReclaimPolicy: Retain
   storageClassName: local
   hostPath:
-    path: $STATE/volumes/$name
+    path: $VOLUMES/$name
     type: Directory
 EOF
 }
