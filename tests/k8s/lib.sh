@@ -13,8 +13,11 @@ STATE=${ODOO_HA_K8S_STATE:-/tmp/odoo-ha-k8s}
 # shared with the builds and the node, one fsync took 0.7 s while an e2e ran and more
 # during a `helm upgrade`: the PostgreSQL commits behind the e2e's load then passed the
 # sidecar's 1 s budget and were answered 503, an outage of the test disk, not of the
-# product. ODOO_HA_K8S_DATA_ON_DISK=1 keeps them under $STATE.
-if [[ ${ODOO_HA_K8S_DATA_ON_DISK:-0} != 1 && -d /dev/shm && -w /dev/shm ]]; then
+# product. ODOO_HA_K8S_DATA_ON_DISK=1 keeps them under $STATE, as does a /dev/shm with
+# less than 1 GiB free.
+shm_free_kib=$(df --output=avail -k /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ')
+if [[ ${ODOO_HA_K8S_DATA_ON_DISK:-0} != 1 && -w /dev/shm && ${shm_free_kib:-0} =~ ^[0-9]+$ ]] &&
+    ((shm_free_kib >= 1048576)); then
     DATA_DIR=/dev/shm/$(basename "$STATE").data
 else
     DATA_DIR=$STATE/data
