@@ -9,6 +9,8 @@
 # trees named by DKN_REALODOO_16=/path/to/odoo[:venv] ... _19, one sidecar per Odoo process;
 # skipped with one line when none is given), operator (integration on a real Kubernetes
 # 1.20.2 API server, built once and cached).
+# Each stage's output is also kept in ${TEST_LOGS:-/tmp/odoo-ha-session-tests}/<stage>.log;
+# a failed stage's reasons are repeated after the stage list.
 # Slow builds are cached outside the repository, keyed by version:
 #   cargo:       $CARGO_TARGET_DIR (default /var/cache/odoo-ha-session/cargo-target)
 #   Kubernetes:  /var/cache/odoo-ha-session/kubernetes-1.20.2
@@ -55,11 +57,11 @@ run_stage() {
 # failed or panicking Rust test, a pytest failure, a compiler error; then targets reported
 # as not met), at most 12, each cut to 300 characters.
 failure_lines() {
-    local failed not_met
-    failed=$(grep -aE '^(\[[a-z]+\] )?\[e2e.*FAILED in step|^test .* \.\.\. FAILED$|panicked at|^error(\[E[0-9]+\])?:|^FAILED |^E +[A-Za-z]' "$2" |
+    local lines not_met
+    lines=$(grep -aE '^(\[[a-z]+\] )?\[e2e.*FAILED in step|^test .* \.\.\. FAILED$|panicked at|^error(\[E[0-9]+\])?:|^FAILED |^E +[A-Za-z]' "$2" |
         tail -n 8 | cut -c1-300)
     not_met=$(grep -a 'NOT MET' "$2" | grep -av 'NOT MET, reported only' | tail -n 4 | cut -c1-300)
-    printf -- '--- why %s failed:\n%s' "$1" "${failed:-(no known failure line; see the log)}"
+    printf -- '--- why %s failed:\n%s' "$1" "${lines:-(no known failure line; see the log)}"
     [[ -z $not_met ]] || printf '\n%s' "$not_met"
 }
 
