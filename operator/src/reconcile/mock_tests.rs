@@ -127,6 +127,37 @@ async fn answer_events(handle: &mut ApiHandle, n: usize) {
     }
 }
 
+/// What the mock API server task returns, once the reconciler has made every request it
+/// expects (within 5 s).
+async fn served<T>(server: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("the reconciler made every expected request")
+        .expect("mock server")
+}
+
+/// The rest of a reconcile that reports a problem: the injected Pods listed (none), the
+/// status patched, two events (Ready and BackendReady share the cause). Returns the status
+/// patch.
+async fn problem_reported(handle: &mut ApiHandle) -> Value {
+    expect(
+        handle,
+        "GET",
+        "/api/v1/namespaces/shop/pods",
+        (200, empty_list("PodList", "v1")),
+    )
+    .await;
+    let patch = expect(
+        handle,
+        "PATCH",
+        "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
+        (200, store_json()),
+    )
+    .await;
+    answer_events(handle, 2).await;
+    patch
+}
+
 #[tokio::test]
 async fn missing_external_secret_is_reported_in_status() {
     let (ctx, mut handle) = context();
@@ -141,34 +172,12 @@ async fn missing_external_secret_is_reported_in_status() {
             not_found(),
         )
         .await;
-        expect(
-            &mut handle,
-            "GET",
-            "/api/v1/namespaces/shop/pods",
-            (
-                200,
-                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
-            ),
-        )
-        .await;
-        let patch = expect(
-            &mut handle,
-            "PATCH",
-            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
-            (200, store_json()),
-        )
-        .await;
-        // Three conditions appear; Ready and BackendReady share the cause: two events.
-        answer_events(&mut handle, 2).await;
-        patch
+        problem_reported(&mut handle).await
     });
     let action = reconcile(Arc::new(s), ctx.clone())
         .await
         .expect("a reported problem is not an error");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     let backend = condition(&patch, "BackendReady");
     assert_eq!(backend["status"], "False");
     assert_eq!(backend["reason"], "SecretNotFound");
@@ -210,30 +219,12 @@ async fn missing_external_ca_secret_is_reported_in_status() {
             not_found(),
         )
         .await;
-        expect(
-            &mut handle,
-            "GET",
-            "/api/v1/namespaces/shop/pods",
-            (200, empty_list("PodList", "v1")),
-        )
-        .await;
-        let patch = expect(
-            &mut handle,
-            "PATCH",
-            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
-            (200, store_json()),
-        )
-        .await;
-        answer_events(&mut handle, 2).await;
-        patch
+        problem_reported(&mut handle).await
     });
     reconcile(Arc::new(s), ctx.clone())
         .await
         .expect("a reported problem is not an error");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     let backend = condition(&patch, "BackendReady");
     assert_eq!(backend["status"], "False");
     assert_eq!(backend["reason"], "SecretNotFound");
@@ -264,30 +255,12 @@ async fn a_ca_in_the_uri_secret_is_read_once() {
             (200, secret),
         )
         .await;
-        expect(
-            &mut handle,
-            "GET",
-            "/api/v1/namespaces/shop/pods",
-            (200, empty_list("PodList", "v1")),
-        )
-        .await;
-        let patch = expect(
-            &mut handle,
-            "PATCH",
-            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
-            (200, store_json()),
-        )
-        .await;
-        answer_events(&mut handle, 2).await;
-        patch
+        problem_reported(&mut handle).await
     });
     reconcile(Arc::new(s), ctx.clone())
         .await
         .expect("a reported problem is not an error");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     let backend = condition(&patch, "BackendReady");
     assert_eq!(backend["reason"], "SecretKeyMissing");
     assert!(
@@ -317,10 +290,7 @@ async fn invalid_spec_writes_status_and_waits_for_a_change() {
     let action = reconcile(Arc::new(s), ctx)
         .await
         .expect("reported, not retried");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     assert_eq!(condition(&patch, "Ready")["reason"], "InvalidSpec");
     assert!(condition(&patch, "Ready")["message"]
         .as_str()
@@ -340,31 +310,10 @@ async fn cloudnativepg_not_installed_is_a_clear_condition() {
             not_found(),
         )
         .await;
-        expect(
-            &mut handle,
-            "GET",
-            "/api/v1/namespaces/shop/pods",
-            (
-                200,
-                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
-            ),
-        )
-        .await;
-        let patch = expect(
-            &mut handle,
-            "PATCH",
-            "/apis/odoo-ha.io/v1alpha1/namespaces/shop/odoosessionstores/s/status",
-            (200, store_json()),
-        )
-        .await;
-        answer_events(&mut handle, 2).await;
-        patch
+        problem_reported(&mut handle).await
     });
     reconcile(Arc::new(s), ctx).await.expect("reported");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     assert_eq!(
         condition(&patch, "BackendReady")["reason"],
         "CloudNativePGNotInstalled"
@@ -387,10 +336,7 @@ async fn api_errors_fail_the_reconcile_with_the_kube_label() {
     let err = reconcile(Arc::new(s.clone()), ctx.clone())
         .await
         .expect_err("a 500 must fail the reconcile");
-    tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    served(server).await;
     assert_eq!(err.metric_label(), "kube");
     assert!(err.to_string().contains("etcd down"), "{err}");
     let action = super::error_policy(Arc::new(s), &err, ctx.clone());
@@ -468,10 +414,7 @@ async fn managed_backend_keeps_the_existing_password() {
         (secret, sts, patch)
     });
     reconcile(Arc::new(s), ctx).await.expect("reconciled");
-    let (secret, sts, patch) = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let (secret, sts, patch) = served(server).await;
     assert_eq!(
         secret["data"]["password"], "a2VwdA==",
         "the stored password is re-applied, not regenerated"
@@ -558,11 +501,7 @@ async fn sentinel_store_applies_its_objects_and_reports_unreachable_sentinels() 
         (headless, pdb, sts, patch)
     });
     reconcile(Arc::new(s), ctx).await.expect("reconciled");
-    let (headless, pdb, sts, patch) =
-        tokio::time::timeout(std::time::Duration::from_secs(5), server)
-            .await
-            .expect("the reconciler made every expected request")
-            .expect("mock server");
+    let (headless, pdb, sts, patch) = served(server).await;
     assert_eq!(headless["spec"]["clusterIP"], "None");
     assert_eq!(pdb["apiVersion"], "policy/v1beta1");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
@@ -638,10 +577,7 @@ async fn crash_looping_injected_pod_makes_injection_not_ready() {
     let action = reconcile(Arc::new(s), ctx.clone())
         .await
         .expect("a reported problem is not an error");
-    let patch = tokio::time::timeout(std::time::Duration::from_secs(5), server)
-        .await
-        .expect("the reconciler made every expected request")
-        .expect("mock server");
+    let patch = served(server).await;
     assert_eq!(condition(&patch, "BackendReady")["status"], "True");
     let injection = condition(&patch, "InjectionReady");
     assert_eq!(injection["status"], "False");
