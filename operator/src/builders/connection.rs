@@ -346,16 +346,8 @@ mod tests {
     /// the driver's CA variable names it; minReplicas becomes the WAIT count.
     #[test]
     fn external_ca_secret_and_min_replicas() {
-        let ext = |driver: &str, extra: serde_json::Value| {
-            let mut external = serde_json::json!({"uriSecretRef": {"name": "r"}});
-            external
-                .as_object_mut()
-                .expect("object")
-                .extend(extra.as_object().expect("object").clone());
-            connection(&fixtures::store(
-                serde_json::json!({"driver": driver, "backend": {"external": external}}),
-            ))
-        };
+        let ext =
+            |driver: &str, extra: serde_json::Value| connection(&fixtures::external(driver, extra));
         let env = |c: &Connection| -> Vec<(String, Option<String>)> {
             c.env
                 .iter()

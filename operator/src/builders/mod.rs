@@ -173,6 +173,16 @@ pub(crate) mod fixtures {
         store(serde_json::json!({"driver": "redis", "backend": {"managed": {"replicas": 1}}}))
     }
 
+    /// An external backend (URI in Secret `r`) of `driver`, with the fields of `extra`
+    /// added to `spec.backend.external`.
+    pub fn external(driver: &str, extra: serde_json::Value) -> ValidStore {
+        let mut external = serde_json::json!({"uriSecretRef": {"name": "r"}});
+        if let (Some(e), Some(more)) = (external.as_object_mut(), extra.as_object()) {
+            e.extend(more.clone());
+        }
+        store(serde_json::json!({"driver": driver, "backend": {"external": external}}))
+    }
+
     pub fn managed_postgres() -> ValidStore {
         store(serde_json::json!({"driver": "db", "backend": {"managed": {"storageSize": "5Gi"}}}))
     }

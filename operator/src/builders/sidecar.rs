@@ -556,15 +556,8 @@ mod tests {
     fn external_ca_and_min_replicas_reach_the_sidecar_and_the_hash() {
         use crate::builders::connection::{CA_DIR, CA_VOLUME};
         let with = |driver: &str, extra: serde_json::Value| {
-            let mut external = serde_json::json!({"uriSecretRef": {"name": "r"}});
-            external
-                .as_object_mut()
-                .expect("object")
-                .extend(extra.as_object().expect("object").clone());
             build(
-                &fixtures::store(
-                    serde_json::json!({"driver": driver, "backend": {"external": external}}),
-                ),
+                &fixtures::external(driver, extra),
                 &Defaults::default(),
                 false,
             )
