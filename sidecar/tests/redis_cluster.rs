@@ -100,6 +100,9 @@ async fn timed(
                     j["message"].as_str().is_some_and(|m| m.len() > 10),
                     "a 503 says why: {r:?}"
                 );
+                // Shown only when the test fails: which request, and the reason the
+                // sidecar gave (a 503 outside the killed primary's slots was seen once).
+                eprintln!("{m} {path}: 503 after {:?}: {}", t.elapsed(), j["message"]);
             }
             if !matches!(status, 200 | 201 | 204 | 503) {
                 eprintln!("{m} {path}: unexpected {r:?}");
