@@ -20,12 +20,13 @@
 //!   concurrently.
 //!
 //! Connections: one cluster connection (one multiplexed connection per node, opened and
-//! replaced by redis-rs) for every request, and a second one for writes followed by
-//! `WAIT`, which blocks the node connection it runs on.
+//! replaced by redis-rs) for every request, and, for writes followed by `WAIT` (which
+//! blocks the node connection it runs on), cluster connections lent to one ending at a
+//! time ([`Lender`]).
 
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -149,11 +150,68 @@ const RETRIES: u32 = 30;
 /// Identifier scripts in flight at once, per batch.
 const CONCURRENT: usize = 64;
 
+/// Cluster connections for endings followed by `WAIT` (`DKN_AUTH_REDIS_MIN_REPLICAS` > 0),
+/// each lent to one ending at a time, kept open between endings.
+///
+/// Redis blocks a connection in `WAIT`, and on a cluster connection that also holds
+/// redis-rs's slot-map refresh: it `PING`s every node connection while every request of that
+/// cluster connection waits. With one cluster connection shared by every ending, an ending
+/// waiting for a replica that is still syncing held the endings of every other slot past
+/// the backend timeout (seen in `tests/redis_cluster.rs`: a `DELETE` on a live primary's
+/// slot answered 503 while the killed primary's node came back as a replica). Lent out
+/// alone, a connection's `WAIT` holds only its own ending.
+struct Lender {
+    idle: parking_lot::Mutex<Vec<ClusterConnection>>,
+    permits: tokio::sync::Semaphore,
+    size: usize,
+    open: AtomicUsize,
+}
+
+/// Endings in flight at once per sidecar, each on its own cluster connection: a quarter of
+/// `DKN_AUTH_REDIS_MAX_CONN`, 4 to 16 (one connection to every node each).
+pub fn lent_connections(max_conn: usize) -> usize {
+    (max_conn / 4).clamp(4, 16)
+}
+
+/// A cluster connection lent to one ending; given back when dropped, unless a command on
+/// it was cut short (timed out, or the request dropped while it ran): a `WAIT` may still
+/// hold it, so it is closed instead.
+struct Lent<'a> {
+    lender: &'a Lender,
+    conn: ClusterConnection,
+    in_doubt: bool,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Lent<'_> {
+    /// The connection, for a command whose reply goes to [`Lent::answered`].
+    fn conn(&mut self) -> &mut ClusterConnection {
+        self.in_doubt = true;
+        &mut self.conn
+    }
+
+    /// The reply of a command sent on [`Lent::conn`]: a timeout leaves the connection in
+    /// doubt.
+    fn answered<T>(&mut self, r: redis::RedisResult<T>) -> StoreResult<T> {
+        self.in_doubt = r.as_ref().is_err_and(RedisError::is_timeout);
+        r.map_err(fail)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if self.in_doubt {
+            self.lender.open.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.lender.idle.lock().push(self.conn.clone());
+        }
+    }
+}
+
 pub struct ClusterStore {
     client: ClusterClient,
     shared: tokio::sync::OnceCell<ClusterConnection>,
-    /// Only for writes followed by `WAIT` (`DKN_AUTH_REDIS_MIN_REPLICAS` > 0).
-    waited: tokio::sync::OnceCell<ClusterConnection>,
+    lender: Lender,
     scripts: Scripts,
     settings: StoreSettings,
     min_replicas: u32,
@@ -200,12 +258,19 @@ impl ClusterStore {
         target: ClusterTarget,
         settings: StoreSettings,
         min_replicas: u32,
+        max_conn: usize,
         timeout: Duration,
     ) -> Self {
+        let size = lent_connections(max_conn);
         ClusterStore {
             client: target.client,
             shared: tokio::sync::OnceCell::new(),
-            waited: tokio::sync::OnceCell::new(),
+            lender: Lender {
+                idle: parking_lot::Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(size),
+                size,
+                open: AtomicUsize::new(0),
+            },
             scripts: Scripts::load(),
             settings,
             min_replicas,
@@ -232,6 +297,51 @@ impl ClusterStore {
         .cloned()
     }
 
+    /// A cluster connection for one ending, idle or newly opened, within what is left of
+    /// the budget of the request that began at `start`.
+    async fn lend(&self, start: Instant) -> StoreResult<Lent<'_>> {
+        let left = self.timeout.saturating_sub(start.elapsed());
+        let permit = match tokio::time::timeout(left, self.lender.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) | Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "all {} Redis Cluster connections for endings stayed busy for {} ms",
+                    self.lender.size,
+                    millis(left)
+                )))
+            }
+        };
+        let idle = self.lender.idle.lock().pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let left = self.timeout.saturating_sub(start.elapsed());
+                let c = match tokio::time::timeout(left, self.client.get_async_connection()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "connecting to Redis Cluster: {e}"
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "connecting to Redis Cluster: no answer within {} ms",
+                            millis(left)
+                        )))
+                    }
+                };
+                self.lender.open.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+        };
+        Ok(Lent {
+            lender: &self.lender,
+            conn,
+            in_doubt: false,
+            _permit: permit,
+        })
+    }
+
     fn keys(&self, sid: &Sid) -> Keys {
         keys_of(&self.settings.prefix, sid)
     }
@@ -246,7 +356,7 @@ impl ClusterStore {
     }
 
     /// Runs a script that ends or moves a session. With `min_replicas` > 0 it runs on the
-    /// waited connection in one pipeline with `WAIT`, sent to the primary of `key`'s slot:
+    /// lent connection ([`Lender`]) in one pipeline with `WAIT`, sent to the primary of `key`'s slot:
     /// the `WAIT` runs on the node connection that ran the script, right after it, and a
     /// redirection (`MOVED`, `ASK`) moves both. Success only once enough replicas have it,
     /// when `ok` says the script wrote.
@@ -262,7 +372,7 @@ impl ClusterStore {
             return self.run(inv).await;
         }
         let n = self.min_replicas;
-        let mut c = self.conn(&self.waited).await?;
+        let mut lent = self.lend(start).await?;
         let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
         let mut loaded = false;
         loop {
@@ -276,9 +386,9 @@ impl ClusterStore {
                 .cmd("WAIT")
                 .arg(n)
                 .arg(wait_ms);
-            let sent = c.route_pipeline(pipe, 0, 2, route.clone());
+            let sent = lent.conn().route_pipeline(pipe, 0, 2, route.clone());
             let replies = match tokio::time::timeout(guard, sent).await {
-                Ok(r) => r.map_err(fail)?,
+                Ok(r) => lent.answered(r)?,
                 Err(_) => {
                     return Err(StoreError::Unavailable(format!(
                         "the {} and its WAIT for the {n} replica(s) required by \
@@ -302,7 +412,8 @@ impl ClusterStore {
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     // Not loaded on this node yet (nothing ran): load, send again.
-                    inv.script.load_async(&mut c).await.map_err(fail)?;
+                    let r = inv.script.load_async(lent.conn()).await;
+                    lent.answered(r)?;
                     loaded = true;
                     continue;
                 }
@@ -359,7 +470,7 @@ impl ClusterStore {
     /// count).
     async fn wait_all_primaries(
         &self,
-        c: &mut ClusterConnection,
+        lent: &mut Lent<'_>,
         start: Instant,
         ending: Ending,
     ) -> StoreResult<()> {
@@ -377,9 +488,10 @@ impl ClusterStore {
                 redis::cluster_routing::AggregateOp::Min,
             )),
         ));
-        match tokio::time::timeout(guard, c.route_command(cmd, routing)).await {
+        let sent = lent.conn().route_command(cmd, routing);
+        match tokio::time::timeout(guard, sent).await {
             Ok(r) => {
-                let acked = r.and_then(Value::extract_error).map_err(fail)?;
+                let acked = lent.answered(r.and_then(Value::extract_error))?;
                 self.judge(acked, n, wait_ms, ending)
             }
             Err(_) => Err(StoreError::NotReplicated(format!(
@@ -392,8 +504,9 @@ impl ClusterStore {
         }
     }
 
+    /// The shared cluster connection and the lent ones open, idle or lent.
     pub fn pool_in_use(&self) -> u64 {
-        u64::from(self.shared.initialized()) + u64::from(self.waited.initialized())
+        u64::from(self.shared.initialized()) + self.lender.open.load(Ordering::Relaxed) as u64
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
@@ -591,12 +704,15 @@ impl ClusterStore {
     pub async fn delete_identifiers(&self, ids: &[Identifier]) -> StoreResult<u64> {
         let start = Instant::now();
         let tomb = millis(self.settings.tombstone_ttl);
-        let cell = if self.min_replicas == 0 {
-            &self.shared
+        let mut lent = if self.min_replicas == 0 {
+            None
         } else {
-            &self.waited
+            Some(self.lend(start).await?)
         };
-        let c = self.conn(cell).await?;
+        let c = match &mut lent {
+            Some(l) => l.conn().clone(),
+            None => self.conn(&self.shared).await?,
+        };
         // Collected first: a lazy map over borrowed ids makes the handler's future not Send.
         let calls: Vec<_> = ids
             .iter()
@@ -611,15 +727,18 @@ impl ClusterStore {
                 }
             })
             .collect();
-        let counts: Vec<u64> = stream::iter(calls)
+        let counts: Result<Vec<u64>, RedisError> = stream::iter(calls)
             .buffer_unordered(CONCURRENT)
             .try_collect()
-            .await
-            .map_err(fail)?;
-        if self.min_replicas > 0 {
-            let mut c = c;
-            // Every primary's connection of this set has its share of the batch.
-            self.wait_all_primaries(&mut c, start, Ending::IdentifierDelete)
+            .await;
+        let counts = match &mut lent {
+            Some(l) => l.answered(counts)?,
+            None => counts.map_err(fail)?,
+        };
+        if let Some(l) = &mut lent {
+            // Every primary's connection of this cluster connection has its share of the
+            // batch.
+            self.wait_all_primaries(l, start, Ending::IdentifierDelete)
                 .await?;
         }
         Ok(counts.into_iter().sum())

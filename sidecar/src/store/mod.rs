@@ -209,6 +209,7 @@ pub fn open(settings: &crate::config::Settings) -> Result<Store, String> {
                     target,
                     common,
                     settings.redis_min_replicas,
+                    settings.redis_max_conn,
                     settings.backend_timeout,
                 ))));
             }
