@@ -37,6 +37,9 @@ use crate::model::{
 };
 
 const COMMON: &str = include_str!("lua/common.lua");
+/// The checks and the old sid's end that a rotation within one slot and the first step of
+/// one across Cluster slots share, so both answer in the same order.
+const ROTATION: &str = include_str!("lua/rotation.lua");
 
 pub(super) struct Scripts {
     pub(super) put: Script,
@@ -57,13 +60,14 @@ impl Scripts {
                 "local MAX_KEYS = {MAX_SESSION_KEYS}\n{COMMON}\n{body}"
             ))
         };
+        let with_rotation = |body: &str| with_common(&format!("{ROTATION}\n{body}"));
         Scripts {
             put: with_common(include_str!("lua/put.lua")),
             patch: with_common(include_str!("lua/patch.lua")),
             delete: Script::new(include_str!("lua/delete.lua")),
-            rotate: with_common(include_str!("lua/rotate.lua")),
+            rotate: with_rotation(include_str!("lua/rotate.lua")),
             delete_identifier: Script::new(include_str!("lua/delete_identifier.lua")),
-            rotate_out: with_common(include_str!("lua/rotate_out.lua")),
+            rotate_out: with_rotation(include_str!("lua/rotate_out.lua")),
             missing: Script::new(include_str!("lua/missing.lua")),
         }
     }
