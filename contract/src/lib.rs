@@ -638,18 +638,24 @@ pub fn markdown_table() -> String {
 /// Where the generated file lives, relative to the workspace root.
 pub const JSON_PATH: &str = "docs/settings-contract.json";
 
+/// A path in the repository, from the package directory cargo gives a binary or a test when
+/// it runs it (every package is one level below the repository's root); `built_in`, the
+/// caller's `env!("CARGO_MANIFEST_DIR")`, only when run outside cargo. A build cached from
+/// another checkout would otherwise read, or write, that checkout's files.
+pub fn repo_path(built_in: &str, rel: &str) -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| built_in.into())
+        .join("..")
+        .join(rel)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A file of the repository, found through the package directory cargo gives the test
-    /// when it runs it (a test binary cached from another checkout would otherwise read
-    /// that checkout's files).
     fn repo_file(rel: &str) -> std::path::PathBuf {
-        let package = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-        package.join("..").join(rel)
+        repo_path(env!("CARGO_MANIFEST_DIR"), rel)
     }
 
     #[test]

@@ -665,13 +665,10 @@ mod tests {
     /// CI fails when `crds/` differs from these types (regenerate with `crdgen`).
     #[test]
     fn committed_crd_is_up_to_date() {
-        // The package directory cargo gives the test when it runs it, not the one it was
-        // built in (a cached build may come from another checkout).
-        let path = std::path::PathBuf::from(
-            std::env::var_os("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join("../crds/odoosessionstores.odoo-ha.io.yaml");
+        let path = odoo_ha_contract::repo_path(
+            env!("CARGO_MANIFEST_DIR"),
+            "crds/odoosessionstores.odoo-ha.io.yaml",
+        );
         let committed =
             std::fs::read_to_string(&path).expect("crds/odoosessionstores.odoo-ha.io.yaml exists");
         assert!(

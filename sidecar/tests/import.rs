@@ -334,8 +334,9 @@ async fn files_into(target: Target) {
         assert_ttl(ttl, mtime(&file) + WEEK as f64, v);
         let mut text = String::new();
         odoo_session_sidecar::model::write_object(&f, &mut text);
-        let client = concat!(env!("CARGO_MANIFEST_DIR"), "/../addons/dkn_auth/client");
-        python(ADDON_DECODE, &[client, &text]);
+        let client =
+            odoo_ha_contract::repo_path(env!("CARGO_MANIFEST_DIR"), "addons/dkn_auth/client");
+        python(ADDON_DECODE, &[&client.to_string_lossy(), &text]);
     }
     for v in ["18", "19"] {
         let (f, ttl) = fields(&store, &sids.map[v]).await.expect(v);

@@ -7,12 +7,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let text = odoo_ha_contract::contract_text();
-    // The package directory as cargo gives it when it runs this binary: a build cached from
-    // another checkout would otherwise carry that checkout's path.
-    let package = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let mut path = package.join("..").join(odoo_ha_contract::JSON_PATH);
+    let mut path =
+        odoo_ha_contract::repo_path(env!("CARGO_MANIFEST_DIR"), odoo_ha_contract::JSON_PATH);
     let mut check = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {

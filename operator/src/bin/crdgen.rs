@@ -10,12 +10,7 @@ use odoo_session_operator::crd::OdooSessionStore;
 
 fn main() -> ExitCode {
     let mut check = false;
-    // The package directory as cargo gives it when it runs this binary: a build cached from
-    // another checkout would otherwise carry that checkout's path.
-    let package = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let mut dir = package.join("../crds");
+    let mut dir = odoo_ha_contract::repo_path(env!("CARGO_MANIFEST_DIR"), "crds");
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--check" => check = true,

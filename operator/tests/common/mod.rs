@@ -102,11 +102,11 @@ impl Drop for Operator {
 }
 
 pub async fn install_crd(client: &Client) {
-    let path = concat!(
+    let path = odoo_ha_contract::repo_path(
         env!("CARGO_MANIFEST_DIR"),
-        "/../crds/odoosessionstores.odoo-ha.io.yaml"
+        "crds/odoosessionstores.odoo-ha.io.yaml",
     );
-    let (ok, out) = kubectl(&["apply", "-f", path]);
+    let (ok, out) = kubectl(&["apply", "-f", &path.to_string_lossy()]);
     assert!(ok, "kubectl apply of the committed CRD failed: {out}");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     eventually("CRD Established", 30, || async {
