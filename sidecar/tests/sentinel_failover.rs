@@ -70,6 +70,12 @@ async fn wait_status(addr: &str, path: &str, want: u16, limit: Duration) {
 }
 
 /// A request that must answer within the backend timeout plus slack; a hang fails the test.
+/// A `PUT` of a new, empty session.
+async fn create_one(c: &mut Client) -> (Reply, Duration) {
+    let sid = legacy_sid();
+    timed(c, Method::PUT, &s("", &sid), &[], Some(json!({"data": {}}))).await
+}
+
 async fn timed(
     c: &mut Client,
     method: Method,
@@ -884,14 +890,7 @@ async fn promoted_replica_is_used_before_the_switch() {
     )
     .await;
     let mut c = Client::new(sidecar.addr.clone());
-    let (r, _) = timed(
-        &mut c,
-        Method::PUT,
-        &s("", &legacy_sid()),
-        &[],
-        Some(json!({"data": {}})),
-    )
-    .await;
+    let (r, _) = create_one(&mut c).await;
     assert_eq!(r.status, 201, "{r:?}");
 
     let old = redis.nodes[0].port;
@@ -899,14 +898,7 @@ async fn promoted_replica_is_used_before_the_switch() {
     let started = Instant::now();
     let mut n503 = 0;
     let back = loop {
-        let (r, took) = timed(
-            &mut c,
-            Method::PUT,
-            &s("", &legacy_sid()),
-            &[],
-            Some(json!({"data": {}})),
-        )
-        .await;
+        let (r, took) = create_one(&mut c).await;
         assert!(took <= TIMEOUT + SLACK, "answered in {took:?}");
         match r.status.as_u16() {
             201 => break started.elapsed(),
