@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -160,11 +161,27 @@ const CONCURRENT: usize = 64;
 /// the backend timeout (seen in `tests/redis_cluster.rs`: a `DELETE` on a live primary's
 /// slot answered 503 while the killed primary's node came back as a replica). Lent out
 /// alone, a connection's `WAIT` holds only its own ending.
+///
+/// Connections are opened in the background, never on a request's path: opening one asks
+/// every node, and a node that hangs (a frozen VM, a partition) makes that take longer than
+/// the backend timeout (seen: endings on live slots answered 503 "connecting to Redis
+/// Cluster" while one primary was frozen). [`SPARE`] stay ready for the next endings.
 struct Lender {
+    client: ClusterClient,
+    /// Ready to lend.
     idle: parking_lot::Mutex<Vec<ClusterConnection>>,
+    /// Cut short (a command timed out, or its request was dropped): lent again from the
+    /// instant given, once redis-rs has stopped retrying the command (its overall timeout)
+    /// and a `WAIT` in it has timed out on the server, which frees its node connection.
+    resting: parking_lot::Mutex<Vec<(Instant, ClusterConnection)>>,
+    /// Given back, rested or opened.
+    ready: tokio::sync::Notify,
     permits: tokio::sync::Semaphore,
     size: usize,
+    timeout: Duration,
+    /// Idle, resting or lent.
     open: AtomicUsize,
+    opening: AtomicUsize,
 }
 
 /// Endings in flight at once per sidecar, each on its own cluster connection: a quarter of
@@ -173,9 +190,58 @@ pub fn lent_connections(max_conn: usize) -> usize {
     (max_conn / 4).clamp(4, 16)
 }
 
-/// A cluster connection lent to one ending; given back when dropped, unless a command on
-/// it was cut short (timed out, or the request dropped while it ran): a `WAIT` may still
-/// hold it, so it is closed instead.
+/// Connections kept ready beyond those lent, opened ahead of the endings that need them.
+const SPARE: usize = 2;
+
+impl Lender {
+    /// An idle connection, or a resting one whose rest is over.
+    fn take(&self) -> Option<ClusterConnection> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        let mut resting = self.resting.lock();
+        let (rested, still): (Vec<_>, Vec<_>) = resting.drain(..).partition(|(at, _)| *at <= now);
+        *resting = still;
+        idle.extend(rested.into_iter().map(|(_, c)| c));
+        idle.pop()
+    }
+
+    /// Opens connections in the background until [`SPARE`] are idle or being opened, within
+    /// `size` + [`SPARE`] open in all.
+    fn top_up(self: &Arc<Self>) {
+        loop {
+            let idle = self.idle.lock().len();
+            let opening = self.opening.load(Ordering::Acquire);
+            let open = self.open.load(Ordering::Acquire);
+            if idle + opening >= SPARE || open + opening >= self.size + SPARE {
+                return;
+            }
+            if self
+                .opening
+                .compare_exchange(opening, opening + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            let lender = self.clone();
+            tokio::spawn(async move {
+                match lender.client.get_async_connection().await {
+                    Ok(c) => {
+                        lender.open.fetch_add(1, Ordering::AcqRel);
+                        lender.idle.lock().push(c);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "opening a Redis Cluster connection for endings failed");
+                    }
+                }
+                lender.opening.fetch_sub(1, Ordering::AcqRel);
+                lender.ready.notify_waiters();
+            });
+        }
+    }
+}
+
+/// A cluster connection lent to one ending; given back when dropped, after a rest when a
+/// command on it was cut short.
 struct Lent<'a> {
     lender: &'a Lender,
     conn: ClusterConnection,
@@ -200,18 +266,31 @@ impl Lent<'_> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
+        let conn = self.conn.clone();
         if self.in_doubt {
-            self.lender.open.fetch_sub(1, Ordering::Relaxed);
+            let at = Instant::now() + self.lender.timeout;
+            self.lender.resting.lock().push((at, conn));
         } else {
-            self.lender.idle.lock().push(self.conn.clone());
+            self.lender.idle.lock().push(conn);
         }
+        self.lender.ready.notify_waiters();
     }
+}
+
+/// The cluster connection every request shares, and its opening ([`ClusterStore::conn`]).
+#[derive(Default)]
+struct Shared {
+    conn: std::sync::OnceLock<ClusterConnection>,
+    opening: AtomicBool,
+    done: tokio::sync::Notify,
+    /// Why the last attempt failed.
+    failed: parking_lot::Mutex<Option<String>>,
 }
 
 pub struct ClusterStore {
     client: ClusterClient,
-    shared: tokio::sync::OnceCell<ClusterConnection>,
-    lender: Lender,
+    shared: Arc<Shared>,
+    lender: Arc<Lender>,
     scripts: Scripts,
     settings: StoreSettings,
     min_replicas: u32,
@@ -263,14 +342,19 @@ impl ClusterStore {
     ) -> Self {
         let size = lent_connections(max_conn);
         ClusterStore {
-            client: target.client,
-            shared: tokio::sync::OnceCell::new(),
-            lender: Lender {
+            lender: Arc::new(Lender {
+                client: target.client.clone(),
                 idle: parking_lot::Mutex::new(Vec::new()),
+                resting: parking_lot::Mutex::new(Vec::new()),
+                ready: tokio::sync::Notify::new(),
                 permits: tokio::sync::Semaphore::new(size),
                 size,
+                timeout,
                 open: AtomicUsize::new(0),
-            },
+                opening: AtomicUsize::new(0),
+            }),
+            client: target.client,
+            shared: Arc::default(),
             scripts: Scripts::load(),
             settings,
             min_replicas,
@@ -279,67 +363,86 @@ impl ClusterStore {
         }
     }
 
-    /// The connection of `cell`, opened on first use (it asks a seed node for the slot map).
-    /// A connect that fails is tried again by the next request; once open, redis-rs
-    /// reconnects to the nodes itself.
-    async fn conn(
-        &self,
-        cell: &tokio::sync::OnceCell<ClusterConnection>,
-    ) -> StoreResult<ClusterConnection> {
-        cell.get_or_try_init(|| async {
-            let c = self.client.get_async_connection().await.map_err(|e| {
-                StoreError::Unavailable(format!("connecting to Redis Cluster: {e}"))
-            })?;
-            tracing::info!("connected to the Redis Cluster");
-            Ok(c)
-        })
-        .await
-        .cloned()
+    /// The shared cluster connection, opened on first use by a task of its own. Opening
+    /// asks every seed node, and one that hangs makes that outlast a request's time limit:
+    /// opened on the request's path, every attempt would be cancelled and the sidecar stay
+    /// unconnected for as long as the node hangs. One attempt at a time; the requests that
+    /// wait for a failed one get its error, the next request starts another. Once open,
+    /// redis-rs reconnects to the nodes itself.
+    async fn conn(&self) -> StoreResult<ClusterConnection> {
+        let shared = &self.shared;
+        loop {
+            if let Some(c) = shared.conn.get() {
+                return Ok(c.clone());
+            }
+            let done = shared.done.notified();
+            if !shared.opening.swap(true, Ordering::AcqRel) {
+                let opener = shared.clone();
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    match client.get_async_connection().await {
+                        Ok(c) => {
+                            let _ = opener.conn.set(c);
+                            *opener.failed.lock() = None;
+                            tracing::info!("connected to the Redis Cluster");
+                        }
+                        Err(e) => {
+                            *opener.failed.lock() =
+                                Some(format!("connecting to Redis Cluster: {e}"));
+                        }
+                    }
+                    opener.opening.store(false, Ordering::Release);
+                    opener.done.notify_waiters();
+                });
+            }
+            done.await;
+            if let Some(c) = shared.conn.get() {
+                return Ok(c.clone());
+            }
+            if let Some(e) = shared.failed.lock().clone() {
+                return Err(StoreError::Unavailable(e));
+            }
+        }
     }
 
-    /// A cluster connection for one ending, idle or newly opened, within what is left of
-    /// the budget of the request that began at `start`.
+    /// A cluster connection for one ending, within what is left of the budget of the
+    /// request that began at `start`: an idle one, or the first to be given back, rested or
+    /// opened meanwhile.
     async fn lend(&self, start: Instant) -> StoreResult<Lent<'_>> {
+        let lender = &self.lender;
+        let busy = |left: Duration| {
+            StoreError::Unavailable(format!(
+                "no Redis Cluster connection for endings was free within {} ms ({} lent at \
+                 most, {} open)",
+                millis(left),
+                lender.size,
+                lender.open.load(Ordering::Relaxed)
+            ))
+        };
         let left = self.timeout.saturating_sub(start.elapsed());
-        let permit = match tokio::time::timeout(left, self.lender.permits.acquire()).await {
+        let permit = match tokio::time::timeout(left, lender.permits.acquire()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) | Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "all {} Redis Cluster connections for endings stayed busy for {} ms",
-                    self.lender.size,
-                    millis(left)
-                )))
-            }
+            Ok(Err(_)) | Err(_) => return Err(busy(left)),
         };
-        let idle = self.lender.idle.lock().pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => {
-                let left = self.timeout.saturating_sub(start.elapsed());
-                let c = match tokio::time::timeout(left, self.client.get_async_connection()).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "connecting to Redis Cluster: {e}"
-                        )))
-                    }
-                    Err(_) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "connecting to Redis Cluster: no answer within {} ms",
-                            millis(left)
-                        )))
-                    }
-                };
-                self.lender.open.fetch_add(1, Ordering::Relaxed);
-                c
+        loop {
+            let ready = lender.ready.notified();
+            let taken = lender.take();
+            lender.top_up();
+            if let Some(conn) = taken {
+                return Ok(Lent {
+                    lender,
+                    conn,
+                    in_doubt: false,
+                    _permit: permit,
+                });
             }
-        };
-        Ok(Lent {
-            lender: &self.lender,
-            conn,
-            in_doubt: false,
-            _permit: permit,
-        })
+            let left = self.timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(busy(self.timeout));
+            }
+            // A rest ends without a notification: looked at again every 20 ms.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(20)), ready).await;
+        }
     }
 
     fn keys(&self, sid: &Sid) -> Keys {
@@ -351,7 +454,7 @@ impl ClusterStore {
     }
 
     async fn run(&self, inv: Call<'_>) -> StoreResult<Vec<Value>> {
-        let mut c = self.conn(&self.shared).await?;
+        let mut c = self.conn().await?;
         inv.invoke_async::<Vec<Value>>(&mut c).await.map_err(fail)
     }
 
@@ -506,11 +609,12 @@ impl ClusterStore {
 
     /// The shared cluster connection and the lent ones open, idle or lent.
     pub fn pool_in_use(&self) -> u64 {
-        u64::from(self.shared.initialized()) + self.lender.open.load(Ordering::Relaxed) as u64
+        u64::from(self.shared.conn.get().is_some())
+            + self.lender.open.load(Ordering::Relaxed) as u64
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
-        let mut c = self.conn(&self.shared).await?;
+        let mut c = self.conn().await?;
         // Every primary answers, or the cluster is not whole.
         let cmd = redis::cmd("PING");
         c.route_command(
@@ -532,7 +636,7 @@ impl ClusterStore {
             .arg(&k.session)
             .cmd("HGETALL")
             .arg(&k.session);
-        let mut c = self.conn(&self.shared).await?;
+        let mut c = self.conn().await?;
         let (ttl, v): (Value, Vec<Value>) = pipe.query_async(&mut c).await.map_err(fail)?;
         super::redis::session_of(&ttl, v)
     }
@@ -619,7 +723,7 @@ impl ClusterStore {
             .cmd("HGET")
             .arg(&kn.session)
             .arg("v");
-        let mut c = self.conn(&self.shared).await?;
+        let mut c = self.conn().await?;
         let (tomb, newv): (i64, Option<String>) = pipe.query_async(&mut c).await.map_err(fail)?;
         let new_state = if tomb == 1 {
             "-1".to_owned()
@@ -711,7 +815,7 @@ impl ClusterStore {
         };
         let c = match &mut lent {
             Some(l) => l.conn().clone(),
-            None => self.conn(&self.shared).await?,
+            None => self.conn().await?,
         };
         // Collected first: a lazy map over borrowed ids makes the handler's future not Send.
         let calls: Vec<_> = ids
@@ -745,7 +849,7 @@ impl ClusterStore {
     }
 
     pub async fn missing_identifiers(&self, ids: &[Identifier]) -> StoreResult<Vec<Identifier>> {
-        let c = self.conn(&self.shared).await?;
+        let c = self.conn().await?;
         let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
         let keys: Vec<String> = ids.iter().map(|id| self.index_key(id)).collect();
         for (i, k) in keys.iter().enumerate() {
