@@ -52,16 +52,18 @@ pub fn is_cluster_uri(uri: &str) -> bool {
     uri.starts_with("redis+cluster://") || uri.starts_with("rediss+cluster://")
 }
 
-/// A parsed Cluster URI: the seed nodes and a client for them.
+/// A parsed Cluster URI: the seed nodes, and clients for them: one for the shared
+/// connection, one for the connections lent to endings.
 pub struct ClusterTarget {
     nodes: Vec<HostPort>,
     client: ClusterClient,
+    waited: ClusterClient,
 }
 
 impl ClusterTarget {
     /// `redis+cluster://[user:pass@]h1:p1,h2:p2[/]` (`rediss+cluster://`: TLS to every
     /// node, verified against `ca` when given, else the public roots). A Cluster has only
-    /// database 0. `timeout` bounds each connect and each answer.
+    /// database 0. `timeout` bounds each request.
     pub fn from_uri(
         uri: &str,
         password: Option<&str>,
@@ -89,33 +91,49 @@ impl ClusterTarget {
         let nodes = parse_hosts(hosts, "the cluster form needs at least one host:port")?;
         let scheme = if tls { "rediss" } else { "redis" };
         let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
-        let mut b = ClusterClientBuilder::new(urls)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            // The whole request, redirections and retries included, within the budget.
-            .overall_response_timeout(Some(timeout))
-            // Retried (a slot without a primary, a node reconnecting) every 10 to 100 ms
-            // rather than redis-rs's default of 1.3 s and up, which is past any budget.
-            .retries(RETRIES)
-            .min_retry_wait(10)
-            .max_retry_wait(100);
-        if let Some(u) = user.filter(|u| !u.is_empty()) {
-            b = b.username(u);
-        }
-        if let Some(p) = pass {
-            b = b.password(p);
-        }
-        if tls {
-            b = b.tls(redis::TlsMode::Secure);
-            if let Some(pem) = ca {
-                b = b.certs(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                });
+        let user = user.filter(|u| !u.is_empty());
+        // `step` bounds each connect and each answer on one node connection.
+        let build = |step: Duration| {
+            let mut b = ClusterClientBuilder::new(urls.clone())
+                .connection_timeout(step)
+                .response_timeout(step)
+                // The whole request, redirections and retries included, within the budget.
+                .overall_response_timeout(Some(timeout))
+                // Retried (a slot without a primary, a node reconnecting) every 10 to 100 ms
+                // rather than redis-rs's default of 1.3 s and up, which is past any budget.
+                .retries(RETRIES)
+                .min_retry_wait(10)
+                .max_retry_wait(100);
+            if let Some(u) = &user {
+                b = b.username(u);
             }
-        }
-        let client = b.build().map_err(|e| e.to_string())?;
-        Ok(ClusterTarget { nodes, client })
+            if let Some(p) = &pass {
+                b = b.password(p);
+            }
+            if tls {
+                b = b.tls(redis::TlsMode::Secure);
+                if let Some(pem) = &ca {
+                    b = b.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    });
+                }
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        // The shared connection's commands are short scripts; redis-rs's slot-map refresh
+        // checks every node connection while all requests of the cluster connection wait,
+        // and a node that does not answer yet (just restarted, or hung) held them for the
+        // whole budget (seen: requests on live slots answered 503 as the killed primary's
+        // node came back). Half the budget per step leaves the other half to the requests.
+        let client = build(timeout / 2)?;
+        // A lent connection runs `WAIT`, which may take most of the budget.
+        let waited = build(timeout)?;
+        Ok(ClusterTarget {
+            nodes,
+            client,
+            waited,
+        })
     }
 
     /// Whether any seed node accepts a TCP connection within `timeout`: a Cluster URI
@@ -343,7 +361,7 @@ impl ClusterStore {
         let size = lent_connections(max_conn);
         ClusterStore {
             lender: Arc::new(Lender {
-                client: target.client.clone(),
+                client: target.waited,
                 idle: parking_lot::Mutex::new(Vec::new()),
                 resting: parking_lot::Mutex::new(Vec::new()),
                 ready: tokio::sync::Notify::new(),
