@@ -200,6 +200,8 @@ struct Lender {
     /// Idle, resting or lent.
     open: AtomicUsize,
     opening: AtomicUsize,
+    /// Why the last attempt to open one failed, until one succeeds.
+    failed: parking_lot::Mutex<Option<String>>,
 }
 
 /// Endings in flight at once per sidecar, each on its own cluster connection: a quarter of
@@ -246,9 +248,11 @@ impl Lender {
                     Ok(c) => {
                         lender.open.fetch_add(1, Ordering::AcqRel);
                         lender.idle.lock().push(c);
+                        *lender.failed.lock() = None;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "opening a Redis Cluster connection for endings failed");
+                        *lender.failed.lock() = Some(e.to_string());
                     }
                 }
                 lender.opening.fetch_sub(1, Ordering::AcqRel);
@@ -370,6 +374,7 @@ impl ClusterStore {
                 timeout,
                 open: AtomicUsize::new(0),
                 opening: AtomicUsize::new(0),
+                failed: parking_lot::Mutex::new(None),
             }),
             client: target.client,
             shared: Arc::default(),
@@ -429,9 +434,13 @@ impl ClusterStore {
     async fn lend(&self, start: Instant) -> StoreResult<Lent<'_>> {
         let lender = &self.lender;
         let busy = |left: Duration| {
+            let why = match lender.failed.lock().as_deref() {
+                Some(e) => format!("; the last attempt to open one: {e}"),
+                None => String::new(),
+            };
             StoreError::Unavailable(format!(
                 "no Redis Cluster connection for endings was free within {} ms ({} lent at \
-                 most, {} open)",
+                 most, {} open){why}",
                 millis(left),
                 lender.size,
                 lender.open.load(Ordering::Relaxed)
