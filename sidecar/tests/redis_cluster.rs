@@ -69,6 +69,27 @@ async fn wait_backend(p: &mut Process) {
     panic!("the sidecar never reached the Redis Cluster:\n{}", p.log());
 }
 
+/// Two sidecars on the cluster (two Odoo pods' own), both connected.
+async fn two_sidecars(uri: &str, prefix: &str, min_replicas: u32) -> (Process, Process) {
+    let mut a = sidecar(uri, prefix, min_replicas);
+    let mut b = sidecar(uri, prefix, min_replicas);
+    wait_backend(&mut a).await;
+    wait_backend(&mut b).await;
+    (a, b)
+}
+
+/// The primary serving slot 0 (the one a test kills or freezes), and whether a slot is one
+/// of its, as the cluster says before the fault.
+fn slot_0_primary(cluster: &RedisCluster) -> (u16, impl Fn(u16) -> bool + Clone + Send) {
+    let (port, ranges) = cluster
+        .primaries()
+        .into_iter()
+        .find(|(_, r)| r.iter().any(|(lo, _)| *lo == 0))
+        .expect("a primary serves slot 0");
+    let its = move |slot: u16| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot));
+    (port, its)
+}
+
 #[derive(Default)]
 struct Tally {
     /// (old sid, new sid or None for a DELETE) acknowledged.
@@ -137,28 +158,15 @@ async fn primary_killed_under_load() {
     assert!(cluster.wait_healthy(Duration::from_secs(30)));
     let uri = cluster.uri();
     let prefix = format!("k{}:", std::process::id());
-    let mut a = sidecar(&uri, &prefix, 1);
-    let mut b = sidecar(&uri, &prefix, 1);
-    wait_backend(&mut a).await;
-    wait_backend(&mut b).await;
-
+    let (a, b) = two_sidecars(&uri, &prefix, 1).await;
     // The primary of slot 0 is the one killed; its slots are known before.
-    let (victim, ranges) = cluster
-        .primaries()
-        .into_iter()
-        .find(|(_, r)| r.iter().any(|(lo, _)| *lo == 0))
-        .expect("a primary serves slot 0");
-    let killed_slot = move |slot: u16| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot));
+    let (victim, killed_slot) = slot_0_primary(&cluster);
 
     let stop = Arc::new(AtomicBool::new(false));
     let promoted_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..6 {
-        let addr = if w % 2 == 0 {
-            a.addr.clone()
-        } else {
-            b.addr.clone()
-        };
+        let addr = [&a, &b][w % 2].addr.clone();
         let stop = stop.clone();
         let promoted_at = promoted_at.clone();
         let killed_slot = killed_slot.clone();
@@ -340,25 +348,18 @@ async fn primary_killed_under_load() {
 /// VM or a partition) until its replica takes over, then comes back, with
 /// `DKN_AUTH_REDIS_MIN_REPLICAS=1`: requests on its slots answer 503 within the backend
 /// timeout, every other request is answered 2xx within the timeout, no acknowledged
-/// `DELETE` is undone, and a sidecar started during the freeze gets connected. Data writes the frozen node acknowledged after it resumed, before it
-/// learnt it was replaced, can be lost (Redis Cluster does not wait for replicas on data
-/// writes): counted and printed, not asserted.
+/// `DELETE` is undone, and a sidecar started during the freeze gets connected. Data writes
+/// the frozen node acknowledged after it resumed, before it learnt it was replaced, can be
+/// lost (Redis Cluster does not wait for replicas on data writes): counted and printed, not
+/// asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_primary_holds_only_its_slots() {
     let mut cluster = cluster().lock().await;
     assert!(cluster.wait_healthy(Duration::from_secs(30)));
     let uri = cluster.uri();
     let prefix = format!("f{}:", std::process::id());
-    let mut a = sidecar(&uri, &prefix, 1);
-    let mut b = sidecar(&uri, &prefix, 1);
-    wait_backend(&mut a).await;
-    wait_backend(&mut b).await;
-    let (victim, ranges) = cluster
-        .primaries()
-        .into_iter()
-        .find(|(_, r)| r.iter().any(|(lo, _)| *lo == 0))
-        .expect("a primary serves slot 0");
-    let frozen_slot = move |slot: u16| ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot));
+    let (a, b) = two_sidecars(&uri, &prefix, 1).await;
+    let (victim, frozen_slot) = slot_0_primary(&cluster);
 
     #[derive(Default)]
     struct Seen {
@@ -375,11 +376,7 @@ async fn frozen_primary_holds_only_its_slots() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let addr = if w % 2 == 0 {
-            a.addr.clone()
-        } else {
-            b.addr.clone()
-        };
+        let addr = [&a, &b][w % 2].addr.clone();
         let stop = stop.clone();
         let frozen_slot = frozen_slot.clone();
         workers.push(tokio::spawn(async move {

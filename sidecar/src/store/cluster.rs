@@ -206,7 +206,7 @@ struct Lender {
 
 /// Endings in flight at once per sidecar, each on its own cluster connection: a quarter of
 /// `DKN_AUTH_REDIS_MAX_CONN`, 4 to 16 (one connection to every node each).
-pub fn lent_connections(max_conn: usize) -> usize {
+fn lent_connections(max_conn: usize) -> usize {
     (max_conn / 4).clamp(4, 16)
 }
 
